@@ -1,0 +1,121 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware): request IDs, body-size cap, response headers,
+and a last-resort OpenAI-shaped 500 that never shows a stack trace."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import SERVER, GatewayError
+
+log = logging.getLogger("app.api")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def extra_headers(scope: Scope) -> dict[str, str]:
+    """Headers a handler wants on whatever response ends up being sent (errors included)."""
+    state = scope.setdefault("state", {})
+    return state.setdefault("response_headers", {})
+
+
+def request_id(scope: Scope) -> str:
+    return scope.get("state", {}).get("request_id", "")
+
+
+class BodyTooLarge(GatewayError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            413,
+            f"The request body exceeds the gateway's limit of {limit} bytes.",
+            code="request_too_large",
+        )
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        rid = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        headers = extra_headers(scope)
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                raw = list(message.get("headers", []))
+                raw.append((b"x-request-id", rid.encode("latin-1")))
+                raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+                message = {**message, "headers": raw}
+            await send(message)
+
+        declared = _header(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _send_error(send_with_headers, BodyTooLarge(self.max_body_bytes))
+            return
+
+        try:
+            await self.app(scope, self._capped(receive), send_with_headers)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid})
+            if not started:
+                await _send_error(
+                    send_with_headers,
+                    GatewayError(500, "The gateway hit an internal error.", type=SERVER),
+                )
+
+    def _capped(self, receive: Receive) -> Receive:
+        limit = self.max_body_bytes
+        seen = 0
+
+        async def receive_capped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        return receive_capped
+
+
+async def _send_error(send: Send, error: GatewayError) -> None:
+    body = error.body()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def client_host(scope: Scope) -> str:
+    client: Any = scope.get("client")
+    return client[0] if client else ""

@@ -1,0 +1,58 @@
+"""Model lists: NanoGPT's detailed /embedding-models, and OpenAI's /models for the SDKs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app.api.responses import json_response
+from app.gateway import Gateway
+from app.registry import Model
+
+router = APIRouter()
+
+
+@router.get("/embedding-models", summary="List embedding models with details")
+async def list_embedding_models(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    gateway.auth.authenticate(request.headers, required=False)
+    return json_response(
+        {"object": "list", "data": [_detailed(m) for m in gateway.registry.models.values()]}
+    )
+
+
+@router.get("/models", summary="List models (OpenAI shape)")
+async def list_models(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    gateway.auth.authenticate(request.headers, required=False)
+    return json_response(
+        {"object": "list", "data": [_brief(m) for m in gateway.registry.models.values()]}
+    )
+
+
+def _brief(model: Model) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.config.owned_by,
+    }
+
+
+def _detailed(model: Model) -> dict[str, Any]:
+    config = model.config
+    return {
+        **_brief(model),
+        "name": config.name,
+        "description": config.description,
+        "dimensions": config.dimensions,
+        "supports_dimensions": config.supports_dimensions,
+        "max_tokens": config.max_tokens,
+        "pricing": {
+            "per_million_tokens": config.pricing.per_million_tokens,
+            "currency": config.pricing.currency,
+        },
+    }

@@ -1,0 +1,67 @@
+"""Per-route cooldown (a small circuit breaker): skip a route that keeps failing, then probe it.
+
+After `cooldown_failures` consecutive failed calls the route is skipped for `cooldown_seconds`;
+then exactly one request is let through as a trial, and its outcome closes or reopens it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from app.registry import RoutePolicy
+
+log = logging.getLogger("app.routing")
+
+
+class RouteHealth:
+    def __init__(self, route_key: str, policy: RoutePolicy, clock: Callable[[], float]) -> None:
+        self.route_key = route_key
+        self._threshold = policy.cooldown_failures
+        self._cooldown = policy.cooldown_seconds
+        # A trial that never reports back (its request was cancelled) must not wedge the route.
+        self._trial_lease = policy.timeout_seconds * policy.max_attempts + 1.0
+        self._clock = clock
+        self.consecutive_failures = 0
+        self._open_until: float | None = None
+        self._trial_started: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    def admit(self) -> bool:
+        """May a request use this route now? In the half-open state only one may, as the trial."""
+        if self._open_until is None:
+            return True
+        now = self._clock()
+        if now < self._open_until:
+            return False
+        if self._trial_started is not None and now - self._trial_started < self._trial_lease:
+            return False
+        self._trial_started = now
+        return True
+
+    def success(self) -> None:
+        if self._open_until is not None:
+            log.warning("route recovered, cooldown closed", extra={"route": self.route_key})
+        self.consecutive_failures = 0
+        self._open_until = None
+        self._trial_started = None
+
+    def failure(self) -> None:
+        self.consecutive_failures += 1
+        trial_failed = self._trial_started is not None
+        if trial_failed or self.consecutive_failures >= self._threshold:
+            if self._open_until is None:
+                log.warning(
+                    "route cooling down after %d consecutive failures",
+                    self.consecutive_failures,
+                    extra={"route": self.route_key, "cooldown_seconds": self._cooldown},
+                )
+            self._open_until = self._clock() + self._cooldown
+            self._trial_started = None
+
+    def neutral(self) -> None:
+        """The call proved nothing about the route (the input was bad): release a trial."""
+        self._trial_started = None

@@ -1,0 +1,50 @@
+"""The typed request the HTTP layer hands down to routing: validated, normalised, ready to send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.registry import Model
+from app.tokens import count_tokens, decode_tokens
+
+
+@dataclass(slots=True)
+class EmbeddingJob:
+    model: Model
+    # Exactly one of these holds the client's items, in input order.
+    texts: list[str] | None
+    token_ids: list[list[int]] | None
+    dimensions: int | None
+    user: str | None
+    want_base64: bool
+    request_id: str
+    _token_counts: list[int] | None = field(default=None, repr=False)
+    _decoded: list[str] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        items = self.texts if self.texts is not None else self.token_ids
+        return len(items) if items is not None else 0
+
+    @property
+    def expected_dims(self) -> int:
+        return self.dimensions or self.model.config.dimensions
+
+    def token_counts(self) -> list[int]:
+        """cl100k_base tokens per item, counted once and only when something needs them."""
+        if self._token_counts is None:
+            if self.texts is not None:
+                self._token_counts = count_tokens(self.texts)
+            else:
+                self._token_counts = [len(ids) for ids in self.token_ids or []]
+        return self._token_counts
+
+    def prompt_tokens(self) -> int:
+        return sum(self.token_counts())
+
+    def as_text(self) -> list[str]:
+        """The items as strings, decoding token IDs for routes that take strings only."""
+        if self.texts is not None:
+            return self.texts
+        if self._decoded is None:
+            self._decoded = decode_tokens(self.token_ids or [])
+        return self._decoded

@@ -1,0 +1,82 @@
+"""Wiring only: settings → registry → providers → routes, and the lifespan that opens and closes."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from app.api import embeddings, models
+from app.api.auth import Authenticator
+from app.api.errors import install_error_handlers
+from app.api.middleware import GatewayMiddleware
+from app.gateway import Gateway
+from app.logs import configure_logging
+from app.providers import build_providers
+from app.registry import load_registry
+from app.routing import Router
+from app.settings import Settings
+from app.tokens import warm_up
+
+log = logging.getLogger("app")
+
+API_PREFIXES = ("/api/v1", "/v1")
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    registry = load_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
+    providers = build_providers(registry)
+    return Gateway(
+        settings=settings,
+        registry=registry,
+        auth=Authenticator(settings.GATEWAY_API_KEYS, settings.GATEWAY_INTERNAL_TOKEN),
+        providers=providers,
+        router=Router(registry, providers),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.LOG_LEVEL)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway = build_gateway(settings)
+        warm_up()
+        if not gateway.auth.enabled:
+            log.warning(
+                "AUTH IS OFF: GATEWAY_API_KEYS is empty, so anyone who can reach this gateway "
+                "can use it and spend its provider credit. Set GATEWAY_API_KEYS."
+            )
+        log.info("serving %d models from %s", len(gateway.registry.models), gateway.registry.source)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    app = FastAPI(
+        title="Embeddings Gateway",
+        version="0.1.0",
+        description="OpenAI-compatible embeddings over several upstream providers.",
+        lifespan=lifespan,
+    )
+    for prefix in API_PREFIXES:
+        app.include_router(embeddings.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
+        app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
+    install_error_handlers(app)
+    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `app.main:app` is built on first access, so importing this module has no side effects.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

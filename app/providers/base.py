@@ -1,0 +1,79 @@
+"""What every upstream adapter is: the call it takes, the result it gives, the errors it raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    upstream_model: str
+    inputs: list[str] | list[list[int]]
+    dimensions: int | None
+    user: str | None
+    expected_dims: int
+    want_base64: bool
+    timeout: float
+    request_id: str
+
+
+@dataclass(slots=True)
+class UpstreamResult:
+    vectors: np.ndarray  # (len(inputs), expected_dims) float32, validated, in input order
+    prompt_tokens: int | None  # what the upstream says it billed, when it says
+
+
+class Failure(Enum):
+    """How an upstream call failed, which decides whether to retry, fail over or give up."""
+
+    CONNECT = "connection failed"
+    TIMEOUT = "timed out"
+    RATE_LIMITED = "rate limited"
+    SERVER = "server error"
+    MALFORMED = "malformed response"
+    AUTH = "rejected the gateway's credentials"
+    BAD_REQUEST = "rejected the input"
+    OTHER = "unexpected status"
+
+    @property
+    def retryable(self) -> bool:
+        return self in _RETRYABLE
+
+
+_RETRYABLE = {Failure.CONNECT, Failure.TIMEOUT, Failure.RATE_LIMITED, Failure.SERVER}
+_RETRYABLE |= {Failure.MALFORMED}
+
+
+class UpstreamError(Exception):
+    """A failed upstream call. `detail` is safe to show a client: short, and never a key."""
+
+    def __init__(
+        self,
+        provider: str,
+        failure: Failure,
+        detail: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {detail}")
+        self.provider = provider
+        self.failure = failure
+        self.detail = detail
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Provider(Protocol):
+    """One upstream protocol. Adapters never see client requests; they get an UpstreamCall."""
+
+    name: str
+    display_name: str
+
+    async def embed(self, call: UpstreamCall) -> UpstreamResult: ...
+
+    async def aclose(self) -> None: ...

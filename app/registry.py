@@ -1,0 +1,239 @@
+"""The model registry: YAML → typed providers, models and routes, validated once at start-up."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ProviderType = Literal["nanogpt", "aiml", "nugen"]
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class RegistryError(Exception):
+    """A registry that cannot be used; the message names the file, the entry and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoutePolicy(_Strict):
+    """Resilience knobs a provider sets and a route may override."""
+
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=2, ge=1, le=10)
+    backoff_base_seconds: float = Field(default=0.2, ge=0)
+    cooldown_failures: int = Field(default=5, ge=1)
+    cooldown_seconds: float = Field(default=30.0, ge=0)
+    max_batch_size: int = Field(default=2048, ge=1, le=2048)
+    max_tokens_per_call: int | None = Field(default=None, ge=1)
+    max_concurrency_per_request: int = Field(default=4, ge=1)
+
+
+class ProviderConfig(RoutePolicy):
+    type: ProviderType
+    base_url: str = Field(min_length=1)
+    api_key: SecretStr | None = None
+    # Which env var the key came from, so errors can say what to check without the key.
+    api_key_env: str | None = None
+    # Calls in flight to this provider across the whole process.
+    max_concurrency: int = Field(default=64, ge=1)
+    # Ask for base64 only where the upstream is known to encode it correctly.
+    returns_base64: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, data: Any) -> Any:
+        key = data.get("api_key") if isinstance(data, dict) else None
+        if isinstance(key, str) and not key.strip():
+            data = {**data, "api_key": None}
+        return data
+
+
+class RouteOverrides(_Strict):
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1, le=10)
+    backoff_base_seconds: float | None = Field(default=None, ge=0)
+    cooldown_failures: int | None = Field(default=None, ge=1)
+    cooldown_seconds: float | None = Field(default=None, ge=0)
+    max_batch_size: int | None = Field(default=None, ge=1, le=2048)
+    max_tokens_per_call: int | None = Field(default=None, ge=1)
+    max_concurrency_per_request: int | None = Field(default=None, ge=1)
+
+
+class RouteConfig(RouteOverrides):
+    provider: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    accepts_token_ids: bool = False
+    returns_base64: bool | None = None
+
+
+class Pricing(_Strict):
+    per_million_tokens: float = Field(ge=0)
+    currency: Literal["USD"] = "USD"
+
+
+class ModelConfig(_Strict):
+    name: str
+    description: str = ""
+    owned_by: str
+    dimensions: int = Field(ge=1)
+    supports_dimensions: bool = False
+    max_tokens: int = Field(ge=1)
+    pricing: Pricing
+    created: int | None = None
+    routes: list[RouteConfig] = Field(min_length=1)
+
+
+class RegistryFile(_Strict):
+    providers: dict[str, ProviderConfig] = Field(min_length=1)
+    models: dict[str, ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _routes_name_known_providers(self) -> RegistryFile:
+        for model_id, model in self.models.items():
+            for index, route in enumerate(model.routes):
+                if route.provider not in self.providers:
+                    known = ", ".join(sorted(self.providers))
+                    raise ValueError(
+                        f"models.{model_id}.routes.{index}.provider: unknown provider "
+                        f"{route.provider!r} (known: {known})"
+                    )
+        return self
+
+
+class Route:
+    """One way to serve a model: a provider, the upstream's model name, and the policy in force."""
+
+    __slots__ = (
+        "accepts_token_ids",
+        "index",
+        "model_id",
+        "policy",
+        "provider",
+        "returns_base64",
+        "upstream_model",
+    )
+
+    def __init__(
+        self, model_id: str, index: int, provider: str, config: RouteConfig, base: ProviderConfig
+    ) -> None:
+        overrides = config.model_dump(include=set(RouteOverrides.model_fields), exclude_none=True)
+        self.model_id = model_id
+        self.index = index
+        self.provider = provider
+        self.upstream_model = config.model
+        self.accepts_token_ids = config.accepts_token_ids
+        self.returns_base64 = (
+            base.returns_base64 if config.returns_base64 is None else config.returns_base64
+        )
+        self.policy = RoutePolicy(
+            **{**base.model_dump(include=set(RoutePolicy.model_fields)), **overrides}
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.model_id}#{self.index}:{self.provider}"
+
+
+class Model:
+    __slots__ = ("config", "created", "id", "routes")
+
+    def __init__(self, model_id: str, config: ModelConfig, routes: list[Route], created: int):
+        self.id = model_id
+        self.config = config
+        self.routes = routes
+        self.created = config.created if config.created is not None else created
+
+
+class Registry:
+    def __init__(self, source: str, providers: dict[str, ProviderConfig], models: dict[str, Model]):
+        self.source = source
+        self.providers = providers
+        self.models = models
+
+    def get(self, model_id: str) -> Model | None:
+        return self.models.get(model_id)
+
+
+def load_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
+    source = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RegistryError(f"{source}: file not found") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        raise RegistryError(f"{source}: cannot be read as YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{source}: expected a mapping with 'providers' and 'models'")
+    interpolated = _interpolate(raw, environ, source, ())
+    _remember_key_env(raw, interpolated)
+    try:
+        parsed = RegistryFile.model_validate(interpolated)
+    except ValidationError as exc:
+        raise RegistryError(f"{source}: {_describe(exc)}") from None
+    created = int(time.time())
+    models = {
+        model_id: Model(
+            model_id,
+            config,
+            [
+                Route(model_id, index, route.provider, route, parsed.providers[route.provider])
+                for index, route in enumerate(config.routes)
+            ],
+            created,
+        )
+        for model_id, config in parsed.models.items()
+    }
+    return Registry(source, dict(parsed.providers), models)
+
+
+def _interpolate(node: Any, environ: Mapping[str, str], source: str, path: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, environ, source, (*path, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, environ, source, (*path, str(i))) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ and (environ[name] != "" or default is None):
+            return environ[name]
+        if default is not None:
+            return default
+        where = ".".join(path)
+        raise RegistryError(
+            f"{source}: {where}: environment variable {name} is not set "
+            f"(write ${{{name}:-}} to allow it to be empty)"
+        )
+
+    return _VAR.sub(substitute, node)
+
+
+def _remember_key_env(raw: dict[str, Any], interpolated: dict[str, Any]) -> None:
+    providers = raw.get("providers")
+    if not isinstance(providers, dict):
+        return
+    for name, entry in providers.items():
+        if isinstance(entry, dict) and isinstance(entry.get("api_key"), str):
+            match = _VAR.search(entry["api_key"])
+            target = interpolated["providers"][name]
+            if match and isinstance(target, dict) and "api_key_env" not in target:
+                target["api_key_env"] = match.group(1)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)

@@ -1,0 +1,87 @@
+"""The gateway's environment interface: every env var it reads is declared here."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Provider env vars the registry may interpolate; they live in Settings so a `.env` file
+# fills them exactly as it fills everything else.
+PROVIDER_ENV_FIELDS = (
+    "NANOGPT_API_KEY",
+    "NANOGPT_BASE_URL",
+    "AIML_API_KEY",
+    "AIML_BASE_URL",
+    "NUGEN_API_KEY",
+    "NUGEN_BASE_URL",
+)
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", case_sensitive=True, extra="ignore"
+    )
+
+    GATEWAY_API_KEYS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    GATEWAY_INTERNAL_TOKEN: SecretStr | None = None
+    MODELS_CONFIG: str = "config/models.yaml"
+
+    NANOGPT_API_KEY: SecretStr | None = None
+    NANOGPT_BASE_URL: str = "https://nano-gpt.com/api/v1"
+    AIML_API_KEY: SecretStr | None = None
+    AIML_BASE_URL: str = "https://api.aimlapi.com/v1"
+    NUGEN_API_KEY: SecretStr | None = None
+    NUGEN_BASE_URL: str = "https://api.nugen.in/api/v3"
+
+    HOST: str = "0.0.0.0"
+    PORT: int = Field(default=8000, ge=1, le=65535)
+    WORKERS: int = Field(default=1, ge=1)
+    LOG_LEVEL: str = "info"
+    REDIS_URL: str | None = None
+
+    # Large enough for 2048 inputs at the 300k-token cap, small enough to stop abuse early.
+    MAX_REQUEST_BODY_BYTES: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Bounds every embeddings request end to end; well under the OpenAI SDK's 600 s timeout.
+    REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
+
+    @field_validator("GATEWAY_API_KEYS", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("GATEWAY_INTERNAL_TOKEN", "REDIS_URL", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().lower()
+        if level not in {"critical", "error", "warning", "info", "debug"}:
+            raise ValueError("must be one of critical, error, warning, info, debug")
+        return level
+
+    @cached_property
+    def auth_enabled(self) -> bool:
+        return bool(self.GATEWAY_API_KEYS)
+
+    def interpolation_env(self, environ: dict[str, str]) -> dict[str, str]:
+        """The variables `${VAR}` in the registry sees: the process env, then Settings' values."""
+        merged = dict(environ)
+        for name in PROVIDER_ENV_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value is not None and name not in environ:
+                merged[name] = str(value)
+        return merged

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.harness import ThreadedGateway, model_entry, write_registry
+
+CLIENT_KEY = "sk-client-test-key-0001"
+OTHER_CLIENT_KEY = "sk-client-test-key-0002"
+INTERNAL_TOKEN = "internal-test-token-xyz"
+NANOGPT_KEY = "nano-upstream-secret-111"
+AIML_KEY = "aiml-upstream-secret-222"
+NUGEN_KEY = "nugen-upstream-secret-333"
+
+
+@pytest.fixture(scope="session")
+def nanogpt() -> Iterator[FakeUpstream]:
+    with FakeUpstream("openai", api_key=NANOGPT_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def aiml() -> Iterator[FakeUpstream]:
+    with FakeUpstream("openai", api_key=AIML_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def nugen() -> Iterator[FakeUpstream]:
+    with FakeUpstream("nugen", api_key=NUGEN_KEY, dims={"nugen-flash-embed": 32}) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _clean_fakes(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    for name in ("nanogpt", "aiml", "nugen"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).clear()
+
+
+def providers_for(nanogpt: FakeUpstream, aiml: FakeUpstream, nugen: FakeUpstream, **policy):
+    return {
+        "nanogpt": {"type": "nanogpt", "base_url": nanogpt.base_url, "api_key": NANOGPT_KEY,
+                    **policy},
+        "aiml": {"type": "aiml", "base_url": aiml.base_url, "api_key": AIML_KEY, **policy},
+        "nugen": {"type": "nugen", "base_url": nugen.base_url, "api_key": NUGEN_KEY, **policy},
+    }
+
+
+def standard_models() -> dict:
+    return {
+        "text-embedding-3-small": model_entry(
+            [{"provider": "nanogpt", "model": "text-embedding-3-small"},
+             {"provider": "aiml", "model": "text-embedding-3-small"}],
+            dimensions=16, supports_dimensions=True,
+        ),
+        "aiml-only": model_entry([{"provider": "aiml", "model": "upstream-aiml-name"}]),
+        "nano-tokens": model_entry(
+            [{"provider": "nanogpt", "model": "nano-tokens", "accepts_token_ids": True}]
+        ),
+        "nugen-flash-embed": model_entry(
+            [{"provider": "nugen", "model": "nugen-flash-embed"}],
+            dimensions=32, supports_dimensions=True,
+        ),
+        "tiny-context": model_entry([{"provider": "nanogpt", "model": "tiny"}], max_tokens=5),
+    }
+
+
+@pytest.fixture(scope="session")
+def registry_path(tmp_path_factory, nanogpt, aiml, nugen) -> Path:
+    path = tmp_path_factory.mktemp("registry") / "models.yaml"
+    return write_registry(path, providers_for(nanogpt, aiml, nugen), standard_models())
+
+
+@pytest.fixture(scope="session")
+def gateway(registry_path: Path) -> Iterator[ThreadedGateway]:
+    with ThreadedGateway(
+        MODELS_CONFIG=str(registry_path),
+        GATEWAY_API_KEYS=f"{CLIENT_KEY},{OTHER_CLIENT_KEY}",
+        GATEWAY_INTERNAL_TOKEN=INTERNAL_TOKEN,
+        MAX_REQUEST_BODY_BYTES=4_000_000,
+    ) as server:
+        yield server

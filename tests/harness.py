@@ -1,0 +1,148 @@
+"""Run real gateways for tests: in a thread (fast, any settings) or as the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+
+from app.main import create_app
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_registry(path: Path, providers: dict[str, Any], models: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump({"providers": providers, "models": models}, sort_keys=False))
+    return path
+
+
+def model_entry(
+    routes: list[dict[str, Any]],
+    *,
+    dimensions: int = 16,
+    supports_dimensions: bool = False,
+    max_tokens: int = 8191,
+    price: float = 0.02,
+) -> dict[str, Any]:
+    return {
+        "name": "Test model",
+        "description": "A model served by a fake upstream",
+        "owned_by": "tests",
+        "dimensions": dimensions,
+        "supports_dimensions": supports_dimensions,
+        "max_tokens": max_tokens,
+        "pricing": {"per_million_tokens": price},
+        "routes": routes,
+    }
+
+
+class ThreadedGateway:
+    """The real ASGI app behind a real uvicorn server on 127.0.0.1, in a background thread."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.port = free_port()
+        self.settings = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
+        config = uvicorn.Config(
+            create_app(self.settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            proxy_headers=False,
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedGateway:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> ThreadedGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class GatewayProcess:
+    """`embeddings-gateway` exactly as a user starts it, configured only through the env."""
+
+    def __init__(self, env: dict[str, str], *, cwd: Path = ROOT) -> None:
+        self.port = int(env.get("PORT") or free_port())
+        self.env = {**os.environ, "HOST": "127.0.0.1", **env, "PORT": str(self.port)}
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gateway-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> GatewayProcess:
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli"],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.output()}")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=1).status_code < 500:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError(f"gateway did not start: {self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
