@@ -13,5 +13,7 @@ def configure_logging(level: str) -> None:
         handler._gateway = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     logging.getLogger("app").setLevel(level.upper())
+    # httpx logs every upstream call at INFO; the gateway logs what matters itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if root.level > logging.getLevelName(level.upper()):
         root.setLevel(level.upper())

@@ -170,7 +170,10 @@ def load_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
     except FileNotFoundError as exc:
         raise RegistryError(f"{source}: file not found") from exc
     except (OSError, yaml.YAMLError) as exc:
-        raise RegistryError(f"{source}: cannot be read as YAML: {exc}") from exc
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise RegistryError(f"{source}: cannot be read as YAML{at}: {problem}") from None
     if not isinstance(raw, dict):
         raise RegistryError(f"{source}: expected a mapping with 'providers' and 'models'")
     interpolated = _interpolate(raw, environ, source, ())
