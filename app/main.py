@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
 from app.api import embeddings, models
 from app.api.auth import Authenticator
@@ -17,6 +18,8 @@ from app.api.middleware import GatewayMiddleware
 from app.gateway import Gateway
 from app.logs import configure_logging
 from app.providers import build_providers
+from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from app.redis_client import connect as connect_redis
 from app.registry import load_registry
 from app.routing import Router
 from app.settings import Settings
@@ -30,13 +33,50 @@ API_PREFIXES = ("/api/v1", "/v1")
 def build_gateway(settings: Settings) -> Gateway:
     registry = load_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = build_providers(registry)
+    timeout = settings.REDIS_TIMEOUT_MS / 1000
+    redis = connect_redis(settings.REDIS_URL, timeout) if settings.REDIS_URL else None
     return Gateway(
         settings=settings,
         registry=registry,
         auth=Authenticator(settings.GATEWAY_API_KEYS, settings.GATEWAY_INTERNAL_TOKEN),
         providers=providers,
         router=Router(registry, providers),
+        limiter=build_limiter(settings, redis),
+        redis=redis,
     )
+
+
+def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None:
+    """No I/O here: clients connect on first use."""
+    limit = settings.RATE_LIMIT_PER_SECOND
+    if limit == 0:
+        return None
+    if settings.REDIS_URL is None:
+        return LocalRateLimiter(limit)
+    return RedisRateLimiter(
+        settings.REDIS_URL,
+        limit,
+        key_prefix=settings.RATE_LIMIT_KEY_PREFIX,
+        timeout=settings.REDIS_TIMEOUT_MS / 1000,
+        client=redis,
+    )
+
+
+async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None:
+    limit = settings.RATE_LIMIT_PER_SECOND
+    if limiter is None:
+        log.info("rate limit off (RATE_LIMIT_PER_SECOND=0)")
+        return
+    log.info("rate limit: %d requests per second per client IP on the API routes", limit)
+    if isinstance(limiter, LocalRateLimiter):
+        log.log(
+            logging.WARNING if settings.WORKERS > 1 else logging.INFO,
+            "REDIS_URL is unset, so rate limits are counted per process: with %d workers a "
+            "client may get up to %d requests per second",
+            settings.WORKERS,
+            limit * settings.WORKERS,
+        )
+    await limiter.start()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = build_gateway(settings)
         warm_up()
+        await start_limiter(settings, gateway.limiter)
         if not gateway.auth.enabled:
             log.warning(
                 "AUTH IS OFF: GATEWAY_API_KEYS is empty, so anyone who can reach this gateway "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -24,6 +25,18 @@ def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _parse_network(text: str) -> IPv4Network | IPv6Network:
+    try:
+        return ip_network(text)
+    except ValueError:
+        pass
+    try:
+        hint = f"; did you mean {ip_network(text, strict=False)}?"
+    except ValueError:
+        hint = ""
+    raise ValueError(f"{text!r} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32{hint}")
 
 
 class Settings(BaseSettings):
@@ -48,6 +61,15 @@ class Settings(BaseSettings):
     LOG_LEVEL: str = "info"
     REDIS_URL: str | None = None
 
+    # Requests per second per client IP on the API routes; 0 turns the limit off.
+    RATE_LIMIT_PER_SECOND: int = Field(default=100, ge=0)
+    # Proxies whose X-Forwarded-For / Forwarded we believe; parsed once, here.
+    TRUSTED_PROXIES: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = ()
+    # Lets several gateways (or environments) share one Redis without sharing buckets.
+    RATE_LIMIT_KEY_PREFIX: str = "egw:rl:"
+    # Bounds every Redis call, so a hung Redis costs a request this much at most.
+    REDIS_TIMEOUT_MS: int = Field(default=50, ge=1, le=10_000)
+
     # Large enough for 2048 inputs at the 300k-token cap, small enough to stop abuse early.
     MAX_REQUEST_BODY_BYTES: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Bounds every embeddings request end to end; well under the OpenAI SDK's 600 s timeout.
@@ -58,10 +80,26 @@ class Settings(BaseSettings):
     def _parse_keys(cls, value: object) -> object:
         return _split_csv(value)
 
+    @field_validator("TRUSTED_PROXIES", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        parts = _split_csv(value)
+        if isinstance(parts, list):
+            return tuple(_parse_network(part) if isinstance(part, str) else part for part in parts)
+        return parts
+
     @field_validator("GATEWAY_INTERNAL_TOKEN", "REDIS_URL", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        # A configuration error the CLI reports in one line, not a traceback from redis-py.
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
 
     @field_validator("LOG_LEVEL")
     @classmethod

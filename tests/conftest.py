@@ -7,6 +7,8 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream
 from tests.harness import ThreadedGateway, model_entry, write_registry
+from tests.redis_server import RedisServer
+from tests.redis_server import available as redis_available
 
 CLIENT_KEY = "sk-client-test-key-0001"
 OTHER_CLIENT_KEY = "sk-client-test-key-0002"
@@ -35,8 +37,8 @@ def nugen() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_fakes(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
+def _clean_fakes(request: pytest.FixtureRequest) -> None:
+    """Each test starts with fakes that have no recordings and no faults queued."""
     for name in ("nanogpt", "aiml", "nugen"):
         if name in request.fixturenames:
             request.getfixturevalue(name).clear()
@@ -44,8 +46,12 @@ def _clean_fakes(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def providers_for(nanogpt: FakeUpstream, aiml: FakeUpstream, nugen: FakeUpstream, **policy):
     return {
-        "nanogpt": {"type": "nanogpt", "base_url": nanogpt.base_url, "api_key": NANOGPT_KEY,
-                    **policy},
+        "nanogpt": {
+            "type": "nanogpt",
+            "base_url": nanogpt.base_url,
+            "api_key": NANOGPT_KEY,
+            **policy,
+        },
         "aiml": {"type": "aiml", "base_url": aiml.base_url, "api_key": AIML_KEY, **policy},
         "nugen": {"type": "nugen", "base_url": nugen.base_url, "api_key": NUGEN_KEY, **policy},
     }
@@ -54,9 +60,12 @@ def providers_for(nanogpt: FakeUpstream, aiml: FakeUpstream, nugen: FakeUpstream
 def standard_models() -> dict:
     return {
         "text-embedding-3-small": model_entry(
-            [{"provider": "nanogpt", "model": "text-embedding-3-small"},
-             {"provider": "aiml", "model": "text-embedding-3-small"}],
-            dimensions=16, supports_dimensions=True,
+            [
+                {"provider": "nanogpt", "model": "text-embedding-3-small"},
+                {"provider": "aiml", "model": "text-embedding-3-small"},
+            ],
+            dimensions=16,
+            supports_dimensions=True,
         ),
         "aiml-only": model_entry([{"provider": "aiml", "model": "upstream-aiml-name"}]),
         "nano-tokens": model_entry(
@@ -64,7 +73,8 @@ def standard_models() -> dict:
         ),
         "nugen-flash-embed": model_entry(
             [{"provider": "nugen", "model": "nugen-flash-embed"}],
-            dimensions=32, supports_dimensions=True,
+            dimensions=32,
+            supports_dimensions=True,
         ),
         "tiny-context": model_entry([{"provider": "nanogpt", "model": "tiny"}], max_tokens=5),
     }
@@ -83,5 +93,15 @@ def gateway(registry_path: Path) -> Iterator[ThreadedGateway]:
         GATEWAY_API_KEYS=f"{CLIENT_KEY},{OTHER_CLIENT_KEY}",
         GATEWAY_INTERNAL_TOKEN=INTERNAL_TOKEN,
         MAX_REQUEST_BODY_BYTES=4_000_000,
+        RATE_LIMIT_PER_SECOND=0,  # limits have their own tests; here they would only add flakes
     ) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free 127.0.0.1 port, for the whole session."""
+    if not redis_available():  # a missing server must fail the suite, never skip it quietly
+        raise RuntimeError("redis-server is not installed: `make test` installs it")
+    with RedisServer() as server:
         yield server

@@ -98,7 +98,9 @@ def test_token_ids_are_decoded_for_a_string_only_route(client, aiml):
     assert sent.json["input"] == texts == ["hello world", "Hello, world!"]
     assert sent.json["model"] == "upstream-aiml-name"
     for text, item in zip(texts, response.data, strict=True):
-        np.testing.assert_array_equal(as_array(item.embedding), exact("upstream-aiml-name", text, 16))
+        np.testing.assert_array_equal(
+            as_array(item.embedding), exact("upstream-aiml-name", text, 16)
+        )
 
 
 def test_flat_token_array_is_one_input(client, aiml):
@@ -137,8 +139,11 @@ def test_nugen_is_normalised_to_openais_shape(gateway, client, nugen):
     assert raw["usage"] == {"prompt_tokens": 3, "total_tokens": 3}  # the fake's count
     sent = nugen.embedding_requests()[-1]
     assert sent.headers["authorization"] == f"Bearer {NUGEN_KEY}"
-    assert sent.json == {"model": "nugen-flash-embed", "input": ["one two", "three"],
-                         "dimensions": 12}
+    assert sent.json == {
+        "model": "nugen-flash-embed",
+        "input": ["one two", "three"],
+        "dimensions": 12,
+    }
     response = client.embeddings.create(model="nugen-flash-embed", input="one two")
     np.testing.assert_array_equal(
         as_array(response.data[0].embedding), exact("nugen-flash-embed", "one two", 32)
@@ -160,8 +165,16 @@ def test_embedding_models_has_nanogpts_shape(gateway):
     assert body["object"] == "list"
     entry = next(m for m in body["data"] if m["id"] == "text-embedding-3-small")
     assert set(entry) == {
-        "id", "object", "created", "owned_by", "name", "description", "dimensions",
-        "supports_dimensions", "max_tokens", "pricing",
+        "id",
+        "object",
+        "created",
+        "owned_by",
+        "name",
+        "description",
+        "dimensions",
+        "supports_dimensions",
+        "max_tokens",
+        "pricing",
     }
     assert entry["object"] == "model"
     assert entry["dimensions"] == 16 and entry["supports_dimensions"] is True

@@ -56,8 +56,10 @@ def assert_error(response: httpx.Response, status: int, *, param=None, code=None
         ({"model": "text-embedding-3-small", "input": ["x"] * 2049}, "input"),
         ({"input": "x"}, "model"),
         ({"model": 7, "input": "x"}, "model"),
-        ({"model": "text-embedding-3-small", "input": "x", "encoding_format": "int8"},
-         "encoding_format"),
+        (
+            {"model": "text-embedding-3-small", "input": "x", "encoding_format": "int8"},
+            "encoding_format",
+        ),
         ({"model": "text-embedding-3-small", "input": "x", "dimensions": 0}, "dimensions"),
         ({"model": "text-embedding-3-small", "input": "x", "dimensions": 17}, "dimensions"),
         ({"model": "text-embedding-3-small", "input": "x", "dimensions": "8"}, "dimensions"),
@@ -100,9 +102,7 @@ def test_context_length_counts_tokens_not_characters(gateway):
     assert error["code"] == "context_length_exceeded"
 
 
-@pytest.mark.parametrize(
-    "content", [b"{not json", b"[1, 2]", b"", b'"just a string"', b"\xff\xfe"]
-)
+@pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"", b'"just a string"', b"\xff\xfe"])
 def test_malformed_bodies_are_400_never_422(gateway, content):
     response = httpx.post(
         f"{gateway.url}/v1/embeddings",
@@ -115,7 +115,8 @@ def test_malformed_bodies_are_400_never_422(gateway, content):
 def test_body_over_the_limit_is_413(gateway):
     huge = b'{"model": "x", "input": "' + b"a" * 4_100_000 + b'"}'
     response = httpx.post(
-        f"{gateway.url}/v1/embeddings", headers={**AUTH, "content-type": "application/json"},
+        f"{gateway.url}/v1/embeddings",
+        headers={**AUTH, "content-type": "application/json"},
         content=huge,
     )
     assert_error(response, 413)
@@ -131,13 +132,21 @@ def test_body_over_the_limit_is_413(gateway):
 
 
 def test_missing_and_wrong_keys_are_401(gateway):
-    assert_error(post(gateway, {"model": "aiml-only", "input": "x"}, headers={}), 401,
-                 type="authentication_error")
-    assert_error(post(gateway, {"model": "aiml-only", "input": "x"},
-                      headers={"authorization": "Bearer wrong"}), 401,
-                 type="authentication_error")
-    assert_error(post(gateway, {"model": "aiml-only", "input": "x"},
-                      headers={"x-api-key": NANOGPT_KEY}), 401)
+    assert_error(
+        post(gateway, {"model": "aiml-only", "input": "x"}, headers={}),
+        401,
+        type="authentication_error",
+    )
+    assert_error(
+        post(
+            gateway, {"model": "aiml-only", "input": "x"}, headers={"authorization": "Bearer wrong"}
+        ),
+        401,
+        type="authentication_error",
+    )
+    assert_error(
+        post(gateway, {"model": "aiml-only", "input": "x"}, headers={"x-api-key": NANOGPT_KEY}), 401
+    )
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.embeddings.create(model="aiml-only", input="x")
@@ -146,8 +155,9 @@ def test_missing_and_wrong_keys_are_401(gateway):
 def test_internal_token_is_accepted(gateway):
     from tests.conftest import INTERNAL_TOKEN
 
-    response = post(gateway, {"model": "aiml-only", "input": "x"},
-                    headers={"x-api-key": INTERNAL_TOKEN})
+    response = post(
+        gateway, {"model": "aiml-only", "input": "x"}, headers={"x-api-key": INTERNAL_TOKEN}
+    )
     assert response.status_code == 200
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CLIENT_KEY
-from tests.fake_upstream import Fault, FakeUpstream, fake_token_count, fake_vector
+from tests.fake_upstream import FakeUpstream, Fault, fake_token_count, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry
 
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
@@ -64,8 +64,7 @@ def gateway(tmp_path_factory, primary, secondary) -> Iterator[ThreadedGateway]:
         {"provider": "secondary", "model": "secondary-name"},
     ]
     cooling = [
-        {"provider": "primary", "model": "primary-name", "cooldown_failures": 2,
-         "max_attempts": 1},
+        {"provider": "primary", "model": "primary-name", "cooldown_failures": 2, "max_attempts": 1},
         {"provider": "secondary", "model": "secondary-name"},
     ]
     models = {
@@ -77,8 +76,10 @@ def gateway(tmp_path_factory, primary, secondary) -> Iterator[ThreadedGateway]:
             [{"provider": "batching", "model": "batched-name", "max_attempts": 1}]
         ),
         "batched-then-secondary": model_entry(
-            [{"provider": "batching", "model": "batched-name", "max_attempts": 1},
-             {"provider": "secondary", "model": "secondary-name"}]
+            [
+                {"provider": "batching", "model": "batched-name", "max_attempts": 1},
+                {"provider": "secondary", "model": "secondary-name"},
+            ]
         ),
     }
     path = write_registry(tmp_path_factory.mktemp("routing") / "models.yaml", providers, models)
@@ -224,9 +225,7 @@ def test_a_large_request_is_split_with_bounded_concurrency(gateway, primary):
     assert response.status_code == 200
     body = response.json()
     assert len(body["data"]) == 2048
-    got = np.array(
-        [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in body["data"]]
-    )
+    got = np.array([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in body["data"]])
     np.testing.assert_array_equal(got, expected("batched-name", texts))
     calls = primary.embedding_requests()
     assert len(calls) == 21

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api.admission import admit
 from app.api.middleware import request_id
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI
@@ -18,7 +19,8 @@ router = APIRouter()
 @router.post("/embeddings", openapi_extra=EMBEDDINGS_OPENAPI, summary="Create embeddings")
 async def create_embeddings(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    gateway.auth.authenticate(request.headers, required=True)
+    caller = gateway.auth.authenticate(request.headers, required=True)
+    await admit(request, gateway, caller)
     job = parse_embedding_request(await request.body(), gateway.registry, request_id(request.scope))
     result = await gateway.router.embed(job, gateway.settings.REQUEST_TIMEOUT_SECONDS)
     prompt_tokens = (

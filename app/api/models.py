@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api.admission import admit
 from app.api.responses import json_response
 from app.gateway import Gateway
 from app.registry import Model
@@ -18,7 +19,8 @@ router = APIRouter()
 @router.get("/embedding-models", summary="List embedding models with details")
 async def list_embedding_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    gateway.auth.authenticate(request.headers, required=False)
+    caller = gateway.auth.authenticate(request.headers, required=False)
+    await admit(request, gateway, caller)
     return json_response(
         {"object": "list", "data": [_detailed(m) for m in gateway.registry.models.values()]}
     )
@@ -27,7 +29,8 @@ async def list_embedding_models(request: Request) -> Response:
 @router.get("/models", summary="List models (OpenAI shape)")
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    gateway.auth.authenticate(request.headers, required=False)
+    caller = gateway.auth.authenticate(request.headers, required=False)
+    await admit(request, gateway, caller)
     return json_response(
         {"object": "list", "data": [_brief(m) for m in gateway.registry.models.values()]}
     )

@@ -1,0 +1,250 @@
+"""Requests per client per second, counted in Redis or, without it, in this process.
+
+The algorithm is a sliding log over a 1-second window: each admitted request is a timestamp, and
+a request is admitted while fewer than `limit` timestamps are younger than one second. It is
+exact (no 1-second span ever holds more than `limit` admissions, whatever the burst shape),
+which a token bucket or GCRA is not: with a burst of one second's worth they admit the burst
+plus the steady rate, 4 x limit in 3 s of overload where 3 x limit is the promise. Its cost,
+at most `limit` entries per active client, is small for a per-second limit. Denied requests
+are not logged, so a client that keeps over-asking still gets exactly `limit` per second.
+
+Redis holds the log as a sorted set per client, touched by one Lua script per request: one
+round trip, atomic across every worker and gateway, timed by Redis's own clock. The `limits`
+library implements the same moving window, but needs a second round trip for remaining/reset,
+so this small script is the cheaper choice. When Redis fails or is slow, the same algorithm
+runs in-process (limits become per process) until Redis answers a probe again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from app.redis_client import connect
+
+log = logging.getLogger("app.ratelimit")
+
+WINDOW_SECONDS = 1.0
+PROBE_INTERVAL_SECONDS = 1.0
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: float  # seconds until the oldest counted request leaves the window
+    retry_after: float  # seconds until a denied request could be admitted; 0 when allowed
+
+
+class RateLimiter(ABC):
+    """A per-bucket limit of `limit` requests in any 1-second window."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1; a limit of 0 means no limiter")
+        self.limit = limit
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and log how limits are counted; the gateway calls this once at start-up."""
+
+    @abstractmethod
+    async def check(self, bucket: str) -> Decision:
+        """Count one request against `bucket` if it fits, and say whether it did."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Release connections."""
+
+    def _decision(self, admitted: bool, count: int, reset: float) -> Decision:
+        reset = max(reset, 0.0)
+        return Decision(admitted, self.limit, self.limit - count, reset, 0.0 if admitted else reset)
+
+
+class LocalRateLimiter(RateLimiter):
+    """The sliding log in this process's memory; exact, but each process counts on its own."""
+
+    def __init__(
+        self, limit: int, *, window: float = WINDOW_SECONDS, clock: Clock = time.monotonic
+    ) -> None:
+        super().__init__(limit)
+        self._window = window
+        self._clock = clock
+        # Least recently checked first, so idle buckets are dropped from the front in O(1).
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    @property
+    def buckets(self) -> int:
+        return len(self._hits)
+
+    async def start(self) -> None:
+        """Nothing to connect to."""
+
+    async def check(self, bucket: str) -> Decision:
+        return self.hit(bucket)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def hit(self, bucket: str) -> Decision:
+        now = self._clock()
+        horizon = now - self._window
+        self._drop_idle(horizon)
+        hits = self._hits.get(bucket)
+        if hits is None:
+            hits = self._hits[bucket] = deque()
+        else:
+            self._hits.move_to_end(bucket)
+            while hits and hits[0] <= horizon:
+                hits.popleft()
+        admitted = len(hits) < self.limit
+        if admitted:
+            hits.append(now)
+        return self._decision(admitted, len(hits), hits[0] + self._window - now)
+
+    def _drop_idle(self, horizon: float) -> None:
+        while self._hits:
+            hits = next(iter(self._hits.values()))
+            if hits and hits[-1] > horizon:
+                return
+            self._hits.popitem(last=False)
+
+
+# KEYS[1]: the bucket. ARGV: limit, window (µs), a member unique to this request.
+# Redis's TIME, not each gateway's clock, so gateways whose clocks disagree still agree on the
+# window; a write after TIME is fine under effects replication (the only mode since Redis 7).
+# Microseconds since the epoch (~1.8e15) are exact in a double, so scores never collide by
+# rounding; members are unique per request, so simultaneous requests are all counted.
+SLIDING_LOG = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local admitted = 0
+if count < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+  count = count + 1
+  admitted = 1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local reset = 0
+if oldest[2] then
+  reset = tonumber(oldest[2]) + window - now
+end
+return {admitted, count, reset}
+"""
+
+
+class RedisRateLimiter(RateLimiter):
+    """The sliding log in Redis, shared by every worker and gateway using the same prefix.
+
+    On any Redis error or timeout the request is counted by an in-process `LocalRateLimiter`
+    instead, one warning marks the outage, and at most one request per `probe_interval` tries
+    Redis again; the first that succeeds ends the outage.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        limit: int,
+        *,
+        key_prefix: str,
+        timeout: float,
+        probe_interval: float = PROBE_INTERVAL_SECONDS,
+        clock: Clock = time.monotonic,
+        client: Redis | None = None,
+    ) -> None:
+        super().__init__(limit)
+        self.url = url
+        self._prefix = key_prefix
+        self._timeout = timeout
+        self._probe_interval = probe_interval
+        self._clock = clock
+        self._owns_client = client is None
+        self._redis: Redis = client if client is not None else connect(url, timeout)
+        self._script = self._redis.register_script(SLIDING_LOG)
+        self._window_us = round(WINDOW_SECONDS * 1_000_000)
+        self._members = itertools.count()
+        self._member_prefix = uuid.uuid4().hex[:16] + ":"
+        self.fallback = LocalRateLimiter(limit, clock=clock)
+        self._down = False
+        self._next_probe = 0.0
+
+    @property
+    def using_redis(self) -> bool:
+        return not self._down
+
+    async def start(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.script_load(SLIDING_LOG)
+        except (RedisError, OSError) as exc:
+            self._went_down(exc, at_start=True)
+        else:
+            log.info("rate limits are counted in Redis at %s", redacted(self.url))
+
+    async def check(self, bucket: str) -> Decision:
+        probing = self._down
+        if probing:
+            now = self._clock()
+            if now < self._next_probe:
+                return self.fallback.hit(bucket)
+            self._next_probe = now + self._probe_interval  # the other requests stay local
+        member = f"{self._member_prefix}{next(self._members)}"
+        try:
+            async with asyncio.timeout(self._timeout):
+                admitted, count, reset_us = await self._script(
+                    keys=[self._prefix + bucket], args=[self.limit, self._window_us, member]
+                )
+        except (RedisError, OSError) as exc:
+            self._went_down(exc)
+            return self.fallback.hit(bucket)
+        if probing and self._down:
+            self._down = False
+            log.info("Redis at %s answers again; rate limits are shared again", redacted(self.url))
+        return self._decision(bool(admitted), int(count), int(reset_us) / 1_000_000)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._redis.aclose()
+
+    def _went_down(self, exc: BaseException, *, at_start: bool = False) -> None:
+        if self._down:
+            return
+        self._down = True
+        self._next_probe = self._clock() + self._probe_interval
+        log.warning(
+            "Redis at %s unreachable%s (%s); rate limits are per process until it answers",
+            redacted(self.url),
+            " at start-up" if at_start else "",
+            _describe(exc),
+        )
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

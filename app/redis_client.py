@@ -1,0 +1,21 @@
+"""The one way the gateway connects to Redis: short timeouts, one immediate retry."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+
+def connect(url: str, timeout: float) -> Redis:
+    """A lazily connecting client; nothing is sent until the first command."""
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # Pooled connections are dead after a Redis restart: one immediate retry on a fresh
+        # connection saves that first request from falling back. Timeouts are not retried:
+        # a hung Redis would only cost the request twice as long.
+        retry=Retry(NoBackoff(), 1, (RedisConnectionError,)),
+    )
