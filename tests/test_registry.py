@@ -59,14 +59,26 @@ def test_env_default_applies_to_an_empty_variable(tmp_path):
     ("text", "environ", "expected"),
     [
         (GOOD, {}, "providers.up.api_key: environment variable UP_KEY is not set"),
-        (GOOD.replace("dimensions: 8", "dimensions: 0"), {"UP_KEY": "k"},
-         "models.m.dimensions: Input should be greater than or equal to 1"),
-        (GOOD.replace("provider: up,", "provider: down,"), {"UP_KEY": "k"},
-         "models.m.routes.0.provider: unknown provider 'down'"),
-        (GOOD.replace("type: nanogpt", "type: openai"), {"UP_KEY": "k"},
-         "providers.up.type: Input should be"),
-        (GOOD.replace("max_tokens: 100", "max_tokens: 100\n    colour: red"), {"UP_KEY": "k"},
-         "models.m.colour: Extra inputs are not permitted"),
+        (
+            GOOD.replace("dimensions: 8", "dimensions: 0"),
+            {"UP_KEY": "k"},
+            "models.m.dimensions: Input should be greater than or equal to 1",
+        ),
+        (
+            GOOD.replace("provider: up,", "provider: down,"),
+            {"UP_KEY": "k"},
+            "models.m.routes.0.provider: unknown provider 'down'",
+        ),
+        (
+            GOOD.replace("type: nanogpt", "type: openai"),
+            {"UP_KEY": "k"},
+            "providers.up.type: Input should be",
+        ),
+        (
+            GOOD.replace("max_tokens: 100", "max_tokens: 100\n    colour: red"),
+            {"UP_KEY": "k"},
+            "models.m.colour: Extra inputs are not permitted",
+        ),
         ("providers: [\n", {}, "cannot be read as YAML"),
     ],
 )
@@ -107,8 +119,12 @@ def test_the_shipped_registry():
     assert models["text-embedding-3-small"].config.supports_dimensions
     assert not models["text-embedding-ada-002"].config.supports_dimensions
     assert models["Qwen/Qwen3-Embedding-0.6B"].config.supports_dimensions
-    for model_id in ("voyage-2", "togethercomputer/m2-bert-80M-32k-retrieval",
-                     "textembedding-gecko@003", "BAAI/bge-base-en-v1.5"):
+    for model_id in (
+        "voyage-2",
+        "togethercomputer/m2-bert-80M-32k-retrieval",
+        "textembedding-gecko@003",
+        "BAAI/bge-base-en-v1.5",
+    ):
         assert [r.provider for r in models[model_id].routes] == ["aiml"]
     nugen = models["nugen-flash-embed"]
     assert nugen.config.supports_dimensions and nugen.routes[0].provider == "nugen"
