@@ -9,14 +9,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from app.registry import RoutePolicy
+from app import metrics
+from app.registry import Route
 
 log = logging.getLogger("app.routing")
 
 
 class RouteHealth:
-    def __init__(self, route_key: str, policy: RoutePolicy, clock: Callable[[], float]) -> None:
-        self.route_key = route_key
+    def __init__(self, route: Route, clock: Callable[[], float]) -> None:
+        policy = route.policy
+        self.route_key = route.key
+        self._gauge = metrics.ROUTE_COOLDOWN.labels(route.model_id, route.provider)
+        self._gauge.set(0)
         self._threshold = policy.cooldown_failures
         self._cooldown = policy.cooldown_seconds
         # A trial that never reports back (its request was cancelled) must not wedge the route.
@@ -45,6 +49,7 @@ class RouteHealth:
     def success(self) -> None:
         if self._open_until is not None:
             log.warning("route recovered, cooldown closed", extra={"route": self.route_key})
+            self._gauge.set(0)
         self.consecutive_failures = 0
         self._open_until = None
         self._trial_started = None
@@ -61,6 +66,7 @@ class RouteHealth:
                 )
             self._open_until = self._clock() + self._cooldown
             self._trial_started = None
+            self._gauge.set(1)
 
     def neutral(self) -> None:
         """The call proved nothing about the route (the input was bad): release a trial."""

@@ -9,6 +9,14 @@ from app.tokens import count_tokens, decode_tokens
 
 
 @dataclass(slots=True)
+class UpstreamTrace:
+    """What reaching the upstreams cost this job, for the request log and metrics."""
+
+    providers: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
 class EmbeddingJob:
     model: Model
     # Exactly one of these holds the client's items, in input order.
@@ -18,6 +26,7 @@ class EmbeddingJob:
     user: str | None
     want_base64: bool
     request_id: str
+    trace: UpstreamTrace = field(default_factory=UpstreamTrace)
     _token_counts: list[int] | None = field(default=None, repr=False)
     _decoded: list[str] | None = field(default=None, repr=False)
 

@@ -11,10 +11,11 @@ from typing import Any
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from app.api import embeddings, models
+from app.api import embeddings, models, ops
 from app.api.auth import Authenticator
 from app.api.errors import install_error_handlers
-from app.api.middleware import GatewayMiddleware
+from app.api.middleware import API_PREFIXES, GatewayMiddleware
+from app.config_report import settings_summary
 from app.gateway import Gateway
 from app.logs import configure_logging
 from app.providers import build_providers
@@ -26,8 +27,6 @@ from app.settings import Settings
 from app.tokens import warm_up
 
 log = logging.getLogger("app")
-
-API_PREFIXES = ("/api/v1", "/v1")
 
 
 def build_gateway(settings: Settings) -> Gateway:
@@ -81,7 +80,7 @@ async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    configure_logging(settings.LOG_LEVEL)
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "AUTH IS OFF: GATEWAY_API_KEYS is empty, so anyone who can reach this gateway "
                 "can use it and spend its provider credit. Set GATEWAY_API_KEYS."
             )
+        log.info("configuration", extra={"settings": settings_summary(settings)})
         log.info("serving %d models from %s", len(gateway.registry.models), gateway.registry.source)
         app.state.gateway = gateway
         try:
@@ -109,6 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in API_PREFIXES:
         app.include_router(embeddings.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
+    app.include_router(ops.router)
+    if settings.METRICS_ENABLED:
+        app.add_api_route("/metrics", ops.metrics_endpoint, methods=["GET"], summary="Metrics")
     install_error_handlers(app)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
     return app

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app import metrics
 from app.redis_client import connect
 
 log = logging.getLogger("app.ratelimit")
@@ -213,6 +214,7 @@ class RedisRateLimiter(RateLimiter):
                     keys=[self._prefix + bucket], args=[self.limit, self._window_us, member]
                 )
         except (RedisError, OSError) as exc:
+            metrics.REDIS_ERRORS.labels("ratelimit").inc()
             self._went_down(exc)
             return self.fallback.hit(bucket)
         if probing and self._down:

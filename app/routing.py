@@ -14,10 +14,11 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from app import metrics
 from app.errors import GatewayError, invalid_request, upstream_failure, upstream_timeout
 from app.health import RouteHealth
 from app.jobs import EmbeddingJob
@@ -32,7 +33,6 @@ log = logging.getLogger("app.routing")
 class RoutedResult:
     vectors: np.ndarray  # (len(job), job.expected_dims) float32, input order
     upstream_tokens: int | None  # summed upstream usage, or None if any call did not report it
-    providers: list[str] = field(default_factory=list)  # providers that were called, in order
 
 
 class Router:
@@ -47,7 +47,7 @@ class Router:
         self._providers = providers
         self._clock = clock
         self._health = {
-            route.key: RouteHealth(route.key, route.policy, clock)
+            route.key: RouteHealth(route, clock)
             for model in registry.models.values()
             for route in model.routes
         }
@@ -79,12 +79,12 @@ class Router:
             ) from None
         if attempt.pending:
             raise attempt.final_error()
-        return RoutedResult(attempt.vectors, attempt.upstream_tokens(), attempt.providers)
+        return RoutedResult(attempt.vectors, attempt.upstream_tokens())
 
     async def _run_route(self, route: Route, attempt: _JobAttempt, deadline: float) -> None:
         job = attempt.job
         provider = self._providers[route.provider]
-        attempt.providers.append(route.provider)
+        job.trace.providers.append(route.provider)
         try:
             inputs = job.token_ids if route.accepts_token_ids else job.as_text()
         except UndecodableTokens as exc:
@@ -99,6 +99,12 @@ class Router:
                     route, provider, [inputs[i] for i in chunk], job, deadline
                 )
             attempt.record(chunk, outcome)
+            if isinstance(outcome, UpstreamResult):
+                tokens = outcome.prompt_tokens
+                if tokens is None:
+                    counts = job.token_counts()
+                    tokens = sum(counts[i] for i in chunk)
+                metrics.TOKENS.labels(job.model.id, route.provider).inc(tokens)
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -130,10 +136,12 @@ class Router:
                 timeout=max(0.001, min(policy.timeout_seconds, remaining)),
                 request_id=job.request_id,
             )
+            started = time.perf_counter()
             try:
                 async with self._provider_slots[route.provider]:
                     result = await provider.embed(call)
             except UpstreamError as exc:
+                self._observe(route, job, started, exc.failure.name.lower())
                 error = exc
                 if exc.failure is Failure.BAD_REQUEST:
                     health.neutral()
@@ -162,10 +170,18 @@ class Router:
                 if health.is_open:
                     break  # the route went into cooldown while we waited: fail over
             else:
+                self._observe(route, job, started, "ok")
                 health.success()
                 return result
         assert error is not None
         return error
+
+    @staticmethod
+    def _observe(route: Route, job: EmbeddingJob, started: float, outcome: str) -> None:
+        elapsed = time.perf_counter() - started
+        job.trace.seconds += elapsed
+        metrics.UPSTREAM_SECONDS.labels(route.provider).observe(elapsed)
+        metrics.UPSTREAM_CALLS.labels(route.provider, route.model_id, outcome).inc()
 
     @staticmethod
     def _wait_before_retry(error: UpstreamError, number: int, base: float) -> float:
@@ -182,7 +198,6 @@ class _JobAttempt:
         self.job = job
         self.pending: list[int] = list(range(len(job)))
         self.vectors = np.empty((len(job), job.expected_dims), dtype=np.float32)
-        self.providers: list[str] = []
         self.skipped: list[str] = []
         self.errors: list[UpstreamError] = []
         self._tokens: int | None = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     PORT: int = Field(default=8000, ge=1, le=65535)
     WORKERS: int = Field(default=1, ge=1)
     LOG_LEVEL: str = "info"
+    # JSON lines for machines (the default); `text` reads better in a local terminal.
+    LOG_FORMAT: Literal["json", "text"] = "json"
+    METRICS_ENABLED: bool = True
     REDIS_URL: str | None = None
 
     # Requests per second per client IP on the API routes; 0 turns the limit off.

@@ -6,8 +6,10 @@ import math
 
 from starlette.requests import Request
 
+from app import metrics
 from app.api.auth import Caller
 from app.api.middleware import extra_headers
+from app.api.record import record
 from app.clientip import client_ip
 from app.errors import RATE_LIMIT, GatewayError
 from app.gateway import Gateway
@@ -19,10 +21,13 @@ async def admit(request: Request, gateway: Gateway, caller: Caller) -> None:
     The x-ratelimit-* headers go into the middleware's extra headers, so they reach the client
     on whatever response this request ends with, errors included.
     """
+    ip = client_ip(request.scope, gateway.settings.TRUSTED_PROXIES)
+    trail = record(request.scope)
+    trail.client_ip, trail.key_id = ip, caller.key_id
     limiter = gateway.limiter
     if limiter is None or caller.is_internal:
         return
-    decision = await limiter.check(client_ip(request.scope, gateway.settings.TRUSTED_PROXIES))
+    decision = await limiter.check(ip)
     extra_headers(request.scope).update(
         {
             "x-ratelimit-limit-requests": str(decision.limit),
@@ -32,6 +37,7 @@ async def admit(request: Request, gateway: Gateway, caller: Caller) -> None:
     )
     if decision.allowed:
         return
+    metrics.RATE_LIMITED.inc()
     wait_ms = max(1, _ceil_ms(decision.retry_after))
     raise GatewayError(
         429,

@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import metrics
+from app.api.record import RequestRecord, record
 from app.errors import SERVER, GatewayError
 
 log = logging.getLogger("app.api")
+access_log = logging.getLogger("app.access")
+
+API_PREFIXES = ("/api/v1", "/v1")
+_API_ROUTES = {
+    "/embeddings": "embeddings",
+    "/embedding-models": "embedding_models",
+    "/models": "models",
+    "/usage": "usage",
+}
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -51,23 +63,28 @@ class GatewayMiddleware:
         state["request_id"] = rid
         headers = extra_headers(scope)
         started = False
+        status = 500
+        route = api_route(scope["path"])
+        began = time.perf_counter()
+        if route is not None:
+            metrics.IN_FLIGHT.inc()
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 raw = list(message.get("headers", []))
                 raw.append((b"x-request-id", rid.encode("latin-1")))
                 raw.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
                 message = {**message, "headers": raw}
             await send(message)
 
-        declared = _header(scope, b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await _send_error(send_with_headers, BodyTooLarge(self.max_body_bytes))
-            return
-
         try:
+            declared = _header(scope, b"content-length")
+            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await _send_error(send_with_headers, BodyTooLarge(self.max_body_bytes))
+                return
             await self.app(scope, self._capped(receive), send_with_headers)
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid})
@@ -76,6 +93,10 @@ class GatewayMiddleware:
                     send_with_headers,
                     GatewayError(500, "The gateway hit an internal error.", type=SERVER),
                 )
+        finally:
+            if route is not None:
+                metrics.IN_FLIGHT.dec()
+                _finish(scope, route, status, time.perf_counter() - began, rid)
 
     def _capped(self, receive: Receive) -> Receive:
         limit = self.max_body_bytes
@@ -107,6 +128,37 @@ async def _send_error(send: Send, error: GatewayError) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def api_route(path: str) -> str | None:
+    """A fixed label for an API path, or None for paths that are not API traffic."""
+    for prefix in API_PREFIXES:
+        if path.startswith(prefix + "/"):
+            return _API_ROUTES.get(path[len(prefix) :], "other")
+    return None
+
+
+def _finish(scope: Scope, route: str, status: int, seconds: float, rid: str) -> None:
+    rec: RequestRecord = record(scope)
+    metrics.REQUESTS.labels(route, rec.model or metrics.NONE, str(status)).inc()
+    metrics.REQUEST_SECONDS.labels(route).observe(seconds)
+    access_log.info(
+        "request",
+        extra={
+            "request_id": rid,
+            "method": scope.get("method"),
+            "path": scope["path"],
+            "status": status,
+            "client_ip": rec.client_ip or client_host(scope),
+            "key_id": rec.key_id,
+            "model": rec.model,
+            "providers": rec.providers,
+            "duration_ms": round(seconds * 1000, 2),
+            "upstream_ms": round(rec.upstream_seconds * 1000, 2),
+            "prompt_tokens": rec.prompt_tokens,
+            "upstream_tokens": rec.upstream_tokens,
+        },
+    )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -53,3 +53,20 @@ def _json(model: type[BaseModel]) -> dict[str, Any]:
 EMBEDDINGS_OPENAPI: dict[str, Any] = {
     "requestBody": {"required": True, "content": _json(EmbeddingRequest)},
 }
+
+
+EMBEDDINGS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Embeddings, in input order", "model": EmbeddingResponse},
+    **{
+        status: {"description": description, "model": ErrorResponse}
+        for status, description in {
+            400: "Invalid request",
+            401: "Missing or invalid API key",
+            413: "Request body too large",
+            429: "Rate limit exceeded",
+            502: "Upstream failure",
+            503: "Every route is cooling down",
+            504: "Upstream timeout",
+        }.items()
+    },
+}

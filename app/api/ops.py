@@ -1,0 +1,43 @@
+"""Operations routes: liveness, readiness and Prometheus metrics. No auth, no rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from app import metrics
+from app.api.responses import json_response
+from app.errors import GatewayError
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz", summary="Readiness: registry loaded, Redis reachable when configured")
+async def readyz(request: Request) -> Response:
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is None:
+        raise _not_ready("the model registry is not loaded yet")
+    if gateway.redis is not None:
+        try:
+            async with asyncio.timeout(max(0.25, gateway.settings.REDIS_TIMEOUT_MS / 1000)):
+                await gateway.redis.ping()
+        except Exception as exc:  # any failure to answer means not ready; say which
+            raise _not_ready(f"Redis is unreachable ({type(exc).__name__})") from None
+    return json_response({"status": "ready", "models": len(gateway.registry.models)})
+
+
+def _not_ready(reason: str) -> GatewayError:
+    return GatewayError(503, f"Not ready: {reason}.", type="server_error", code="not_ready")
+
+
+async def metrics_endpoint() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,26 @@
+"""What one request did, filled in as it goes and read once at the end for metrics and the log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette.types import Scope
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    client_ip: str = ""
+    key_id: str | None = None
+    model: str | None = None  # a registry ID, or metrics.UNKNOWN once validation saw a model
+    providers: list[str] = field(default_factory=list)
+    upstream_seconds: float = 0.0
+    prompt_tokens: int | None = None
+    upstream_tokens: int | None = None
+
+
+def record(scope: Scope) -> RequestRecord:
+    state = scope.setdefault("state", {})
+    existing = state.get("record")
+    if existing is None:
+        existing = state["record"] = RequestRecord()
+    return existing

@@ -1,0 +1,32 @@
+"""The resolved configuration, printable: every secret masked, for logs and `check-config`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.ratelimit import redacted
+from app.registry import Registry
+from app.settings import Settings
+
+
+def settings_summary(settings: Settings) -> dict[str, Any]:
+    # JSON mode renders every SecretStr as asterisks; the Redis URL's password is not one.
+    summary = settings.model_dump(mode="json")
+    summary["GATEWAY_API_KEYS"] = f"{len(settings.GATEWAY_API_KEYS)} key(s), masked"
+    if settings.REDIS_URL:
+        summary["REDIS_URL"] = redacted(settings.REDIS_URL)
+    return summary
+
+
+def model_table(registry: Registry) -> list[str]:
+    """One line per model: ID, width, and its routes in order, with whether each has a key."""
+    rows = [("MODEL", "DIMS", "ROUTES (provider:upstream model [key])")]
+    for model in registry.models.values():
+        routes = []
+        for route in model.routes:
+            provider = registry.providers[route.provider]
+            key = "key set" if provider.api_key else f"no key: {provider.api_key_env or '-'}"
+            routes.append(f"{route.provider}:{route.upstream_model} [{key}]")
+        rows.append((model.id, str(model.config.dimensions), " -> ".join(routes)))
+    width = max(len(row[0]) for row in rows)
+    return [f"{row[0]:<{width}}  {row[1]:>5}  {row[2]}" for row in rows]

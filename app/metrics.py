@@ -1,0 +1,74 @@
+"""Prometheus metrics, under one prefix, with label values only from the registry or fixed sets.
+
+With several uvicorn workers the CLI points PROMETHEUS_MULTIPROC_DIR at a fresh directory
+before any worker starts, and /metrics aggregates every worker's files (prometheus-client's
+multiprocess mode); with one process the default registry serves directly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+PREFIX = "embeddings_gateway"
+UNKNOWN = "unknown"  # the one label value for a model the registry does not have
+NONE = "none"  # for requests that never named a model (model lists, bad JSON, 401s)
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter(
+    f"{PREFIX}_requests_total", "API requests answered.", ["route", "model", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    f"{PREFIX}_request_duration_seconds",
+    "Time to answer an API request.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    f"{PREFIX}_in_flight_requests", "API requests being served.", multiprocess_mode="livesum"
+)
+UPSTREAM_CALLS = Counter(
+    f"{PREFIX}_upstream_calls_total",
+    "Calls to upstream providers, by outcome.",
+    ["provider", "model", "outcome"],
+)
+UPSTREAM_SECONDS = Histogram(
+    f"{PREFIX}_upstream_duration_seconds",
+    "Time of one upstream call.",
+    ["provider"],
+    buckets=_LATENCY_BUCKETS,
+)
+TOKENS = Counter(
+    f"{PREFIX}_tokens_total", "Input tokens embedded, by model and provider.", ["model", "provider"]
+)
+RATE_LIMITED = Counter(f"{PREFIX}_rate_limited_total", "Requests refused with 429.")
+REDIS_ERRORS = Counter(
+    f"{PREFIX}_redis_errors_total", "Redis calls that failed or timed out.", ["operation"]
+)
+ROUTE_COOLDOWN = Gauge(
+    f"{PREFIX}_route_cooldown_open",
+    "1 while a route is skipped after repeated failures.",
+    ["model", "provider"],
+    multiprocess_mode="livemax",
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for /metrics, across all workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
