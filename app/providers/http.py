@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 
-from app.providers.base import Failure, UpstreamError
+from app.providers.base import Failure, UpstreamCall, UpstreamError, UpstreamResult
+from app.providers.validation import MalformedResponse, vectors_from_items
+from app.registry import ProviderConfig
 
 _TIMEOUT_CAUSES = (asyncio.TimeoutError, aiohttp.ServerTimeoutError)
 
@@ -144,3 +146,72 @@ def error_from_response(
     return UpstreamError(
         provider, failure, detail, status=status, retry_after=retry_after_seconds(response.headers)
     )
+
+
+class HTTPProvider:
+    """The request/response cycle every HTTP upstream shares; subclasses say only what differs:
+    the path, the fields sent, where the error message is, and what usage looks like."""
+
+    display_name: ClassVar[str] = "upstream"
+    default_key_env: ClassVar[str] = "the provider's API key"
+    path: ClassVar[str] = "/embeddings"
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self._url = (config.base_url or "").rstrip("/") + self.path
+        self._key = config.api_key.get_secret_value() if config.api_key else None
+        self._key_env = config.api_key_env or self.default_key_env
+        self._http = UpstreamHTTP(name, self.display_name, config.max_concurrency)
+
+    def payload(self, call: UpstreamCall) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def error_message(self, body: Any) -> str | None:
+        """The upstream's own words from an error body, if it has any."""
+        return None
+
+    def prompt_tokens(self, usage: Any) -> int | None:
+        return usage_count(usage, "prompt_tokens", "total_tokens")
+
+    async def embed(self, call: UpstreamCall) -> UpstreamResult:
+        headers = {"x-request-id": call.request_id}
+        if self._key:
+            headers["authorization"] = f"Bearer {self._key}"
+        response = await self._http.post_json(self._url, self.payload(call), headers, call.timeout)
+        if response.status_code != 200:
+            message = self.error_message(_json_or_none(response))
+            raise error_from_response(
+                self.name,
+                self.display_name,
+                response,
+                short(message, self._key) if message else None,
+                self._key_env,
+            )
+        body = parse_json(self.name, self.display_name, response)
+        try:
+            if not isinstance(body, dict):
+                raise MalformedResponse("response is not a JSON object")
+            vectors = vectors_from_items(body.get("data"), len(call.inputs), call.expected_dims)
+        except MalformedResponse as exc:
+            raise malformed(self.name, self.display_name, str(exc)) from None
+        return UpstreamResult(vectors, self.prompt_tokens(body.get("usage")))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def usage_count(usage: Any, *fields: str) -> int | None:
+    if not isinstance(usage, dict):
+        return None
+    for field in fields:
+        value = usage.get(field)
+        if type(value) is int and value >= 0:
+            return value
+    return None
