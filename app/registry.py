@@ -11,13 +11,27 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-ProviderType = Literal["nanogpt", "aiml", "nugen"]
+ProviderType = Literal["nanogpt", "aiml", "nugen", "local"]
+# Types that call an upstream over HTTP; `local` runs a model inside this process instead.
+HTTP_PROVIDER_TYPES: frozenset[str] = frozenset({"nanogpt", "aiml", "nugen"})
+# Fields that mean something only to one side; setting them on the other is a mistake to report.
+_HTTP_ONLY_FIELDS = ("base_url", "api_key")
+_LOCAL_ONLY_FIELDS = ("threads", "workers", "max_seq_length")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class RegistryError(Exception):
     """A registry that cannot be used; the message names the file, the entry and the field."""
+
+
+class _FieldError(ValueError):
+    """A model-level check that blames one field, so the message names it like pydantic's own."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
 
 
 class _Strict(BaseModel):
@@ -39,7 +53,8 @@ class RoutePolicy(_Strict):
 
 class ProviderConfig(RoutePolicy):
     type: ProviderType
-    base_url: str = Field(min_length=1)
+    # Required for the HTTP types and refused for `local` (checked in _fields_fit_the_type).
+    base_url: str | None = Field(default=None, min_length=1)
     api_key: SecretStr | None = None
     # Which env var the key came from, so errors can say what to check without the key.
     api_key_env: str | None = None
@@ -47,6 +62,12 @@ class ProviderConfig(RoutePolicy):
     max_concurrency: int = Field(default=64, ge=1)
     # Ask for base64 only where the upstream is known to encode it correctly.
     returns_base64: bool = False
+    # `local` only. Intra-op threads per inference run, and runs at once: threads x workers is
+    # the most cores the model uses, so the defaults leave an HTTP-serving core on small boxes.
+    threads: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=2, ge=1, le=64)
+    # `local` only: truncate inputs at this many word pieces; unset means the model's own limit.
+    max_seq_length: int | None = Field(default=None, ge=2)
 
     @model_validator(mode="before")
     @classmethod
@@ -55,6 +76,20 @@ class ProviderConfig(RoutePolicy):
         if isinstance(key, str) and not key.strip():
             data = {**data, "api_key": None}
         return data
+
+    @model_validator(mode="after")
+    def _fields_fit_the_type(self) -> ProviderConfig:
+        if self.type in HTTP_PROVIDER_TYPES:
+            if self.base_url is None:
+                raise _FieldError("base_url", f"Field required for a {self.type} provider")
+            for name in _LOCAL_ONLY_FIELDS:
+                if name in self.model_fields_set:
+                    raise _FieldError(name, "only a local provider takes this field")
+        else:
+            for name in _HTTP_ONLY_FIELDS:
+                if getattr(self, name) is not None:
+                    raise _FieldError(name, "a local provider calls no HTTP API; remove this field")
+        return self
 
 
 class RouteOverrides(_Strict):
@@ -238,5 +273,9 @@ def _describe(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, _FieldError):
+            where = f"{where}.{cause.field}" if where else cause.field
+            message = cause.message
         parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)

@@ -10,6 +10,7 @@ from app.providers.base import (
     UpstreamError,
     UpstreamResult,
 )
+from app.providers.local import LocalProvider
 from app.providers.nanogpt import NanoGPTProvider
 from app.providers.nugen import NugenProvider
 from app.registry import Registry, RegistryError
@@ -18,6 +19,7 @@ PROVIDER_CLASSES = {
     "nanogpt": NanoGPTProvider,
     "aiml": AimlProvider,
     "nugen": NugenProvider,
+    "local": LocalProvider,
 }
 
 __all__ = [
@@ -34,12 +36,19 @@ __all__ = [
 def build_providers(registry: Registry) -> dict[str, Provider]:
     for model in registry.models.values():
         for route in model.routes:
-            cls = PROVIDER_CLASSES[registry.providers[route.provider].type]
+            config = registry.providers[route.provider]
+            cls = PROVIDER_CLASSES[config.type]
             if route.accepts_token_ids and not getattr(cls, "supports_token_ids", True):
                 raise RegistryError(
                     f"{registry.source}: models.{model.id}.routes.{route.index}."
                     f"accepts_token_ids: {cls.display_name} takes strings only"
                 )
+            # Providers that can tell at start-up that a route cannot work (a local model that
+            # does not exist, the wrong width) say so here rather than on the first request.
+            check_route = getattr(cls, "check_route", None)
+            problem = check_route(model, route, config) if check_route else None
+            if problem:
+                raise RegistryError(f"{registry.source}: {problem}")
     return {
         name: PROVIDER_CLASSES[config.type](name, config)
         for name, config in registry.providers.items()
