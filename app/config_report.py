@@ -25,7 +25,10 @@ def model_table(registry: Registry) -> list[str]:
         routes = []
         for route in model.routes:
             provider = registry.providers[route.provider]
-            key = "key set" if provider.api_key else f"no key: {provider.api_key_env or '-'}"
+            if provider.api_key:
+                key = "key set"
+            else:
+                key = "no key needed" if provider.usable else f"no key: set {provider.key_hint}"
             routes.append(f"{route.provider}:{route.upstream_model} [{key}]")
         rows.append((model.id, str(model.config.dimensions), " -> ".join(routes)))
     width = max(len(row[0]) for row in rows)

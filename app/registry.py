@@ -77,6 +77,16 @@ class ProviderConfig(RoutePolicy):
             data = {**data, "api_key": None}
         return data
 
+    @property
+    def usable(self) -> bool:
+        """Can this provider be called at all? An HTTP upstream needs its API key."""
+        return self.type not in HTTP_PROVIDER_TYPES or self.api_key is not None
+
+    @property
+    def key_hint(self) -> str:
+        """What to set to make this provider usable, named without any secret."""
+        return self.api_key_env or "an api_key for this provider in the registry"
+
     @model_validator(mode="after")
     def _fields_fit_the_type(self) -> ProviderConfig:
         if self.type in HTTP_PROVIDER_TYPES:
@@ -155,6 +165,7 @@ class Route:
         "provider",
         "returns_base64",
         "upstream_model",
+        "usable",
     )
 
     def __init__(
@@ -166,6 +177,7 @@ class Route:
         self.provider = provider
         self.upstream_model = config.model
         self.accepts_token_ids = config.accepts_token_ids
+        self.usable = base.usable
         self.returns_base64 = (
             base.returns_base64 if config.returns_base64 is None else config.returns_base64
         )
@@ -179,13 +191,27 @@ class Route:
 
 
 class Model:
-    __slots__ = ("config", "created", "id", "routes")
+    __slots__ = ("config", "created", "id", "missing_keys", "routes", "usable_routes")
 
-    def __init__(self, model_id: str, config: ModelConfig, routes: list[Route], created: int):
+    def __init__(
+        self,
+        model_id: str,
+        config: ModelConfig,
+        routes: list[Route],
+        created: int,
+        providers: Mapping[str, ProviderConfig],
+    ) -> None:
         self.id = model_id
         self.config = config
         self.routes = routes
+        # Routes whose provider lacks its key are never called; a model with none is not offered.
+        self.usable_routes = [route for route in routes if route.usable]
+        self.missing_keys = sorted({providers[r.provider].key_hint for r in routes if not r.usable})
         self.created = config.created if config.created is not None else created
+
+    @property
+    def available(self) -> bool:
+        return bool(self.usable_routes)
 
 
 class Registry:
@@ -196,6 +222,10 @@ class Registry:
 
     def get(self, model_id: str) -> Model | None:
         return self.models.get(model_id)
+
+    def available(self) -> list[Model]:
+        """The models a client is offered: those with at least one route that can be called."""
+        return [model for model in self.models.values() if model.available]
 
 
 def load_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
@@ -227,6 +257,7 @@ def load_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
                 for index, route in enumerate(config.routes)
             ],
             created,
+            parsed.providers,
         )
         for model_id, config in parsed.models.items()
     }

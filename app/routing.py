@@ -64,7 +64,7 @@ class Router:
         attempt = _JobAttempt(job)
         try:
             async with asyncio.timeout(timeout):
-                for route in job.model.routes:
+                for route in job.model.usable_routes:
                     if not attempt.pending:
                         break
                     health = self._health[route.key]

@@ -211,3 +211,41 @@ def test_no_upstream_key_in_any_response(gateway, nanogpt):
     )
     for secret in (NANOGPT_KEY, AIML_KEY, NUGEN_KEY):
         assert secret not in response.text
+
+
+@pytest.fixture(scope="module")
+def keyless_aiml(tmp_path_factory, nanogpt, aiml, nugen):
+    from tests.conftest import providers_for, standard_models
+    from tests.harness import ThreadedGateway, write_registry
+
+    providers = providers_for(nanogpt, aiml, nugen)
+    providers["aiml"]["api_key"] = "${UNSET_AIML_KEY_FOR_TEST:-}"
+    path = write_registry(
+        tmp_path_factory.mktemp("keyless") / "models.yaml", providers, standard_models()
+    )
+    with ThreadedGateway(MODELS_CONFIG=str(path), GATEWAY_API_KEYS=CLIENT_KEY) as server:
+        yield server
+
+
+def test_a_model_without_any_keyed_route_is_hidden_and_answers_503(keyless_aiml, aiml):
+    client = openai.OpenAI(base_url=f"{keyless_aiml.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    assert "aiml-only" not in {m.id for m in client.models.list()}
+    detailed = httpx.get(f"{keyless_aiml.url}/v1/embedding-models").json()["data"]
+    assert "aiml-only" not in {m["id"] for m in detailed}
+    assert "text-embedding-3-small" in {m["id"] for m in detailed}
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.embeddings.create(model="aiml-only", input="x")
+    assert caught.value.status_code == 503
+    assert "UNSET_AIML_KEY_FOR_TEST" in caught.value.message
+    assert aiml.embedding_requests() == []
+
+
+def test_a_route_without_its_key_is_skipped(keyless_aiml, nanogpt, aiml):
+    from tests.fake_upstream import Fault
+
+    nanogpt.add_fault(Fault.http_status(500), times=None)
+    client = openai.OpenAI(base_url=f"{keyless_aiml.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+    assert caught.value.status_code == 502
+    assert aiml.embedding_requests() == []  # never called without a key

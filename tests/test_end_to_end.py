@@ -92,3 +92,28 @@ def test_auth_off_logs_a_loud_warning(upstreams):
         client = openai.OpenAI(base_url=process.url + "/v1", api_key="anything", max_retries=0)
         assert client.models.list().data
     assert "AUTH IS OFF" in process.output()
+
+
+def test_a_fresh_start_with_no_keys_and_no_redis_serves_the_local_model():
+    """The README's first command: no keys, no Redis; curl and the SDK still get embeddings."""
+    blank = {
+        name: ""
+        for name in (
+            "NANOGPT_API_KEY",
+            "AIML_API_KEY",
+            "NUGEN_API_KEY",
+            "GATEWAY_API_KEYS",
+            "REDIS_URL",
+        )
+    }
+    with GatewayProcess({**blank, "LOG_LEVEL": "info"}) as process:
+        client = openai.OpenAI(base_url=process.url + "/api/v1", api_key="any", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["all-MiniLM-L6-v2"]
+        vectors = client.embeddings.create(model="all-MiniLM-L6-v2", input=["a", "b"]).data
+        assert [len(v.embedding) for v in vectors] == [384, 384]
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.embeddings.create(model="text-embedding-3-small", input="x")
+        assert caught.value.status_code == 503
+        assert "NANOGPT_API_KEY" in caught.value.message
+        assert "AIML_API_KEY" in caught.value.message
+    assert "rate limits are counted per process" in process.output()

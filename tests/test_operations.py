@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -141,12 +142,17 @@ def logged_gateway(tmp_path_factory, nanogpt, aiml, nugen) -> Iterator[GatewayPr
 def test_metrics_add_up_across_workers(logged_gateway):
     url = logged_gateway.url
     before = sample(scrape(url), "embeddings_gateway_requests_total", route="embedding_models")
-    with httpx.Client() as client:  # new connections spread over both workers
-        for _ in range(40):
-            assert client.get(f"{url}/v1/embedding-models", headers={"connection": "close"})
+
+    def fetch(_: int) -> int:
+        # A new connection each time, several at once, so both workers accept some.
+        headers = {"connection": "close"}
+        return httpx.get(f"{url}/v1/embedding-models", headers=headers).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert set(pool.map(fetch, range(80))) == {200}
     time.sleep(0.2)
     after = sample(scrape(url), "embeddings_gateway_requests_total", route="embedding_models")
-    assert after - before == 40
+    assert after - before == 80
     lines = [json.loads(x) for x in logged_gateway.output().splitlines() if x.startswith("{")]
     pids = {x["pid"] for x in lines if x.get("path") == "/v1/embedding-models"}
     assert len(pids) == 2  # both workers served, and the scrape summed them

@@ -47,11 +47,12 @@ def gateway(tmp_path_factory, primary, secondary) -> Iterator[ThreadedGateway]:
         "cooldown_seconds": 1.0,
     }
     providers = {
-        "primary": {"type": "nanogpt", "base_url": primary.base_url, **policy},
-        "secondary": {"type": "aiml", "base_url": secondary.base_url, **policy},
+        "primary": {"type": "nanogpt", "base_url": primary.base_url, "api_key": "k1", **policy},
+        "secondary": {"type": "aiml", "base_url": secondary.base_url, "api_key": "k2", **policy},
         "batching": {
             "type": "nanogpt",
             "base_url": primary.base_url,
+            "api_key": "k3",
             **policy,
             "timeout_seconds": 5,
             "max_batch_size": 100,

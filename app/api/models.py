@@ -22,7 +22,7 @@ async def list_embedding_models(request: Request) -> Response:
     caller = gateway.auth.authenticate(request.headers, required=False)
     await admit(request, gateway, caller)
     return json_response(
-        {"object": "list", "data": [_detailed(m) for m in gateway.registry.models.values()]}
+        {"object": "list", "data": [_detailed(m) for m in gateway.registry.available()]}
     )
 
 
@@ -32,7 +32,7 @@ async def list_models(request: Request) -> Response:
     caller = gateway.auth.authenticate(request.headers, required=False)
     await admit(request, gateway, caller)
     return json_response(
-        {"object": "list", "data": [_brief(m) for m in gateway.registry.models.values()]}
+        {"object": "list", "data": [_brief(m) for m in gateway.registry.available()]}
     )
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from app.errors import invalid_request
+from app.errors import SERVER, GatewayError, invalid_request
 from app.jobs import EmbeddingJob
 from app.registry import Registry
 from app.tokens import vocabulary_size
@@ -45,6 +45,14 @@ def parse_embedding_request(body: bytes, registry: Registry, request_id: str) ->
             "this gateway serves.",
             param="model",
             code="model_not_found",
+        )
+    if not model.available:
+        raise GatewayError(
+            503,
+            f"The model '{model_id}' is not available: the gateway has no API key for any of "
+            f"its providers. Set {' or '.join(model.missing_keys)} and restart the gateway.",
+            type=SERVER,
+            code="model_unavailable",
         )
 
     encoding_format = data.get("encoding_format")
