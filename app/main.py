@@ -67,14 +67,15 @@ async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None
         log.info("rate limit off (RATE_LIMIT_PER_SECOND=0)")
         return
     log.info("rate limit: %d requests per second per client IP on the API routes", limit)
-    if isinstance(limiter, LocalRateLimiter):
-        log.log(
-            logging.WARNING if settings.WORKERS > 1 else logging.INFO,
+    if isinstance(limiter, LocalRateLimiter) and settings.WORKERS > 1:
+        log.warning(
             "REDIS_URL is unset, so rate limits are counted per process: with %d workers a "
             "client may get up to %d requests per second",
             settings.WORKERS,
             limit * settings.WORKERS,
         )
+    elif isinstance(limiter, LocalRateLimiter):
+        log.info("REDIS_URL is unset, so rate limits are counted per process (in memory)")
     await limiter.start()
 
 

@@ -527,6 +527,9 @@ async def test_four_workers_share_one_exact_limit(registry_path, redis_server):
                 for i in range(int(rate * seconds)):
                     await asyncio.sleep(max(0.0, started + i / rate - loop.time()))
                     await gate.acquire()
+                    if loop.time() - started >= seconds:
+                        gate.release()
+                        break  # a busy machine sends fewer, never for longer than the window
                     tasks.append(asyncio.create_task(one()))
                 offered_for = loop.time() - started
                 await asyncio.gather(*tasks)
@@ -538,6 +541,8 @@ async def test_four_workers_share_one_exact_limit(registry_path, redis_server):
         f"{admitted} admitted (expected {expected:.0f}, {100 * (admitted / expected - 1):+.1f} %), "
         f"{limited} limited"
     )
-    assert admitted + limited == len(statuses) == rate * seconds
-    assert offered_for < seconds + 0.1  # the load really was 5x the limit
+    assert admitted + limited == len(statuses)
+    # The load stayed well over the limit for the whole span (5x when the machine keeps up).
+    assert len(statuses) >= 2 * limit * seconds
+    assert offered_for < seconds + 0.1
     assert abs(admitted - expected) <= 0.02 * expected

@@ -31,7 +31,7 @@ async def readyz(request: Request) -> Response:
                 await gateway.redis.ping()
         except Exception as exc:  # any failure to answer means not ready; say which
             raise _not_ready(f"Redis is unreachable ({type(exc).__name__})") from None
-    return json_response({"status": "ready", "models": len(gateway.registry.models)})
+    return json_response({"status": "ready", "models": len(gateway.registry.available())})
 
 
 def _not_ready(reason: str) -> GatewayError:
