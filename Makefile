@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test lint format redis-server
+.PHONY: run test lint format redis-server node-deps
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/embeddings-gateway
 
 ## Install everything (Redis server included) and run the linters and the whole test suite.
-test: $(VENV)/.installed-test redis-server
+test: $(VENV)/.installed-test redis-server node-deps
 	$(VENV)/bin/ruff check app tests
 	$(VENV)/bin/ruff format --check app tests
 	$(PY) -m pytest
@@ -32,6 +32,19 @@ lint: $(VENV)/.installed-test
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format app tests
 	$(VENV)/bin/ruff check --fix app tests
+
+# tests/test_node_sdk.py runs the official openai Node SDK from tests/node; install it from the
+# lockfile when node_modules is missing or older than the lockfile (npm writes the stamp below).
+NODE_STAMP := tests/node/node_modules/.package-lock.json
+
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): tests/node/package-lock.json tests/node/package.json
+	@{ command -v node && command -v npm; } >/dev/null 2>&1 || { \
+		echo "installing nodejs and npm (Debian packages)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	npm ci --prefix tests/node --no-audit --no-fund
+	@touch $@
 
 # The test suite starts and stops its own redis-server; it only needs the binary.
 redis-server:

@@ -85,11 +85,14 @@ class Router:
         job = attempt.job
         provider = self._providers[route.provider]
         job.trace.providers.append(route.provider)
-        try:
-            inputs = job.token_ids if route.accepts_token_ids else job.as_text()
-        except UndecodableTokens as exc:
-            raise invalid_request(str(exc), param="input") from None
-        assert inputs is not None
+        inputs: list[str] | list[list[int]]
+        if route.accepts_token_ids and job.token_ids is not None:
+            inputs = job.token_ids  # a route that takes token IDs takes text too
+        else:
+            try:
+                inputs = job.as_text()
+            except UndecodableTokens as exc:
+                raise invalid_request(str(exc), param="input") from None
         chunks = _split(attempt.pending, route, job)
         gate = asyncio.Semaphore(route.policy.max_concurrency_per_request)
 

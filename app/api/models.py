@@ -10,13 +10,18 @@ from starlette.responses import Response
 
 from app.api.admission import admit
 from app.api.responses import json_response
+from app.api.schemas import MODEL_DETAILS_RESPONSES, MODELS_RESPONSES
 from app.gateway import Gateway
 from app.registry import Model
 
 router = APIRouter()
 
 
-@router.get("/embedding-models", summary="List embedding models with details")
+@router.get(
+    "/embedding-models",
+    summary="List embedding models with details",
+    responses=MODEL_DETAILS_RESPONSES,
+)
 async def list_embedding_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     caller = gateway.auth.authenticate(request.headers, required=False)
@@ -26,7 +31,7 @@ async def list_embedding_models(request: Request) -> Response:
     )
 
 
-@router.get("/models", summary="List models (OpenAI shape)")
+@router.get("/models", summary="List models (OpenAI shape)", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     caller = gateway.auth.authenticate(request.headers, required=False)

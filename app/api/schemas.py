@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class EmbeddingRequest(BaseModel):
-    input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="A string, strings, token IDs, or arrays of token IDs (1 to 2048 items)."
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "all-MiniLM-L6-v2", "input": "hello"}]}
     )
+
+    input: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[
+            list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=2048)
+        ]
+    ) = Field(description="A string, strings, token IDs, or arrays of token IDs (1 to 2048 items).")
     model: str
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = Field(default=None, ge=1)
@@ -55,18 +64,62 @@ EMBEDDINGS_OPENAPI: dict[str, Any] = {
 }
 
 
+_ERRORS = {
+    400: "Invalid request",
+    401: "Missing or invalid API key",
+    413: "Request body too large",
+    429: "Rate limit exceeded",
+    502: "Upstream failure",
+    503: "Model unavailable, or every route cooling down",
+    504: "Upstream timeout",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"description": _ERRORS[s], "model": ErrorResponse} for s in statuses}
+
+
+class ModelBrief(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelBrief]
+
+
+class Pricing(BaseModel):
+    per_million_tokens: float
+    currency: Literal["USD"]
+
+
+class ModelDetail(ModelBrief):
+    name: str
+    description: str
+    dimensions: int
+    supports_dimensions: bool
+    max_tokens: int
+    pricing: Pricing
+
+
+class ModelDetailList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelDetail]
+
+
 EMBEDDINGS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Embeddings, in input order", "model": EmbeddingResponse},
-    **{
-        status: {"description": description, "model": ErrorResponse}
-        for status, description in {
-            400: "Invalid request",
-            401: "Missing or invalid API key",
-            413: "Request body too large",
-            429: "Rate limit exceeded",
-            502: "Upstream failure",
-            503: "Every route is cooling down",
-            504: "Upstream timeout",
-        }.items()
-    },
+    **error_responses(400, 401, 413, 429, 502, 503, 504),
 }
+MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Models this gateway can serve now", "model": ModelList},
+    **error_responses(401, 429),
+}
+MODEL_DETAILS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Models with dimensions and pricing", "model": ModelDetailList},
+    **error_responses(401, 429),
+}
+USAGE_RESPONSES = error_responses(400, 401, 429)
