@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from app.api.auth import Authenticator
+from app.cache import EmbeddingCache
+from app.embedder import Embedder
 from app.providers import Provider
 from app.ratelimit import RateLimiter
 from app.registry import Registry
 from app.routing import Router
 from app.settings import Settings
+from app.usage import UsageLedger
 
 
 @dataclass
@@ -23,6 +26,23 @@ class Gateway:
     router: Router
     limiter: RateLimiter | None = None  # None: RATE_LIMIT_PER_SECOND is 0
     redis: Redis | None = None  # None: REDIS_URL is unset
+    embedder: Embedder = field(init=False)
+    usage: UsageLedger = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        cache = None
+        if self.redis is not None and settings.CACHE_ENABLED:
+            cache = EmbeddingCache(
+                self.redis,
+                prefix=settings.CACHE_KEY_PREFIX,
+                ttl_seconds=settings.CACHE_TTL_SECONDS,
+                timeout=settings.CACHE_TIMEOUT_MS / 1000,
+            )
+        self.embedder = Embedder(self.router, cache)
+        self.usage = UsageLedger(
+            self.redis, prefix=settings.USAGE_KEY_PREFIX, timeout=settings.CACHE_TIMEOUT_MS / 1000
+        )
 
     async def aclose(self) -> None:
         try:

@@ -50,6 +50,27 @@ class EmbeddingJob:
     def prompt_tokens(self) -> int:
         return sum(self.token_counts())
 
+    def subset(self, indices: list[int]) -> EmbeddingJob:
+        """The same request for some of its items only, sharing this job's trace."""
+        counts = self._token_counts
+        return EmbeddingJob(
+            model=self.model,
+            texts=[self.texts[i] for i in indices] if self.texts is not None else None,
+            token_ids=[self.token_ids[i] for i in indices] if self.token_ids is not None else None,
+            dimensions=self.dimensions,
+            user=self.user,
+            want_base64=self.want_base64,
+            request_id=self.request_id,
+            trace=self.trace,
+            _token_counts=[counts[i] for i in indices] if counts is not None else None,
+        )
+
+    def item(self, index: int) -> str | list[int]:
+        if self.texts is not None:
+            return self.texts[index]
+        assert self.token_ids is not None
+        return self.token_ids[index]
+
     def as_text(self) -> list[str]:
         """The items as strings, decoding token IDs for routes that take strings only."""
         if self.texts is not None:

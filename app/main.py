@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from redis.asyncio import Redis
 
-from app.api import embeddings, models, ops
+from app.api import embeddings, models, ops, usage
 from app.api.auth import Authenticator
 from app.api.errors import install_error_handlers
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
@@ -110,9 +111,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for prefix in API_PREFIXES:
         app.include_router(embeddings.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
+        app.include_router(usage.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
     app.include_router(ops.router)
     if settings.METRICS_ENABLED:
-        app.add_api_route("/metrics", ops.metrics_endpoint, methods=["GET"], summary="Metrics")
+        app.add_api_route(
+            "/metrics",
+            ops.metrics_endpoint,
+            methods=["GET"],
+            summary="Prometheus metrics",
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+            response_class=PlainTextResponse,
+        )
     install_error_handlers(app)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
     return app

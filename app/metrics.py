@@ -55,6 +55,9 @@ RATE_LIMITED = Counter(f"{PREFIX}_rate_limited_total", "Requests refused with 42
 REDIS_ERRORS = Counter(
     f"{PREFIX}_redis_errors_total", "Redis calls that failed or timed out.", ["operation"]
 )
+CACHE_LOOKUPS = Counter(
+    f"{PREFIX}_cache_lookups_total", "Embedding cache lookups per input item.", ["model", "result"]
+)
 ROUTE_COOLDOWN = Gauge(
     f"{PREFIX}_route_cooldown_open",
     "1 while a route is skipped after repeated failures.",

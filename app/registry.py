@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Mapping
@@ -134,6 +135,8 @@ class ModelConfig(_Strict):
     max_tokens: int = Field(ge=1)
     pricing: Pricing
     created: int | None = None
+    # Keep this model's vectors in the Redis cache (when CACHE_ENABLED and REDIS_URL are set).
+    cache: bool = True
     routes: list[RouteConfig] = Field(min_length=1)
 
 
@@ -191,7 +194,15 @@ class Route:
 
 
 class Model:
-    __slots__ = ("config", "created", "id", "missing_keys", "routes", "usable_routes")
+    __slots__ = (
+        "config",
+        "created",
+        "fingerprint",
+        "id",
+        "missing_keys",
+        "routes",
+        "usable_routes",
+    )
 
     def __init__(
         self,
@@ -208,6 +219,9 @@ class Model:
         self.usable_routes = [route for route in routes if route.usable]
         self.missing_keys = sorted({providers[r.provider].key_hint for r in routes if not r.usable})
         self.created = config.created if config.created is not None else created
+        # Changes whenever the model's registry entry does, so cached vectors of an old entry
+        # (another upstream model, another width) are never served for the new one.
+        self.fingerprint = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
 
     @property
     def available(self) -> bool:

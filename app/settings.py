@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     # Bounds every Redis call, so a hung Redis costs a request this much at most.
     REDIS_TIMEOUT_MS: int = Field(default=50, ge=1, le=10_000)
 
+    # Per-input embedding cache in Redis; it applies only when REDIS_URL is set.
+    CACHE_ENABLED: bool = True
+    CACHE_TTL_SECONDS: int = Field(default=7 * 86_400, ge=1)
+    # Bump it (e.g. to egw:emb:v2:) to drop every cached vector at once.
+    CACHE_KEY_PREFIX: str = "egw:emb:v1:"
+    # Cache reads move up to 2048 vectors at once: allowed longer than a rate-limit check.
+    CACHE_TIMEOUT_MS: int = Field(default=250, ge=1, le=10_000)
+    USAGE_KEY_PREFIX: str = "egw:usage:"
+
     # Large enough for 2048 inputs at the 300k-token cap, small enough to stop abuse early.
     MAX_REQUEST_BODY_BYTES: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Bounds every embeddings request end to end; well under the OpenAI SDK's 600 s timeout.

@@ -40,12 +40,25 @@ async def create_embeddings(request: Request) -> Response:
         raise
     trail.model = job.model.id
     try:
-        result = await gateway.router.embed(job, gateway.settings.REQUEST_TIMEOUT_SECONDS)
+        result = await gateway.embedder.embed(
+            job, gateway.settings.REQUEST_TIMEOUT_SECONDS, read_cache=_may_read_cache(request)
+        )
     finally:
         trail.providers, trail.upstream_seconds = job.trace.providers, job.trace.seconds
-    prompt_tokens = (
-        result.upstream_tokens if result.upstream_tokens is not None else job.prompt_tokens()
+    trail.prompt_tokens, trail.upstream_tokens = result.prompt_tokens, result.upstream_tokens
+    body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)
+    await gateway.usage.record(
+        caller.key_id,
+        job.model.id,
+        input_tokens=result.prompt_tokens,
+        upstream_tokens=result.upstream_tokens,
+        cached_tokens=result.cached_tokens,
+        price_per_million=job.model.config.pricing.per_million_tokens,
     )
-    trail.prompt_tokens, trail.upstream_tokens = prompt_tokens, result.upstream_tokens
-    body = embeddings_body(job.model.id, result.vectors, job.want_base64, prompt_tokens)
-    return JSONBytesResponse(body)
+    headers = {"x-cache": result.cache_status.value} if result.cache_status else None
+    return JSONBytesResponse(body, headers=headers)
+
+
+def _may_read_cache(request: Request) -> bool:
+    """`Cache-Control: no-cache` skips reading the cache; the fresh vectors still refresh it."""
+    return "no-cache" not in request.headers.get("cache-control", "").lower()
