@@ -250,3 +250,21 @@ def test_check_config_prints_the_model_table_with_keys_masked(registry_path):
     )
     assert bad.returncode != 0
     assert "RATE_LIMIT_PER_SECOND" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_settings_are_read_from_a_dot_env_file(tmp_path, registry_path):
+    (tmp_path / ".env").write_text(
+        f"MODELS_CONFIG={registry_path}\nNANOGPT_API_KEY=from-dot-env\nRATE_LIMIT_PER_SECOND=7\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "check-config"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"RATE_LIMIT_PER_SECOND": 7' in result.stdout
+    assert '"NANOGPT_API_KEY": "**********"' in result.stdout
+    assert "from-dot-env" not in result.stdout
