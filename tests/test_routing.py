@@ -255,3 +255,26 @@ def test_no_partial_answer_when_a_chunk_fails_everywhere(gateway, primary):
     assert response.status_code == 502
     assert len(primary.embedding_requests()) == 3
     assert "data" not in response.json()
+
+
+def test_integers_and_base64_in_upstream_vectors_are_read_correctly(gateway, primary):
+    # simdjson hands float arrays over as buffers; JSON integers must survive that too.
+    from app.providers.validation import MalformedResponse, parse_embeddings
+
+    raw = (
+        b'{"data": [{"index": 1, "embedding": [1, 2.5]},'
+        b' {"index": 0, "embedding": "AACAPwAAAEA="}]}'
+    )
+    matrix, usage = parse_embeddings(raw, 2, 2)
+    np.testing.assert_array_equal(matrix, np.array([[1.0, 2.0], [1.0, 2.5]], dtype=np.float32))
+    assert usage is None
+    for bad in (
+        b'{"data": [{"index": 0, "embedding": [1, "x"]}]}',
+        b'{"data": [{"index": 0, "embedding": [1e400, 0]}]}',
+        b'{"data": [{"index": 0, "embedding": [3.5e38, 3.5e38]}]}',
+        b'{"data": [{"index": 0}]}',
+        b'{"data": {}}',
+        b"[]",
+    ):
+        with pytest.raises(MalformedResponse):
+            parse_embeddings(bad, 1, 2)

@@ -13,7 +13,7 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 
 from app.providers.base import Failure, UpstreamCall, UpstreamError, UpstreamResult
-from app.providers.validation import MalformedResponse, vectors_from_items
+from app.providers.validation import MalformedResponse, parse_embeddings
 from app.registry import ProviderConfig
 
 _TIMEOUT_CAUSES = (asyncio.TimeoutError, aiohttp.ServerTimeoutError)
@@ -116,13 +116,6 @@ def malformed(provider: str, display_name: str, problem: str) -> UpstreamError:
     )
 
 
-def parse_json(provider: str, display_name: str, response: httpx.Response) -> Any:
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise malformed(provider, display_name, "body is not JSON") from None
-
-
 def short(text: str, secret: str | None, limit: int = 300) -> str:
     """An upstream message fit for a client: one line, bounded, with our key scrubbed out."""
     if secret:
@@ -187,14 +180,13 @@ class HTTPProvider:
                 short(message, self._key) if message else None,
                 self._key_env,
             )
-        body = parse_json(self.name, self.display_name, response)
         try:
-            if not isinstance(body, dict):
-                raise MalformedResponse("response is not a JSON object")
-            vectors = vectors_from_items(body.get("data"), len(call.inputs), call.expected_dims)
+            vectors, usage = parse_embeddings(
+                response.content, len(call.inputs), call.expected_dims
+            )
         except MalformedResponse as exc:
             raise malformed(self.name, self.display_name, str(exc)) from None
-        return UpstreamResult(vectors, self.prompt_tokens(body.get("usage")))
+        return UpstreamResult(vectors, self.prompt_tokens(usage))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import simdjson
 
 from app.encoding import from_base64
 
@@ -13,55 +14,58 @@ class MalformedResponse(ValueError):
     pass
 
 
-def vectors_from_items(items: Any, count: int, dims: int) -> np.ndarray:
-    """Turn OpenAI-style `data` items into a (count, dims) float32 matrix, ordered by `index`."""
-    if not isinstance(items, list):
-        raise MalformedResponse("response has no 'data' list")
-    if len(items) != count:
-        raise MalformedResponse(f"expected {count} vectors, got {len(items)}")
-    rows: list[Any] = [None] * count
-    for position, item in enumerate(items):
-        if not isinstance(item, dict) or "embedding" not in item:
-            raise MalformedResponse(f"data[{position}] has no embedding")
-        index = item.get("index", position)
-        if type(index) is not int or not 0 <= index < count or rows[index] is not None:
-            raise MalformedResponse(f"data[{position}] has a missing, duplicate or bad index")
-        rows[index] = item["embedding"]
-    if isinstance(rows[0], str):
-        return _stack_base64(rows, dims)
-    return _stack_floats(rows, count, dims)
+def parse_embeddings(raw: bytes, count: int, dims: int) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Parse an OpenAI-style body straight into a (count, dims) float32 matrix, plus its usage.
 
-
-def _stack_floats(rows: list[Any], count: int, dims: int) -> np.ndarray:
+    simdjson hands each float array over as one buffer of doubles, so a 2048 x 1536 response
+    never becomes three million Python floats; base64 vectors are decoded as they are.
+    """
     try:
-        matrix = np.array(rows, dtype=np.float32)
-    except (ValueError, TypeError):
-        raise MalformedResponse("vectors are not equal-length lists of numbers") from None
-    if matrix.shape != (count, dims):
-        raise MalformedResponse(f"expected {dims} dimensions, got {_width(matrix)}")
-    return _finite(matrix)
-
-
-def _stack_base64(rows: list[Any], dims: int) -> np.ndarray:
-    matrix = np.empty((len(rows), dims), dtype=np.float32)
-    for index, text in enumerate(rows):
-        if not isinstance(text, str):
-            raise MalformedResponse("vectors mix base64 and floats")
-        try:
-            vector = from_base64(text)
-        except ValueError:
-            raise MalformedResponse(f"vector {index} is not valid base64 float32") from None
+        # A parser per body: its documents stay valid only until the parser's next parse.
+        document = simdjson.Parser().parse(raw)
+    except ValueError:
+        raise MalformedResponse("body is not JSON") from None
+    if not isinstance(document, simdjson.Object):
+        raise MalformedResponse("response is not a JSON object")
+    data = document.get("data")
+    if not isinstance(data, simdjson.Array):
+        raise MalformedResponse("response has no 'data' list")
+    if len(data) != count:
+        raise MalformedResponse(f"expected {count} vectors, got {len(data)}")
+    matrix = np.empty((count, dims), dtype=np.float32)
+    seen = np.zeros(count, dtype=bool)
+    for position in range(count):
+        item = data[position]
+        if not isinstance(item, simdjson.Object):
+            raise MalformedResponse(f"data[{position}] is not an object")
+        index = item.get("index", position)
+        if type(index) is not int or not 0 <= index < count or seen[index]:
+            raise MalformedResponse(f"data[{position}] has a missing, duplicate or bad index")
+        seen[index] = True
+        vector = _vector(item.get("embedding"), position)
         if vector.shape[0] != dims:
             raise MalformedResponse(f"expected {dims} dimensions, got {vector.shape[0]}")
-        matrix[index] = vector
-    return _finite(matrix)
+        with np.errstate(over="ignore"):  # out-of-range values become inf, refused below
+            matrix[index] = vector
+    usage = document.get("usage")
+    return _finite(matrix), usage.as_dict() if isinstance(usage, simdjson.Object) else None
+
+
+def _vector(embedding: Any, position: int) -> np.ndarray:
+    if isinstance(embedding, str):
+        try:
+            return from_base64(embedding)
+        except ValueError:
+            raise MalformedResponse(f"vector {position} is not valid base64 float32") from None
+    if isinstance(embedding, simdjson.Array):
+        try:
+            return np.frombuffer(embedding.as_buffer(of_type="d"), dtype=np.float64)
+        except TypeError:
+            raise MalformedResponse(f"vector {position} is not a list of numbers") from None
+    raise MalformedResponse(f"data[{position}] has no embedding")
 
 
 def _finite(matrix: np.ndarray) -> np.ndarray:
     if not np.isfinite(matrix).all():
         raise MalformedResponse("vectors contain NaN or infinite values")
     return matrix
-
-
-def _width(matrix: np.ndarray) -> str:
-    return str(matrix.shape[1]) if matrix.ndim == 2 else "ragged vectors"
