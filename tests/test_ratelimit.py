@@ -26,9 +26,9 @@ from app.ratelimit import LocalRateLimiter, RedisRateLimiter
 from tests.conftest import CLIENT_KEY, INTERNAL_TOKEN
 from tests.harness import GatewayProcess, ThreadedGateway, free_port
 from tests.redis_server import RedisServer
-from tests.redis_server import available as redis_available
 
-needs_redis = pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+# Without redis-server these tests must fail (through the fixture), never skip.
+needs_redis = pytest.mark.usefixtures("redis_server")
 
 RATE_HEADERS = (
     "x-ratelimit-limit-requests",
