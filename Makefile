@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test lint format redis-server node-deps
+.PHONY: run test lint format redis-server node-deps bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,17 +21,22 @@ run: $(VENV)/.installed
 
 ## Install everything (Redis server included) and run the linters and the whole test suite.
 test: $(VENV)/.installed-test redis-server node-deps
-	$(VENV)/bin/ruff check app tests
-	$(VENV)/bin/ruff format --check app tests
+	$(VENV)/bin/ruff check app tests bench scripts
+	$(VENV)/bin/ruff format --check app tests bench scripts
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check app tests
-	$(VENV)/bin/ruff format --check app tests
+	$(VENV)/bin/ruff check app tests bench scripts
+	$(VENV)/bin/ruff format --check app tests bench scripts
 
 format: $(VENV)/.installed-test
-	$(VENV)/bin/ruff format app tests
-	$(VENV)/bin/ruff check --fix app tests
+	$(VENV)/bin/ruff format app tests bench scripts
+	$(VENV)/bin/ruff check --fix app tests bench scripts
+
+## Benchmark the gateway against its upstream, all on 127.0.0.1 (see README, "Benchmarks").
+## Options go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--litellm" (or "--quick", "--soak 60").
+bench: $(VENV)/.installed redis-server
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # tests/test_node_sdk.py runs the official openai Node SDK from tests/node; install it from the
 # lockfile when node_modules is missing or older than the lockfile (npm writes the stamp below).
