@@ -46,6 +46,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         try:
+            await self.usage.flush()
             for provider in self.providers.values():
                 await provider.aclose()
         finally:

@@ -109,6 +109,9 @@ class Router:
                     tokens = sum(counts[i] for i in chunk)
                 metrics.TOKENS.labels(job.model.id, route.provider).inc(tokens)
 
+        if len(chunks) == 1:  # the common case: no tasks to spawn
+            await run(chunks[0])
+            return
         try:
             async with asyncio.TaskGroup() as group:
                 for chunk in chunks:

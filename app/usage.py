@@ -1,9 +1,11 @@
 """Usage and spend per client key, per model, per UTC day.
 
-Each successful embeddings request adds to one Redis hash per (day, key), fields
-`{model}\\t{figure}`, in one pipelined round trip; hashes expire after `RETENTION_DAYS`. Keys are
-identified by their short hash (`key_...`), never the key. Without Redis, or while it fails,
-figures are kept in this process and merged into what it reports.
+Each successful embeddings request adds its figures in process (no I/O on the request path);
+a flush about once a second, and at shutdown, adds them to one Redis hash per (day, key),
+fields `{model}<TAB>{figure}`, in one pipelined round trip; hashes expire after
+`RETENTION_DAYS`. Keys are identified by their short hash (`key_...`), never the key. Without
+Redis the figures stay in this process; while Redis fails they wait for the next successful
+flush. Reports add what is not flushed yet, so a caller always sees its own latest requests.
 """
 
 from __future__ import annotations
@@ -52,11 +54,9 @@ class UsageLedger:
         self._prefix = prefix
         self._timeout = timeout
         # (day, key_id, model) -> figures kept here when Redis is absent or failing.
-        self._local: dict[tuple[str, str, str], dict[str, float]] = defaultdict(
-            lambda: dict.fromkeys(FIGURES, 0)
-        )
+        self._local = _figures_by_slot()
 
-    async def record(
+    def record(
         self,
         key_id: str | None,
         model: str,
@@ -66,19 +66,23 @@ class UsageLedger:
         cached_tokens: int,
         price_per_million: float,
     ) -> None:
-        day, key = today().isoformat(), key_id or ANONYMOUS
-        figures = {
-            "requests": 1,
-            "input_tokens": input_tokens,
-            "upstream_tokens": upstream_tokens,
-            "cached_tokens": cached_tokens,
-            "cost_usd": upstream_tokens * price_per_million / 1_000_000,
-        }
-        if self._redis is not None:
-            name = f"{self._prefix}{day}:{key}"
-            try:
-                async with asyncio.timeout(self._timeout):
-                    async with self._redis.pipeline(transaction=False) as pipe:
+        pending = self._local[(today().isoformat(), key_id or ANONYMOUS, model)]
+        pending["requests"] += 1
+        pending["input_tokens"] += input_tokens
+        pending["upstream_tokens"] += upstream_tokens
+        pending["cached_tokens"] += cached_tokens
+        pending["cost_usd"] += upstream_tokens * price_per_million / 1_000_000
+
+    async def flush(self) -> None:
+        """Move the figures kept in process to Redis; on failure they wait for the next flush."""
+        if self._redis is None or not self._local:
+            return
+        batch, self._local = self._local, _figures_by_slot()
+        try:
+            async with asyncio.timeout(max(self._timeout, 1.0)):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for (day, key, model), figures in batch.items():
+                        name = f"{self._prefix}{day}:{key}"
                         for figure, value in figures.items():
                             field = f"{model}\t{figure}"
                             if figure == "cost_usd":
@@ -86,17 +90,24 @@ class UsageLedger:
                             else:
                                 pipe.hincrby(name, field, int(value))
                         pipe.expire(name, RETENTION_DAYS * 86_400)
-                        await pipe.execute()
-                return
-            except (RedisError, OSError, TimeoutError) as exc:
-                metrics.REDIS_ERRORS.labels("usage").inc()
-                log.warning("usage not written to Redis (%s); kept in process", type(exc).__name__)
-        local = self._local[(day, key, model)]
-        for figure, value in figures.items():
-            local[figure] += value
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            metrics.REDIS_ERRORS.labels("usage").inc()
+            log.warning("usage not written to Redis yet (%s); kept in process", type(exc).__name__)
+            for slot, figures in batch.items():
+                pending = self._local[slot]
+                for figure, value in figures.items():
+                    pending[figure] += value
+
+    async def run_flusher(self, interval: float = 1.0) -> None:
+        """Flush every `interval` seconds until cancelled (shutdown then flushes once more)."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
 
     async def report(self, key_id: str | None, start: date, end: date) -> list[UsageRow]:
         """Rows for one key (or every key, when `key_id` is None), oldest day first."""
+        await self.flush()
         rows: dict[tuple[str, str, str], UsageRow] = {}
         days = [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
         if self._redis is not None:
@@ -136,6 +147,11 @@ class UsageLedger:
                 pipe.hgetall(name)
             results = await pipe.execute()
         return [(day, key, fields) for (day, key, _), fields in zip(names, results, strict=True)]
+
+
+def _figures_by_slot() -> defaultdict[tuple[str, str, str], dict[str, float]]:
+    """(day, key_id, model) -> figures, each starting at zero."""
+    return defaultdict(lambda: dict.fromkeys(FIGURES, 0))
 
 
 def totals(rows: list[UsageRow]) -> dict[str, float]:

@@ -47,7 +47,7 @@ async def create_embeddings(request: Request) -> Response:
         trail.providers, trail.upstream_seconds = job.trace.providers, job.trace.seconds
     trail.prompt_tokens, trail.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)
-    await gateway.usage.record(
+    gateway.usage.record(
         caller.key_id,
         job.model.id,
         input_tokens=result.prompt_tokens,
