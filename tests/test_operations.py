@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -218,6 +219,17 @@ def test_every_error_path_logs_json_and_leaks_no_key(logged_gateway, nanogpt, ai
     assert config["settings"]["GATEWAY_API_KEYS"] == "2 key(s), masked"
 
 
+def check_config(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "check-config"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_check_config_prints_the_model_table_with_keys_masked(registry_path):
     env = {
         "PATH": "/usr/bin:/bin",
@@ -225,14 +237,7 @@ def test_check_config_prints_the_model_table_with_keys_masked(registry_path):
         "GATEWAY_API_KEYS": CLIENT_KEY,
         "NANOGPT_API_KEY": "env-nano-secret",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check-config"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = check_config(env, ROOT)
     assert result.returncode == 0, result.stderr
     assert "text-embedding-3-small" in result.stdout
     assert "nanogpt:text-embedding-3-small [key set]" in result.stdout
@@ -240,14 +245,7 @@ def test_check_config_prints_the_model_table_with_keys_masked(registry_path):
         assert secret not in result.stdout + result.stderr
 
     env["RATE_LIMIT_PER_SECOND"] = "-1"
-    bad = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check-config"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = check_config(env, ROOT)
     assert bad.returncode != 0
     assert "RATE_LIMIT_PER_SECOND" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -256,14 +254,7 @@ def test_settings_are_read_from_a_dot_env_file(tmp_path, registry_path):
     (tmp_path / ".env").write_text(
         f"MODELS_CONFIG={registry_path}\nNANOGPT_API_KEY=from-dot-env\nRATE_LIMIT_PER_SECOND=7\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check-config"],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = check_config({"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert '"RATE_LIMIT_PER_SECOND": 7' in result.stdout
     assert '"NANOGPT_API_KEY": "**********"' in result.stdout
