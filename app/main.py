@@ -97,7 +97,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "can use it and spend its provider credit. Set GATEWAY_API_KEYS."
             )
         log.info("configuration", extra={"settings": settings_summary(settings)})
-        log.info("serving %d models from %s", len(gateway.registry.models), gateway.registry.source)
+        registry = gateway.registry
+        log.info(
+            "serving %d of the %d models in %s (the others lack a provider API key)",
+            len(registry.available()),
+            len(registry.models),
+            registry.source,
+        )
         app.state.gateway = gateway
         flusher = asyncio.create_task(gateway.usage.run_flusher())
         # Everything built so far lives as long as the process: keep it out of the collector's
