@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 from pythonjsonlogger.json import JsonFormatter
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -19,6 +20,11 @@ class _TextWithExtras(logging.Formatter):
         line = super().format(record)
         extras = {k: v for k, v in record.__dict__.items() if k not in self._standard}
         return line + "".join(f" {k}={v}" for k, v in extras.items()) if extras else line
+
+
+def _orjson_dumps(obj: Any, **_: Any) -> str:
+    # One access line per request: orjson writes it several times faster than json.dumps.
+    return orjson.dumps(obj, default=str).decode()
 
 
 def configure_logging(level: str, fmt: Literal["json", "text"] = "json") -> None:
@@ -36,6 +42,7 @@ def configure_logging(level: str, fmt: Literal["json", "text"] = "json") -> None
                     "name": "logger",
                     "process": "pid",
                 },
+                json_serializer=_orjson_dumps,
             )
         )
     else:
