@@ -118,8 +118,12 @@ class Embedder:
         except BaseException as exc:
             for key in owned:
                 future = self._in_flight[key]
-                if not future.done():
-                    future.set_exception(exc) if isinstance(exc, Exception) else future.cancel()
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)  # joiners fail the same way: same input
+                else:
+                    future.cancel()  # we were cancelled: joiners fetch for themselves
             raise
         finally:
             for key in owned:
