@@ -52,6 +52,7 @@ import asyncio
 import hashlib
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -140,62 +141,63 @@ def _verified(path: Path, expected: str, what: str) -> Path:
     return path
 
 
+def _load_once(cache: dict[Any, Any], key: Any, build: Callable[[], Any]) -> Any:
+    """Build a process-wide object once, even when several threads ask for it at once."""
+    value = cache.get(key)
+    if value is not None:
+        return value
+    with _load_lock:
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = build()
+    return value
+
+
 def load_session(spec: LocalModelSpec, threads: int) -> onnxruntime.InferenceSession:
     """The process-wide session for this model and thread count, loaded on first use."""
-    key = (spec.name, threads)
-    session = _sessions.get(key)
-    if session is not None:
-        return session
-    with _load_lock:
-        session = _sessions.get(key)
-        if session is None:
-            import onnxruntime
 
-            try:
-                path = spec.onnx_path()
-            except ModuleNotFoundError as exc:
-                raise LocalModelUnavailable(
-                    f"package {spec.onnx_package!r} is not installed"
-                ) from exc
-            _verified(path, spec.onnx_sha256, f"{spec.onnx_package}/{spec.onnx_file}")
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-            # Idle pool threads would otherwise spin on a core between runs.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.log_severity_level = 3
-            try:
-                session = onnxruntime.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
-            except Exception as exc:  # onnxruntime raises its own, undocumented classes
-                raise LocalModelUnavailable(
-                    f"onnxruntime cannot load {spec.onnx_file} ({type(exc).__name__})"
-                ) from exc
-            _sessions[key] = session
-    return session
+    def build() -> onnxruntime.InferenceSession:
+        import onnxruntime
+
+        try:
+            path = spec.onnx_path()
+        except ModuleNotFoundError as exc:
+            raise LocalModelUnavailable(f"package {spec.onnx_package!r} is not installed") from exc
+        _verified(path, spec.onnx_sha256, f"{spec.onnx_package}/{spec.onnx_file}")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        # Idle pool threads would otherwise spin on a core between runs.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        try:
+            return onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own, undocumented classes
+            raise LocalModelUnavailable(
+                f"onnxruntime cannot load {spec.onnx_file} ({type(exc).__name__})"
+            ) from exc
+
+    return _load_once(_sessions, (spec.name, threads), build)
 
 
 def load_tokenizer(spec: LocalModelSpec, max_length: int) -> tokenizers.Tokenizer:
     """The process-wide tokenizer for this model, truncating at max_length, never padding."""
-    key = (spec.name, max_length)
-    tokenizer = _tokenizers.get(key)
-    if tokenizer is not None:
-        return tokenizer
-    with _load_lock:
-        tokenizer = _tokenizers.get(key)
-        if tokenizer is None:
-            from tokenizers import Tokenizer
 
-            path = _verified(spec.tokenizer_file, spec.tokenizer_sha256, spec.tokenizer_file.name)
-            tokenizer = Tokenizer.from_file(str(path))
-            # The file says truncate at 128 and pad every input to 128; sentence-transformers
-            # truncates at the model's max_seq_length instead, and we pad per sub-batch.
-            tokenizer.enable_truncation(max_length=max_length)
-            tokenizer.no_padding()
-            _tokenizers[key] = tokenizer
-    return tokenizer
+    def build() -> tokenizers.Tokenizer:
+        from tokenizers import Tokenizer
+
+        path = _verified(spec.tokenizer_file, spec.tokenizer_sha256, spec.tokenizer_file.name)
+        tokenizer = Tokenizer.from_file(str(path))
+        # The file says truncate at 128 and pad every input to 128; sentence-transformers
+        # truncates at the model's max_seq_length instead, and we pad per sub-batch.
+        tokenizer.enable_truncation(max_length=max_length)
+        tokenizer.no_padding()
+        return tokenizer
+
+    return _load_once(_tokenizers, (spec.name, max_length), build)
 
 
 def sub_batches(lengths: np.ndarray) -> list[np.ndarray]:
