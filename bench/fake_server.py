@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,16 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fault_rate > 0:
         server.set_fault_rate(Fault.http_status(args.fault_status), args.fault_rate)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    server.start()
-    print(f"listening on {server.url}", flush=True)
-    try:
-        while not stop.wait(1.0):  # a timed wait, so signal handlers always get to run
-            pass
-    finally:
-        server.stop()
+    fake.serve_until_signalled(server)
     return 0
 
 

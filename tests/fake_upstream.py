@@ -817,20 +817,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server.latency = args.latency
 
-    def _terminate(signum: int, frame: object) -> None:
-        raise SystemExit(0)
+    serve_until_signalled(server)
+    return 0
 
-    signal.signal(signal.SIGTERM, _terminate)
+
+def serve_until_signalled(server: FakeUpstream) -> None:
+    """Start, announce the address on stdout, and serve until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
     server.start()
     print(f"listening on {server.url}", flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except (KeyboardInterrupt, SystemExit):
-        pass
+        while not stop.wait(1.0):  # a timed wait, so signal handlers always get to run
+            pass
     finally:
         server.stop()
-    return 0
 
 
 if __name__ == "__main__":
