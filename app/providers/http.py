@@ -2,78 +2,79 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
-import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
 from app.providers.base import Failure, UpstreamCall, UpstreamError, UpstreamResult
 from app.providers.validation import MalformedResponse, parse_embeddings
 from app.registry import ProviderConfig
 
-_TIMEOUT_CAUSES = (asyncio.TimeoutError, aiohttp.ServerTimeoutError)
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive lookups
+    body: bytes
 
 
 class UpstreamHTTP:
-    """One pooled httpx client per provider, over aiohttp's transport for its lower CPU cost."""
+    """One pooled aiohttp session per provider, sized to the provider's `max_concurrency`.
+
+    aiohttp, not httpx: measured on the gateway's hot path, httpx's API (even over aiohttp's
+    transport) cost ~0.16 ms more CPU per upstream call, a third of the whole request's budget.
+    """
 
     def __init__(self, provider: str, display_name: str, max_connections: int) -> None:
         self.provider = provider
         self.display_name = display_name
-        limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        # Made on first use: an aiohttp session belongs to the event loop it was created in.
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, keepalive_timeout=30.0, ttl_dns_cache=300
         )
-        self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits, trust_env=False), trust_env=False
-        )
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self._session
 
     async def post_json(
         self, url: str, payload: dict[str, Any], headers: dict[str, str], timeout: float
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """POST and read the whole body; any transport failure becomes an UpstreamError."""
+        session = self._session or self._open_session()
         try:
-            # httpx's timeouts bound each phase; asyncio's bounds the call as a whole.
-            async with asyncio.timeout(timeout):
-                return await self._client.post(
-                    url,
-                    content=orjson.dumps(payload),
-                    headers={"content-type": "application/json", **headers},
-                    timeout=timeout,
-                )
-        except TimeoutError:
-            raise self._timeout(timeout) from None
-        except httpx.HTTPError as exc:
-            if _caused_by_timeout(exc):
-                raise self._timeout(timeout) from None
+            async with session.post(
+                url,
+                data=orjson.dumps(payload),
+                headers={"content-type": "application/json", **headers},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,  # a redirect must not carry our key to another host
+            ) as response:
+                return UpstreamResponse(response.status, response.headers, await response.read())
+        except TimeoutError:  # before ClientError: aiohttp's timeouts are both
+            raise UpstreamError(
+                self.provider,
+                Failure.TIMEOUT,
+                f"{self.display_name}: no answer within {timeout:g}s",
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(
                 self.provider,
                 Failure.CONNECT,
                 f"{self.display_name}: connection failed ({type(exc).__name__})",
             ) from None
 
-    def _timeout(self, timeout: float) -> UpstreamError:
-        return UpstreamError(
-            self.provider, Failure.TIMEOUT, f"{self.display_name}: no answer within {timeout:g}s"
-        )
-
     async def aclose(self) -> None:
-        await self._client.aclose()
-
-
-def _caused_by_timeout(exc: BaseException) -> bool:
-    # The aiohttp transport maps every connection error to httpx.ConnectTimeout, so the
-    # original cause, not the httpx class, tells a timeout from a refused or dropped connection.
-    cause = exc.__cause__
-    if cause is None:
-        return isinstance(exc, httpx.TimeoutException)
-    return isinstance(cause, _TIMEOUT_CAUSES)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 def classify_status(status: int) -> Failure:
@@ -88,7 +89,7 @@ def classify_status(status: int) -> Failure:
     return Failure.OTHER
 
 
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """`retry-after-ms` (OpenAI's) wins over `Retry-After` (seconds or an HTTP date)."""
     milliseconds = headers.get("retry-after-ms")
     if milliseconds:
@@ -125,10 +126,14 @@ def short(text: str, secret: str | None, limit: int = 300) -> str:
 
 
 def error_from_response(
-    provider: str, display_name: str, response: httpx.Response, message: str | None, key_env: str
+    provider: str,
+    display_name: str,
+    response: UpstreamResponse,
+    message: str | None,
+    key_env: str,
 ) -> UpstreamError:
     """Map a non-200 upstream answer to an UpstreamError whose detail a client may read."""
-    status = response.status_code
+    status = response.status
     failure = classify_status(status)
     if failure is Failure.AUTH:
         detail = f"{display_name} rejected the gateway's API key (HTTP {status}); check {key_env}"
@@ -171,7 +176,7 @@ class HTTPProvider:
         if self._key:
             headers["authorization"] = f"Bearer {self._key}"
         response = await self._http.post_json(self._url, self.payload(call), headers, call.timeout)
-        if response.status_code != 200:
+        if response.status != 200:
             message = self.error_message(_json_or_none(response))
             raise error_from_response(
                 self.name,
@@ -181,9 +186,7 @@ class HTTPProvider:
                 self._key_env,
             )
         try:
-            vectors, usage = parse_embeddings(
-                response.content, len(call.inputs), call.expected_dims
-            )
+            vectors, usage = parse_embeddings(response.body, len(call.inputs), call.expected_dims)
         except MalformedResponse as exc:
             raise malformed(self.name, self.display_name, str(exc)) from None
         return UpstreamResult(vectors, self.prompt_tokens(usage))
@@ -192,9 +195,9 @@ class HTTPProvider:
         await self._http.aclose()
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(response: UpstreamResponse) -> Any:
     try:
-        return orjson.loads(response.content)
+        return orjson.loads(response.body)
     except orjson.JSONDecodeError:
         return None
 
