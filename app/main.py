@@ -11,7 +11,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from app.api import embeddings, models, ops, usage
@@ -123,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     for prefix in API_PREFIXES:
-        app.include_router(embeddings.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
+        app.router.routes.append(embeddings.route(prefix))
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
         app.include_router(usage.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
     app.include_router(ops.router)
@@ -136,9 +138,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
             response_class=PlainTextResponse,
         )
+    _document(app, [embeddings.openapi_route("/api/v1")])
     install_error_handlers(app)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
     return app
+
+
+def _document(app: FastAPI, unmounted: list[APIRoute]) -> None:
+    """/openapi.json with routes that are served as plain ASGI apps, which FastAPI cannot see."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=[*unmounted, *app.routes],
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def __getattr__(name: str) -> Any:

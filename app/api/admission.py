@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from starlette.requests import Request
+from starlette.types import Scope
 
 from app import metrics
 from app.api.auth import Caller
@@ -15,20 +15,20 @@ from app.errors import RATE_LIMIT, GatewayError
 from app.gateway import Gateway
 
 
-async def admit(request: Request, gateway: Gateway, caller: Caller) -> None:
+async def admit(scope: Scope, gateway: Gateway, caller: Caller) -> None:
     """Count the request against its client IP; raise a 429 when the IP is over its limit.
 
     The x-ratelimit-* headers go into the middleware's extra headers, so they reach the client
     on whatever response this request ends with, errors included.
     """
-    ip = client_ip(request.scope, gateway.settings.TRUSTED_PROXIES)
-    trail = record(request.scope)
+    ip = client_ip(scope, gateway.settings.TRUSTED_PROXIES)
+    trail = record(scope)
     trail.client_ip, trail.key_id = ip, caller.key_id
     limiter = gateway.limiter
     if limiter is None or caller.is_internal:
         return
     decision = await limiter.check(ip)
-    extra_headers(request.scope).update(
+    extra_headers(scope).update(
         {
             "x-ratelimit-limit-requests": str(decision.limit),
             "x-ratelimit-remaining-requests": str(decision.remaining),

@@ -25,7 +25,7 @@ router = APIRouter()
 async def list_embedding_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     caller = gateway.auth.authenticate(request.headers, required=False)
-    await admit(request, gateway, caller)
+    await admit(request.scope, gateway, caller)
     return json_response(
         {"object": "list", "data": [_detailed(m) for m in gateway.registry.available()]}
     )
@@ -35,7 +35,7 @@ async def list_embedding_models(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     caller = gateway.auth.authenticate(request.headers, required=False)
-    await admit(request, gateway, caller)
+    await admit(request.scope, gateway, caller)
     return json_response(
         {"object": "list", "data": [_brief(m) for m in gateway.registry.available()]}
     )

@@ -25,7 +25,7 @@ MAX_DAYS = 366
 async def get_usage(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     caller = gateway.auth.authenticate(request.headers, required=True)
-    await admit(request, gateway, caller)
+    await admit(request.scope, gateway, caller)
     start = _day(request.query_params.get("start"), "start", default=today())
     end = _day(request.query_params.get("end"), "end", default=max(start, today()))
     if end < start:
