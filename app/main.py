@@ -123,6 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="OpenAI-compatible embeddings over several upstream providers.",
         lifespan=lifespan,
+        # The gateway exports its own Prometheus metrics and access log. FastAPI's native
+        # OpenTelemetry would also look up the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     for prefix in API_PREFIXES:
         app.router.routes.append(embeddings.route(prefix))

@@ -209,10 +209,10 @@ class RedisRateLimiter(RateLimiter):
             self._next_probe = now + self._probe_interval  # the other requests stay local
         member = f"{self._member_prefix}{next(self._members)}"
         try:
-            # The client's socket timeouts (REDIS_TIMEOUT_MS) bound this call; no second timer.
-            admitted, count, reset_us = await self._script(
-                keys=[self._prefix + bucket], args=[self.limit, self._window_us, member]
-            )
+            async with asyncio.timeout(self._timeout):
+                admitted, count, reset_us = await self._script(
+                    keys=[self._prefix + bucket], args=[self.limit, self._window_us, member]
+                )
         except (RedisError, OSError) as exc:
             metrics.REDIS_ERRORS.labels("ratelimit").inc()
             self._went_down(exc)
