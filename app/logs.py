@@ -1,58 +1,79 @@
-"""Logging set-up: JSON lines (python-json-logger) or plain text, at LOG_LEVEL."""
+"""Logging set-up: JSON lines or plain text, at LOG_LEVEL."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Literal
 
 import orjson
-from pythonjsonlogger.json import JsonFormatter
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# What every LogRecord has; anything else on a record came from `extra=` and is a field.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+
+class _JsonLines(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, pid, message, then the extras.
+
+    Written for the access line every request logs: python-json-logger, with orjson as its
+    serialiser, still spent ~40 % of a line's cost sorting out which attributes were extras.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = int(record.created)
+        line: dict[str, Any] = {
+            "time": f"{_utc_second(seconds)}.{int((record.created - seconds) * 1000):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD:
+                line[name] = value
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack_info"] = self.formatStack(record.stack_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def _utc_second(seconds: int) -> str:
+    """`2026-01-31T12:00:00` for a Unix second, formatted once per second, not once per line."""
+    global _second_cache
+    if _second_cache[0] != seconds:
+        _second_cache = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return _second_cache[1]
 
 
 class _TextWithExtras(logging.Formatter):
     """Plain text for local runs, with the structured fields appended as key=value."""
 
-    _standard = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
-
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = {k: v for k, v in record.__dict__.items() if k not in self._standard}
+        extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
         return line + "".join(f" {k}={v}" for k, v in extras.items()) if extras else line
 
 
-def _orjson_dumps(obj: Any, **_: Any) -> str:
-    # One access line per request: orjson writes it several times faster than json.dumps.
-    return orjson.dumps(obj, default=str).decode()
-
-
 def configure_logging(level: str, fmt: Literal["json", "text"] = "json") -> None:
+    # The logging HOWTO's "Optimization": no caller lookup (a stack walk per record) and no
+    # thread or multiprocessing names, which no line shows.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, "_gateway", False)]:
         root.removeHandler(handler)
     handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
-                rename_fields={
-                    "asctime": "time",
-                    "levelname": "level",
-                    "name": "logger",
-                    "process": "pid",
-                },
-                json_serializer=_orjson_dumps,
-            )
-        )
-    else:
-        handler.setFormatter(_TextWithExtras(_TEXT))
+    handler.setFormatter(_JsonLines() if fmt == "json" else _TextWithExtras(_TEXT))
     handler._gateway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     logging.getLogger("app").setLevel(level.upper())
     if root.level > logging.getLevelName(level.upper()):
         root.setLevel(level.upper())
-    # httpx logs every upstream call at INFO; the gateway logs what matters itself.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     # The gateway writes its own access line (app.access), with what uvicorn's lacks.
     logging.getLogger("uvicorn.access").disabled = True
