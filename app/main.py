@@ -127,8 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # OpenTelemetry would also look up the global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # First in the list, as the router tries routes in order: nearly every request is this one.
+    app.router.routes[0:0] = [embeddings.route(prefix) for prefix in API_PREFIXES]
     for prefix in API_PREFIXES:
-        app.router.routes.append(embeddings.route(prefix))
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
         app.include_router(usage.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
     app.include_router(ops.router)

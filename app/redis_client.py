@@ -17,6 +17,7 @@ def connect(url: str, connect_timeout: float) -> Redis:
     """
     return Redis.from_url(
         url,
+        socket_timeout=None,  # redis-py 8 would otherwise default to 5 s
         socket_connect_timeout=connect_timeout,
         # Pooled connections are dead after a Redis restart: one immediate retry on a fresh
         # connection saves that first request from falling back. Timeouts are not retried:
