@@ -53,7 +53,7 @@ from bench.procs import Managed, free_port, run_bounded  # noqa: E402
 LITELLM_VENV = BENCH / ".venv-litellm"
 UPSTREAM_KEY = "bench-upstream-key"
 TARGETS = ("direct", "gateway", "litellm")
-SCENARIO_NAMES = ("small-float", "small-base64", "failover", "large-base64")
+SCENARIO_NAMES = ("latency", "small-float", "small-base64", "failover", "large-base64")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ class Result:
     completed: int
     errors: int
     cpu_s: float
+    rss_start_mb: float
+    rss_end_mb: float
     peak_rss_mb: float
     loadgen_cpu_s: float
     statuses: dict[str, int] = field(default_factory=dict)
@@ -216,9 +218,9 @@ def write_registry(bench: Bench) -> Path:
             "base_url": url + "/v1",
             "api_key": UPSTREAM_KEY,
             "max_concurrency": max_concurrency,
-            # Off by default, as shipped: the upstream then sends floats (4x the bytes of
-            # base64) and the gateway encodes base64 itself.
-            "returns_base64": bench.args.upstream_base64,
+            # The fake encodes base64 as OpenAI does, so the gateway asks it for base64
+            # (a quarter of the bytes, no float parsing) unless --upstream-floats says not to.
+            "returns_base64": not bench.args.upstream_floats,
         }
 
     def model(routes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -437,7 +439,7 @@ def measure(bench: Bench, target: Target, scenario: Scenario) -> Result:
     warmup = max(2 * scenario.concurrency, 4 if scenario.inputs > 100 else 20)
     loadgen(bench, target, scenario, f"{tag}-warmup", requests=warmup, duration=60)
 
-    sampled_peak = procs.rss_mb(pid)
+    rss_start = sampled_peak = procs.rss_mb(pid)
     hwm_reset = procs.reset_peak_rss(pid)
 
     def sample() -> None:
@@ -455,6 +457,7 @@ def measure(bench: Bench, target: Target, scenario: Scenario) -> Result:
         tick=sample,
     )
     cpu = procs.cpu_seconds(pid) - cpu_before
+    rss_end = procs.rss_mb(pid)
     sample()
     # VmHWM catches peaks between samples, but only if it could be reset for this scenario.
     peak = max(sampled_peak, procs.peak_rss_mb(pid)) if hwm_reset else sampled_peak
@@ -467,6 +470,8 @@ def measure(bench: Bench, target: Target, scenario: Scenario) -> Result:
         completed=load["completed"],
         errors=load["errors"],
         cpu_s=cpu,
+        rss_start_mb=rss_start,
+        rss_end_mb=rss_end,
         peak_rss_mb=peak,
         loadgen_cpu_s=load["loadgen_cpu_s"],
         statuses=load["statuses"],
@@ -512,6 +517,7 @@ def results_table(results: list[Result]) -> str:
                 f"{r.errors}/{r.completed}",
                 f"{r.cpu_s:.2f}",
                 f"{r.cpu_ms_per_request:.3f}",
+                f"{r.rss_start_mb:.0f} → {r.rss_end_mb:.0f}",
                 f"{r.peak_rss_mb:.0f}",
             ]
         )
@@ -525,6 +531,7 @@ def results_table(results: list[Result]) -> str:
         "errors",
         "CPU s",
         "CPU ms/req",
+        "RSS MB start → end",
         "peak RSS MB",
     ]
     return markdown(header, rows)
@@ -586,6 +593,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     # Large last: memory a process has touched stays resident, so the small scenarios would
     # otherwise report the large one's peak as theirs.
     plan = [
+        # One request at a time: the latency the gateway adds, with no queueing in it.
+        Scenario("latency", "bench-small", 0, "float", 1),
         Scenario("small-float", "bench-small", 0, "float", c),
         Scenario("small-base64", "bench-small", 0, "base64", c),
         Scenario("failover", "bench-failover", 0, "float", c, faulty_upstream=True),
@@ -606,11 +615,11 @@ def run_table(bench: Bench) -> None:
     print(f"\nEmbeddings gateway benchmark — {machine()}")
     limit = f", at most {args.requests} requests" if args.requests else ""
     print(
-        f"closed loop, concurrency {args.concurrency} (large-base64: "
+        f"closed loop, concurrency {args.concurrency} (latency: 1; large-base64: "
         f"{min(args.concurrency, args.large_concurrency)}, {args.large_inputs} inputs), "
         f"{args.duration:g} s per scenario and target{limit}, {args.dims} dims; gateway: "
         f"1 worker, Redis rate limiting on, cache {'on' if args.cache else 'off'}, upstream "
-        f"asked for {'base64' if args.upstream_base64 else 'floats'}\n"
+        f"asked for {'floats' if args.upstream_floats else 'base64'}\n"
     )
     print(results_table(bench.results))
     print()
@@ -785,9 +794,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--install-timeout", type=float, default=1200)
     parser.add_argument("--cache", action="store_true", help="leave the gateway's cache on")
     parser.add_argument(
-        "--upstream-base64",
+        "--upstream-floats",
         action="store_true",
-        help="registry: returns_base64 on the gateway's routes (upstreams send base64)",
+        help="registry: returns_base64 off, so the gateway asks its upstreams for floats",
     )
     parser.add_argument(
         "--only",

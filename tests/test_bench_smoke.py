@@ -14,9 +14,10 @@ from pathlib import Path
 from tests.redis_server import available as redis_available
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("small-float", "small-base64", "large-base64", "failover")
+SCENARIOS = ("latency", "small-float", "small-base64", "large-base64", "failover")
 TARGETS = ("direct", "gateway")
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+RSS_RANGE = re.compile(r"^\d+ → \d+$")
 
 
 def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
@@ -45,6 +46,7 @@ def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
     for (scenario, target), row in rows.items():
         for column in ("req/s", "p50 ms", "p99 ms", "CPU s", "CPU ms/req", "peak RSS MB"):
             assert NUMBER.match(row[column]), (scenario, target, column, row[column])
+        assert RSS_RANGE.match(row["RSS MB start → end"]), (scenario, target, row)
         ok, _, completed = row["errors"].partition("/")
         assert ok.isdigit() and int(completed) > 0, (scenario, target, row["errors"])
         if target == "gateway":
