@@ -143,6 +143,45 @@ async def test_redis_counts_concurrent_requests_exactly(redis_limiter, redis_ser
 
 
 @needs_redis
+async def test_checks_made_while_a_call_is_out_share_the_next_one_and_stay_exact(redis_server):
+    limiter = RedisRateLimiter(redis_server.url, 20, key_prefix=unique_prefix(), timeout=1.0)
+    buckets = ["198.51.100.7", "198.51.100.8", "2001:db8::9"]
+    with redis_server.client() as client:
+        client.config_resetstat()
+        try:
+            await limiter.start()
+            decisions = await asyncio.gather(
+                *(limiter.check(buckets[n % 3]) for n in range(90))  # 30 per bucket
+            )
+        finally:
+            await limiter.aclose()
+        calls = client.info("commandstats")["cmdstat_evalsha"]["calls"]
+    for index, bucket in enumerate(buckets):
+        mine = decisions[index::3]
+        assert [d.allowed for d in mine] == [True] * 20 + [False] * 10, bucket
+        assert [d.remaining for d in mine[:20]] == list(range(19, -1, -1)), bucket
+    # The first check goes alone; the 89 made while it was out go together in the next call.
+    assert calls == 2
+    assert limiter.using_redis
+
+
+async def test_checks_queued_behind_a_hung_redis_wait_one_timeout_not_two():
+    with SilentServer(close=False) as hung:
+        limiter = RedisRateLimiter(
+            f"redis://127.0.0.1:{hung.port}/0", 3, key_prefix="egw:rl:", timeout=0.2
+        )
+        try:
+            started = time.perf_counter()
+            decisions = await asyncio.gather(*(limiter.check("ip") for _ in range(10)))
+            took = time.perf_counter() - started
+        finally:
+            await limiter.aclose()
+    assert not limiter.using_redis
+    assert [d.allowed for d in decisions] == [True] * 3 + [False] * 7  # counted locally
+    assert took < 0.38  # one 0.2 s timeout for all ten, with room for a loaded machine
+
+
+@needs_redis
 async def test_redis_window_slides(redis_limiter):
     assert (await redis_limiter.check("a")).allowed
     await asyncio.sleep(0.3)
