@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-
 import numpy as np
+import pybase64
 
 FLOAT32_LE = np.dtype("<f4")
 
@@ -12,13 +11,13 @@ FLOAT32_LE = np.dtype("<f4")
 def to_base64_rows(vectors: np.ndarray) -> list[str]:
     """One standard, padded base64 string per row, of the row's little-endian float32 bytes."""
     data = np.ascontiguousarray(vectors, dtype=FLOAT32_LE)
-    encode = base64.b64encode
-    return [encode(row.tobytes()).decode("ascii") for row in data]
+    encode = pybase64.b64encode_as_string
+    return [encode(row.tobytes()) for row in data]
 
 
 def from_base64(text: str) -> np.ndarray:
     """Decode one base64 vector; raises ValueError on anything that is not whole float32s."""
-    raw = base64.b64decode(text, validate=True)
+    raw = pybase64.b64decode(text, validate=True)
     if len(raw) % 4:
         raise ValueError("base64 vector is not a whole number of float32 values")
     return np.frombuffer(raw, dtype=FLOAT32_LE)
