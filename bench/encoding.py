@@ -2,17 +2,14 @@
 
 Compares, on the same body, best of `--repeat` runs each:
 
-* gateway   -- what the gateway does, with its own functions: the body -> checked float32 matrix
-               step of `app.providers.validation` (`parse_embeddings`, or in older versions
-               `orjson.loads` + `vectors_from_items`), then `app.encoding.to_base64_rows`;
-* plain     -- the obvious Python: `json.loads`, then per row `struct.pack` + `base64.b64encode`
-               (for a base64 upstream, `b64decode` + `struct.unpack` first);
-* simdjson  -- a candidate for the float path: pysimdjson's `as_buffer(of_type="d")` straight to
-               a float64 buffer per row (no Python float objects), same checks, same encoder;
-               with a fresh parser per body, and with one parser reused across bodies.
+* gateway -- what the gateway does, with its own functions: `parse_embeddings` (the body to a
+             checked float32 matrix: simdjson straight into numpy, SIMD base64) and then
+             `to_base64_rows`;
+* plain   -- the obvious Python: `json.loads`, then per row `struct.pack` + `base64.b64encode`
+             (for a base64 upstream, `b64decode` + `struct.unpack` first);
 
 for an upstream that sends floats (what OpenAI-style upstreams send by default) and one that
-sends base64. Every way's output is checked equal to the plain way's before it is timed.
+sends base64. The gateway's output is checked equal to the plain way's before it is timed.
 
     python -m bench.encoding [--rows 2048] [--dims 1536] [--repeat 5]
 """
@@ -32,24 +29,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-import app.providers.validation as validation
 from app.encoding import to_base64_rows
-from app.providers.validation import MalformedResponse
+from app.providers.validation import parse_embeddings
 
 Way = Callable[[bytes, int, int], list[str]]
-Parse = Callable[[bytes, int, int], np.ndarray]
-
-
-def gateway_parser() -> tuple[str, Parse]:
-    """The gateway's own body -> float32 matrix step, whichever version app/ has now."""
-    parse_embeddings = getattr(validation, "parse_embeddings", None)
-    if parse_embeddings is not None:
-        return "parse_embeddings", lambda body, rows, dims: parse_embeddings(body, rows, dims)[0]
-    vectors_from_items = validation.vectors_from_items
-    return (
-        "orjson.loads + vectors_from_items",
-        lambda body, rows, dims: vectors_from_items(orjson.loads(body)["data"], rows, dims),
-    )
 
 
 def upstream_body(rows: int, dims: int, *, b64: bool, seed: int = 0) -> bytes:
@@ -77,7 +60,7 @@ def upstream_body(rows: int, dims: int, *, b64: bool, seed: int = 0) -> bytes:
 
 
 def gateway_way(body: bytes, rows: int, dims: int) -> list[str]:
-    return to_base64_rows(gateway_parser()[1](body, rows, dims))
+    return to_base64_rows(parse_embeddings(body, rows, dims)[0])
 
 
 def plain_way(body: bytes, rows: int, dims: int) -> list[str]:
@@ -91,50 +74,6 @@ def plain_way(body: bytes, rows: int, dims: int) -> list[str]:
     return out
 
 
-def _simdjson_vectors(parser: Any, body: bytes, rows: int, dims: int) -> np.ndarray:
-    document = parser.parse(body)
-    data = document["data"]
-    if len(data) != rows:
-        raise MalformedResponse(f"expected {rows} vectors, got {len(data)}")
-    matrix = np.empty((rows, dims), dtype=np.float32)
-    seen = np.zeros(rows, dtype=bool)
-    for item in data:
-        index = item["index"]
-        embedding = item["embedding"]
-        if isinstance(embedding, str):  # a base64 upstream: no floats to parse
-            row = np.frombuffer(base64.b64decode(embedding, validate=True), dtype="<f4")
-        else:
-            row = np.frombuffer(embedding.as_buffer(of_type="d"), dtype=np.float64)
-        if type(index) is not int or not 0 <= index < rows or seen[index] or row.size != dims:
-            raise MalformedResponse("bad index or width")
-        seen[index] = True
-        matrix[index] = row
-    if not np.isfinite(matrix).all():
-        raise MalformedResponse("vectors contain NaN or infinite values")
-    # Every simdjson proxy object dies with this frame, so the parser may be reused at once.
-    return matrix
-
-
-def simdjson_way(body: bytes, rows: int, dims: int) -> list[str]:
-    import simdjson
-
-    # A fresh parser per body: it allocates (and page-faults in) buffers sized to the body.
-    return to_base64_rows(_simdjson_vectors(simdjson.Parser(), body, rows, dims))
-
-
-_PARSER: Any = None
-
-
-def simdjson_reused_way(body: bytes, rows: int, dims: int) -> list[str]:
-    """One parser kept for the process (per event loop would do: parsing never awaits)."""
-    global _PARSER
-    if _PARSER is None:
-        import simdjson
-
-        _PARSER = simdjson.Parser()
-    return to_base64_rows(_simdjson_vectors(_PARSER, body, rows, dims))
-
-
 def best_of(fn: Callable[[], object], repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -145,20 +84,9 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def simdjson_available() -> bool:
-    try:
-        import simdjson  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def run(rows: int, dims: int, repeat: int) -> dict[str, dict[str, float]]:
     """Seconds per body for each way and upstream format, plus the gateway's steps."""
     ways: dict[str, Way] = {"gateway": gateway_way, "plain": plain_way}
-    if simdjson_available():
-        ways["simdjson"] = simdjson_way
-        ways["simdjson, reused parser"] = simdjson_reused_way
     results: dict[str, dict[str, float]] = {}
     for upstream in ("float", "base64"):
         body = upstream_body(rows, dims, b64=upstream == "base64")
@@ -169,13 +97,10 @@ def run(rows: int, dims: int, repeat: int) -> dict[str, dict[str, float]]:
                 raise AssertionError(f"{name} way disagrees with the plain way ({upstream})")
             timings[name] = best_of(lambda way=way, body=body: way(body, rows, dims), repeat)
         # Where the gateway's time goes, step by step.
-        step, parse = gateway_parser()
-        vectors = parse(body, rows, dims)
-        timings[f"step: {step}"] = best_of(
-            lambda body=body, parse=parse: parse(body, rows, dims), repeat
+        vectors = parse_embeddings(body, rows, dims)[0]
+        timings["step: parse_embeddings"] = best_of(
+            lambda body=body: parse_embeddings(body, rows, dims), repeat
         )
-        if step != "parse_embeddings":
-            timings["step: orjson.loads"] = best_of(lambda body=body: orjson.loads(body), repeat)
         timings["step: to_base64_rows"] = best_of(
             lambda vectors=vectors: to_base64_rows(vectors), repeat
         )
@@ -193,9 +118,7 @@ def report(results: dict[str, dict[str, float]], rows: int, dims: int) -> str:
             if name == "body_mb":
                 continue
             ratio = f"  {plain / seconds:5.1f}x plain" if not name.startswith("step") else ""
-            lines.append(f"    {name:<44} {seconds * 1000:9.1f} ms{ratio}")
-        if "simdjson" not in timings:
-            lines.append("    simdjson: pysimdjson is not installed, skipped")
+            lines.append(f"    {name:<28} {seconds * 1000:9.1f} ms{ratio}")
     return "\n".join(lines)
 
 
