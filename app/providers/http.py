@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from app.providers.base import Failure, UpstreamCall, UpstreamError, UpstreamResult
 from app.providers.validation import MalformedResponse, parse_embeddings
@@ -45,7 +46,7 @@ class UpstreamHTTP:
         return self._session
 
     async def post_json(
-        self, url: str, payload: dict[str, Any], headers: dict[str, str], timeout: float
+        self, url: URL, payload: dict[str, Any], headers: dict[str, str], timeout: float
     ) -> UpstreamResponse:
         """POST and read the whole body; any transport failure becomes an UpstreamError."""
         session = self._session or self._open_session()
@@ -156,7 +157,8 @@ class HTTPProvider:
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
-        self._url = (config.base_url or "").rstrip("/") + self.path
+        # Parsed once: aiohttp would otherwise parse the string on every call.
+        self._url = URL((config.base_url or "").rstrip("/") + self.path)
         self._key = config.api_key.get_secret_value() if config.api_key else None
         self._key_env = config.api_key_env or self.default_key_env
         self._http = UpstreamHTTP(name, self.display_name, config.max_concurrency)
