@@ -633,7 +633,7 @@ def run_table(bench: Bench) -> None:
 def run_soak(bench: Bench) -> None:
     assert bench.gateway is not None
     args = bench.args
-    scenario = scenarios(args)[0]
+    scenario = Scenario("small-float", "bench-small", 0, "float", args.concurrency)
     check_answer(bench.gateway, scenario, args.dims)
     pid = bench.gateway.process.pid
     loadgen(bench, bench.gateway, scenario, "soak-warmup", requests=500, duration=30)
