@@ -270,14 +270,13 @@ class RedisRateLimiter(RateLimiter):
     async def _call_for(self, waiting: list[_Waiting]) -> None:
         try:
             counted = await self._call([w[0] for w in waiting], [w[1] for w in waiting])
-        except BaseException as exc:  # not Redis's failure (that is None): pass it on
+        except Exception as exc:  # not Redis's failure (that is None): each waiter gets it
             for _, _, answer in waiting:
-                if answer.done():
-                    continue
-                if isinstance(exc, Exception):
+                if not answer.done():
                     answer.set_exception(exc)
-                else:
-                    answer.cancel()  # this task was cancelled (shutdown)
+        except BaseException:  # this task was cancelled (shutdown)
+            for _, _, answer in waiting:
+                answer.cancel()
             raise
         else:
             answers = counted or [None] * len(waiting)

@@ -27,8 +27,8 @@ class UpstreamResponse:
 class UpstreamHTTP:
     """One pooled aiohttp session per provider, sized to the provider's `max_concurrency`.
 
-    aiohttp, not httpx: measured on the gateway's hot path, httpx's API (even over aiohttp's
-    transport) cost ~0.16 ms more CPU per upstream call, a third of the whole request's budget.
+    aiohttp, not httpx: httpx's API, even over aiohttp's transport, was ~30 % of the gateway's
+    CPU on small requests; dropping it took them from 969 to 1,402 req/s in one measured run.
     """
 
     def __init__(self, provider: str, display_name: str, max_connections: int) -> None:
