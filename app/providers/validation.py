@@ -41,8 +41,8 @@ def parse_embeddings(raw: bytes, count: int, dims: int) -> tuple[np.ndarray, dic
 
 
 def _fill(matrix: np.ndarray, seen: np.ndarray, data: Any, count: int, dims: int) -> None:
-    for position in range(count):
-        item = data[position]
+    # Iterated, not indexed: a simdjson array finds its n-th element by walking from the start.
+    for position, item in enumerate(data):
         if not isinstance(item, simdjson.Object):
             raise MalformedResponse(f"data[{position}] is not an object")
         index = item.get("index", position)
