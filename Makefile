@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test lint format redis-server node-deps bench
+.PHONY: run test lint format redis-server node-deps promtool bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/embeddings-gateway
 
 ## Install everything (Redis server included) and run the linters and the whole test suite.
-test: $(VENV)/.installed-test redis-server node-deps
+test: $(VENV)/.installed-test redis-server node-deps promtool
 	$(VENV)/bin/ruff check app tests bench scripts
 	$(VENV)/bin/ruff format --check app tests bench scripts
 	$(PY) -m pytest
@@ -56,3 +56,9 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
 		echo "installing redis-server (Debian package)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+# tests/test_observability.py checks and unit-tests deploy/prometheus/alerts.yml with promtool.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing promtool (Debian package prometheus)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }

@@ -51,6 +51,11 @@ UPSTREAM_SECONDS = Histogram(
 TOKENS = Counter(
     f"{PREFIX}_tokens_total", "Input tokens embedded, by model and provider.", ["model", "provider"]
 )
+SPEND_USD = Counter(
+    f"{PREFIX}_spend_usd",
+    "Upstream spend in USD: tokens sent upstream at the registry's price, by model.",
+    ["model"],
+)
 RATE_LIMITED = Counter(f"{PREFIX}_rate_limited_total", "Requests refused with 429.")
 REDIS_ERRORS = Counter(
     f"{PREFIX}_redis_errors_total", "Redis calls that failed or timed out.", ["operation"]

@@ -71,7 +71,10 @@ class UsageLedger:
         pending["input_tokens"] += input_tokens
         pending["upstream_tokens"] += upstream_tokens
         pending["cached_tokens"] += cached_tokens
-        pending["cost_usd"] += upstream_tokens * price_per_million / 1_000_000
+        cost = upstream_tokens * price_per_million / 1_000_000
+        pending["cost_usd"] += cost
+        if cost:
+            metrics.SPEND_USD.labels(model).inc(cost)
 
     async def flush(self) -> None:
         """Move the figures kept in process to Redis; on failure they wait for the next flush."""
