@@ -34,6 +34,15 @@ class RouteHealth:
     def is_open(self) -> bool:
         return self._open_until is not None
 
+    def may_admit(self) -> bool:
+        """Would admit() let a request through now? Asks without taking the trial."""
+        if self._open_until is None:
+            return True
+        now = self._clock()
+        if now < self._open_until:
+            return False
+        return self._trial_started is None or now - self._trial_started >= self._trial_lease
+
     def admit(self) -> bool:
         """May a request use this route now? In the half-open state only one may, as the trial."""
         if self._open_until is None:
@@ -69,5 +78,5 @@ class RouteHealth:
             self._gauge.set(1)
 
     def neutral(self) -> None:
-        """The call proved nothing about the route (the input was bad): release a trial."""
+        """The call proved nothing about the route (bad input, or cancelled): release a trial."""
         self._trial_started = None
