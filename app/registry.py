@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 ProviderType = Literal["nanogpt", "aiml", "nugen", "local"]
 # Types that call an upstream over HTTP; `local` runs a model inside this process instead.
@@ -39,9 +47,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _hedge_after(value: Any) -> float | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError("must be milliseconds (a number, 0 is off) or 'auto'")
+    return float(value)
+
+
 # Milliseconds without an answer before the same chunk goes to the next route as well; 0 is
 # off, `auto` follows the route's recent p95 latency.
-HedgeAfter = Annotated[float, Field(ge=0)] | Literal["auto"]
+HedgeAfter = Annotated[float | Literal["auto"], PlainValidator(_hedge_after)]
 Strategy = Literal["failover", "weighted", "least-latency"]
 
 

@@ -10,7 +10,14 @@ import pytest
 from app.balancing import EXPLORE, order_routes
 from app.hedging import AUTO_CEILING_SECONDS, AUTO_FLOOR_SECONDS, HedgeBudget, hedge_delay
 from app.latency import RouteLatency
-from app.registry import ProviderConfig, Route, RouteConfig, RoutePolicy
+from app.registry import (
+    ProviderConfig,
+    RegistryError,
+    Route,
+    RouteConfig,
+    RoutePolicy,
+    load_registry,
+)
 from app.timeouts import call_timeout, estimated_tokens
 
 
@@ -191,3 +198,54 @@ def test_least_latency_notices_a_route_that_recovered():
         rng=random.Random(0),
     )
     assert order[0].index == 0
+
+
+# --- registry fields -------------------------------------------------------------------------
+
+
+def registry_text(route_extra: str = "", model_extra: str = "") -> str:
+    return f"""
+providers:
+  p: {{type: nanogpt, base_url: "http://127.0.0.1:1/v1", api_key: k, hedge_after_ms: 150}}
+models:
+  m:
+    name: M
+    owned_by: tests
+    dimensions: 4
+    max_tokens: 10
+    pricing: {{per_million_tokens: 0.1}}
+    {model_extra}
+    routes:
+      - {{provider: p, model: a{route_extra}}}
+      - {{provider: p, model: b, hedge_after_ms: auto, weight: 2}}
+      - {{provider: p, model: c, hedge_after_ms: 0}}
+"""
+
+
+def test_resilience_fields_are_read_and_overridden_per_route(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text(registry_text(model_extra="strategy: weighted"))
+    model = load_registry(path, {}).models["m"]
+    assert model.config.strategy == "weighted"
+    assert [r.policy.hedge_after_ms for r in model.routes] == [150.0, "auto", 0.0]
+    assert [r.weight for r in model.routes] == [1.0, 2.0, 1.0]
+    assert model.routes[0].policy.hedge_max_ratio == 0.1
+    assert model.routes[0].policy.timeout_seconds == 5.0
+
+
+@pytest.mark.parametrize(
+    ("route_extra", "model_extra", "message"),
+    [
+        (", hedge_after_ms: soon", "", "models.m.routes.0.hedge_after_ms: must be milliseconds"),
+        (", hedge_after_ms: -5", "", "models.m.routes.0.hedge_after_ms: must be milliseconds"),
+        (", hedge_max_ratio: 2", "", "models.m.routes.0.hedge_max_ratio"),
+        (", weight: 0", "", "models.m.routes.0.weight"),
+        ("", "strategy: fastest", "models.m.strategy"),
+    ],
+)
+def test_bad_resilience_fields_name_the_field(tmp_path, route_extra, model_extra, message):
+    path = tmp_path / "models.yaml"
+    path.write_text(registry_text(route_extra, model_extra))
+    with pytest.raises(RegistryError) as caught:
+        load_registry(path, {})
+    assert message in str(caught.value)
