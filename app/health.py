@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from app import metrics
 from app.registry import Route
+from app.timeouts import MOST_TOKENS_PER_REQUEST, own_budget
 
 log = logging.getLogger("app.routing")
 
@@ -23,8 +24,9 @@ class RouteHealth:
         self._gauge.set(0)
         self._threshold = policy.cooldown_failures
         self._cooldown = policy.cooldown_seconds
-        # A trial that never reports back (its request was cancelled) must not wedge the route.
-        self._trial_lease = policy.timeout_seconds * policy.max_attempts + 1.0
+        # A trial that never reports back (its request was cancelled) must not wedge the route;
+        # the lease outlasts the longest trial call can run, whatever its work.
+        self._trial_lease = own_budget(policy, MOST_TOKENS_PER_REQUEST) * policy.max_attempts + 1.0
         self._clock = clock
         self.consecutive_failures = 0
         self._open_until: float | None = None

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from app.registry import RoutePolicy
 
 CHARS_PER_TOKEN = 4
+MOST_TOKENS_PER_REQUEST = 300_000  # OpenAI's cap, which validation enforces
 _FLOOR = 0.001  # aiohttp refuses a zero timeout; the deadline is enforced above anyway
 
 
