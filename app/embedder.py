@@ -157,6 +157,7 @@ class Embedder:
         if whole:
             upstream.whole_job_tokens = tokens
         upstream.tokens += tokens if tokens is not None else part.prompt_tokens()
+        upstream.tokens += result.hedge_tokens  # hedges that lost were sent, so may be billed
         return dict(zip(keys, result.vectors, strict=True))
 
     def _key(self, job: EmbeddingJob, index: int, dims: int) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from app import metrics
 from app.registry import Route
+from app.timeouts import MOST_TOKENS_PER_REQUEST, own_budget
 
 log = logging.getLogger("app.routing")
 
@@ -23,8 +24,9 @@ class RouteHealth:
         self._gauge.set(0)
         self._threshold = policy.cooldown_failures
         self._cooldown = policy.cooldown_seconds
-        # A trial that never reports back (its request was cancelled) must not wedge the route.
-        self._trial_lease = policy.timeout_seconds * policy.max_attempts + 1.0
+        # A trial that never reports back (its request was cancelled) must not wedge the route;
+        # the lease outlasts the longest trial call can run, whatever its work.
+        self._trial_lease = own_budget(policy, MOST_TOKENS_PER_REQUEST) * policy.max_attempts + 1.0
         self._clock = clock
         self.consecutive_failures = 0
         self._open_until: float | None = None
@@ -33,6 +35,15 @@ class RouteHealth:
     @property
     def is_open(self) -> bool:
         return self._open_until is not None
+
+    def may_admit(self) -> bool:
+        """Would admit() let a request through now? Asks without taking the trial."""
+        if self._open_until is None:
+            return True
+        now = self._clock()
+        if now < self._open_until:
+            return False
+        return self._trial_started is None or now - self._trial_started >= self._trial_lease
 
     def admit(self) -> bool:
         """May a request use this route now? In the half-open state only one may, as the trial."""
@@ -69,5 +80,5 @@ class RouteHealth:
             self._gauge.set(1)
 
     def neutral(self) -> None:
-        """The call proved nothing about the route (the input was bad): release a trial."""
+        """The call proved nothing about the route (bad input, or cancelled): release a trial."""
         self._trial_started = None

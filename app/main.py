@@ -6,7 +6,9 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+import random
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,7 +36,11 @@ from app.tokens import warm_up
 log = logging.getLogger("app")
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(
+    settings: Settings,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+) -> Gateway:
     registry = load_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = build_providers(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
@@ -44,7 +50,7 @@ def build_gateway(settings: Settings) -> Gateway:
         registry=registry,
         auth=Authenticator(settings.GATEWAY_API_KEYS, settings.GATEWAY_INTERNAL_TOKEN),
         providers=providers,
-        router=Router(registry, providers),
+        router=Router(registry, providers, clock=clock, rng=rng),
         limiter=build_limiter(settings, redis),
         redis=redis,
     )
@@ -84,13 +90,19 @@ async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None
     await limiter.start()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    rng: random.Random | None = None,
+) -> FastAPI:
+    """The ASGI app. Tests may pass the routing clock (cooldowns, windows) and random source."""
     settings = settings or Settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = build_gateway(settings)
+        gateway = build_gateway(settings, clock, rng)
         warm_up()
         await start_limiter(settings, gateway.limiter)
         if not gateway.auth.enabled:

@@ -48,6 +48,12 @@ UPSTREAM_SECONDS = Histogram(
     ["provider"],
     buckets=_LATENCY_BUCKETS,
 )
+HEDGED_CALLS = Counter(
+    f"{PREFIX}_hedged_calls_total",
+    "Calls that took part in a hedged pair: won (its answer was used), lost (it ended without "
+    "being used), cancelled (cut short when the other call won).",
+    ["model", "provider", "outcome"],
+)
 TOKENS = Counter(
     f"{PREFIX}_tokens_total", "Input tokens embedded, by model and provider.", ["model", "provider"]
 )

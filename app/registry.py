@@ -7,10 +7,18 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 ProviderType = Literal["nanogpt", "aiml", "nugen", "local"]
 # Types that call an upstream over HTTP; `local` runs a model inside this process instead.
@@ -39,10 +47,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _hedge_after(value: Any) -> float | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError("must be milliseconds (a number, 0 is off) or 'auto'")
+    return float(value)
+
+
+# Milliseconds without an answer before the same chunk goes to the next route as well; 0 is
+# off, `auto` follows the route's recent p95 latency.
+HedgeAfter = Annotated[float | Literal["auto"], PlainValidator(_hedge_after)]
+Strategy = Literal["failover", "weighted", "least-latency"]
+
+
 class RoutePolicy(_Strict):
     """Resilience knobs a provider sets and a route may override."""
 
-    timeout_seconds: float = Field(default=30.0, gt=0)
+    timeout_seconds: float = Field(default=5.0, gt=0)
     max_attempts: int = Field(default=2, ge=1, le=10)
     backoff_base_seconds: float = Field(default=0.2, ge=0)
     cooldown_failures: int = Field(default=5, ge=1)
@@ -50,6 +72,10 @@ class RoutePolicy(_Strict):
     max_batch_size: int = Field(default=2048, ge=1, le=2048)
     max_tokens_per_call: int | None = Field(default=None, ge=1)
     max_concurrency_per_request: int = Field(default=4, ge=1)
+    # Routing resilience (README, "Resilience"): a call's timeout grows with its work; hedging.
+    timeout_per_1k_tokens_seconds: float = Field(default=0.05, ge=0)
+    hedge_after_ms: HedgeAfter = 0.0
+    hedge_max_ratio: float = Field(default=0.1, ge=0, le=1)
 
 
 class ProviderConfig(RoutePolicy):
@@ -112,6 +138,9 @@ class RouteOverrides(_Strict):
     max_batch_size: int | None = Field(default=None, ge=1, le=2048)
     max_tokens_per_call: int | None = Field(default=None, ge=1)
     max_concurrency_per_request: int | None = Field(default=None, ge=1)
+    timeout_per_1k_tokens_seconds: float | None = Field(default=None, ge=0)
+    hedge_after_ms: HedgeAfter | None = None
+    hedge_max_ratio: float | None = Field(default=None, ge=0, le=1)
 
 
 class RouteConfig(RouteOverrides):
@@ -119,6 +148,8 @@ class RouteConfig(RouteOverrides):
     model: str = Field(min_length=1)
     accepts_token_ids: bool = False
     returns_base64: bool | None = None
+    # Share of requests under the `weighted` strategy (relative to the model's other routes).
+    weight: float = Field(default=1.0, gt=0)
 
 
 class Pricing(_Strict):
@@ -137,6 +168,8 @@ class ModelConfig(_Strict):
     created: int | None = None
     # Keep this model's vectors in the Redis cache (when CACHE_ENABLED and REDIS_URL are set).
     cache: bool = True
+    # How a request picks among the routes (README, "Resilience"); `failover` is registry order.
+    strategy: Strategy = "failover"
     routes: list[RouteConfig] = Field(min_length=1)
 
 
@@ -169,6 +202,7 @@ class Route:
         "returns_base64",
         "upstream_model",
         "usable",
+        "weight",
     )
 
     def __init__(
@@ -180,6 +214,7 @@ class Route:
         self.provider = provider
         self.upstream_model = config.model
         self.accepts_token_ids = config.accepts_token_ids
+        self.weight = config.weight
         self.usable = base.usable
         self.returns_base64 = (
             base.returns_base64 if config.returns_base64 is None else config.returns_base64

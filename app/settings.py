@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     # Large enough for 2048 inputs at the 300k-token cap, small enough to stop abuse early.
     MAX_REQUEST_BODY_BYTES: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Bounds every embeddings request end to end; well under the OpenAI SDK's 600 s timeout.
+    # Routes share it (app/timeouts.py) and each call has its own short timeout, so a hung
+    # route costs seconds; 60 s is for the largest request: 20 s calls, two routes, a retry.
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
 
     @field_validator("GATEWAY_API_KEYS", mode="before")

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from app.main import create_app
 from tests.conftest import CLIENT_KEY
 from tests.fake_upstream import FakeUpstream, Fault, fake_token_count, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry
@@ -37,8 +38,34 @@ def _reset(primary, secondary) -> Iterator[None]:
     secondary.clear()
 
 
+class ShiftedClock:
+    """Real monotonic time plus jumps a test makes, so cooldowns pass without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class ClockedGateway(ThreadedGateway):
+    """A ThreadedGateway whose router runs on the given clock."""
+
+    def __init__(self, clock: ShiftedClock, **settings: object) -> None:
+        super().__init__(**settings)
+        self.server.config.app = create_app(self.settings, clock=clock)
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, primary, secondary) -> Iterator[ThreadedGateway]:
+def clock() -> ShiftedClock:
+    return ShiftedClock()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, primary, secondary, clock) -> Iterator[ThreadedGateway]:
     policy = {
         "timeout_seconds": 0.4,
         "max_attempts": 2,
@@ -76,6 +103,26 @@ def gateway(tmp_path_factory, primary, secondary) -> Iterator[ThreadedGateway]:
         "batched-once": model_entry(
             [{"provider": "batching", "model": "batched-name", "max_attempts": 1}]
         ),
+        # Its own timeout is longer than the whole deadline: only the fair share saves route 2.
+        "greedy-first": model_entry(
+            [
+                {"provider": "primary", "model": "primary-name", "timeout_seconds": 30},
+                {"provider": "secondary", "model": "secondary-name"},
+            ]
+        ),
+        # 0.3 s for a short input, 1.3 s for ~1000 tokens of work.
+        "scaled": model_entry(
+            [
+                {
+                    "provider": "primary",
+                    "model": "primary-name",
+                    "timeout_seconds": 0.3,
+                    "timeout_per_1k_tokens_seconds": 1.0,
+                    "max_attempts": 1,
+                },
+                {"provider": "secondary", "model": "secondary-name"},
+            ]
+        ),
         "batched-then-secondary": model_entry(
             [
                 {"provider": "batching", "model": "batched-name", "max_attempts": 1},
@@ -84,8 +131,11 @@ def gateway(tmp_path_factory, primary, secondary) -> Iterator[ThreadedGateway]:
         ),
     }
     path = write_registry(tmp_path_factory.mktemp("routing") / "models.yaml", providers, models)
-    with ThreadedGateway(
-        MODELS_CONFIG=str(path), GATEWAY_API_KEYS=CLIENT_KEY, REQUEST_TIMEOUT_SECONDS=DEADLINE
+    with ClockedGateway(
+        clock,
+        MODELS_CONFIG=str(path),
+        GATEWAY_API_KEYS=CLIENT_KEY,
+        REQUEST_TIMEOUT_SECONDS=DEADLINE,
     ) as server:
         yield server
 
@@ -140,6 +190,41 @@ def test_each_fault_on_the_first_route_ends_in_the_seconds_vectors(
     np.testing.assert_array_equal(vectors(response), expected("secondary-name", TEXTS))
     assert len(secondary.embedding_requests()) == 1
     assert elapsed < DEADLINE
+
+
+def test_a_timed_out_call_fails_over_at_once_instead_of_retrying(gateway, primary, secondary):
+    primary.add_fault(Fault.hang(5.0), times=None)
+    response = embed(gateway, "two-routes", TEXTS)
+    assert response.status_code == 200
+    np.testing.assert_array_equal(vectors(response), expected("secondary-name", TEXTS))
+    assert len(primary.embedding_requests()) == 1  # max_attempts is 2: not spent on a hang
+
+
+def test_a_timeout_on_the_last_route_is_still_retried(gateway, primary):
+    primary.add_fault(Fault.hang(5.0))  # once: the retry answers
+    response = embed(gateway, "one-route", TEXTS)
+    assert response.status_code == 200
+    assert len(primary.embedding_requests()) == 2
+
+
+def test_a_hung_route_leaves_the_next_route_its_fair_share_of_the_deadline(
+    gateway, primary, secondary
+):
+    primary.add_fault(Fault.hang(5.0), times=None)
+    started = time.monotonic()
+    response = embed(gateway, "greedy-first", TEXTS)
+    assert response.status_code == 200, response.text  # before: 504 after the whole deadline
+    np.testing.assert_array_equal(vectors(response), expected("secondary-name", TEXTS))
+    assert time.monotonic() - started < DEADLINE
+
+
+def test_a_call_gets_more_time_for_more_work(gateway, primary, secondary):
+    primary.latency = 0.6  # too slow for a short input's 0.3 s, in time for 1.3 s
+    short = embed(gateway, "scaled", ["hi"])
+    np.testing.assert_array_equal(vectors(short), expected("secondary-name", ["hi"]))
+    long_text = "x" * 4000  # ~1000 tokens by the length estimate
+    long = embed(gateway, "scaled", [long_text])
+    np.testing.assert_array_equal(vectors(long), expected("primary-name", [long_text]))
 
 
 def test_shuffled_indices_are_put_back_in_order(gateway, primary, secondary):
@@ -197,7 +282,9 @@ def test_the_request_deadline_bounds_retries_too(gateway, primary):
     assert time.monotonic() - started < DEADLINE + 0.5
 
 
-def test_cooldown_skips_a_dead_route_then_lets_one_trial_through(gateway, primary, secondary):
+def test_cooldown_skips_a_dead_route_then_lets_one_trial_through(
+    gateway, primary, secondary, clock
+):
     primary.add_fault(Fault.http_status(500), times=None)
     for _ in range(2):  # two consecutive failures open the cooldown
         assert embed(gateway, "cooling", TEXTS).status_code == 200
@@ -206,7 +293,7 @@ def test_cooldown_skips_a_dead_route_then_lets_one_trial_through(gateway, primar
         assert embed(gateway, "cooling", TEXTS).status_code == 200
     assert len(primary.embedding_requests()) == 2  # skipped without being touched
     primary.clear()  # the route is healthy again
-    time.sleep(1.1)
+    clock.advance(1.1)  # past cooldown_seconds
     response = embed(gateway, "cooling", TEXTS)
     np.testing.assert_array_equal(vectors(response), expected("primary-name", TEXTS))
     assert len(primary.embedding_requests()) == 1  # the trial

@@ -16,6 +16,8 @@ from app.providers.base import Failure, UpstreamCall, UpstreamError, UpstreamRes
 from app.providers.validation import MalformedResponse, parse_embeddings
 from app.registry import ProviderConfig
 
+_NEVER_ROUND = float("inf")
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamResponse:
@@ -55,7 +57,9 @@ class UpstreamHTTP:
                 url,
                 data=orjson.dumps(payload),
                 headers={"content-type": "application/json", **headers},
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                # aiohttp rounds timeouts over ceil_threshold (5 s) up to a whole second of
+                # loop time; routing's deadline shares need the timeout as given.
+                timeout=aiohttp.ClientTimeout(total=timeout, ceil_threshold=_NEVER_ROUND),
                 allow_redirects=False,  # a redirect must not carry our key to another host
             ) as response:
                 return UpstreamResponse(response.status, response.headers, await response.read())

@@ -1,0 +1,75 @@
+"""When to hedge a call, and how many hedges a route may send.
+
+A hedge sends a chunk whose call has not answered within `hedge_after_ms` to the next healthy
+route as well; the first valid answer wins and the other call is cancelled. The budget keeps
+the extra cost bounded: over a sliding window a route may hedge at most `hedge_max_ratio` of
+its calls (and always at least one, so a lone slow call can be rescued). The window is in
+process: with several workers each one keeps the ratio, so the total keeps it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from app.latency import RouteLatency
+from app.registry import RoutePolicy
+
+AUTO_FLOOR_SECONDS = 0.05  # below this a p95 is noise, and hedges would fire on healthy calls
+AUTO_CEILING_SECONDS = 2.0  # also the delay while too few samples exist to know the p95
+WINDOW_SECONDS = 60.0
+_BUCKETS = 12
+
+
+def hedge_delay(policy: RoutePolicy, latency: RouteLatency) -> float | None:
+    """Seconds to wait before hedging a call on this route; None when hedging is off."""
+    setting = policy.hedge_after_ms
+    if setting == "auto":
+        p95 = latency.p95()
+        if p95 is None:
+            return AUTO_CEILING_SECONDS
+        return min(AUTO_CEILING_SECONDS, max(AUTO_FLOOR_SECONDS, p95))
+    if setting <= 0 or policy.hedge_max_ratio <= 0:
+        return None
+    return setting / 1000
+
+
+class HedgeBudget:
+    """Calls and hedges over the last WINDOW_SECONDS, counted in buckets of a fixed width."""
+
+    def __init__(self, ratio: float, clock: Callable[[], float]) -> None:
+        self._ratio = ratio
+        self._clock = clock
+        self._width = WINDOW_SECONDS / _BUCKETS
+        self._calls = [0] * _BUCKETS
+        self._hedges = [0] * _BUCKETS
+        self._epoch = [-1] * _BUCKETS  # which bucket-width period each slot currently counts
+
+    def _slot(self) -> int:
+        period = int(self._clock() // self._width)
+        slot = period % _BUCKETS
+        if self._epoch[slot] != period:
+            self._epoch[slot] = period
+            self._calls[slot] = 0
+            self._hedges[slot] = 0
+        return slot
+
+    def _totals(self) -> tuple[int, int]:
+        oldest = int(self._clock() // self._width) - _BUCKETS + 1
+        calls = hedges = 0
+        for slot in range(_BUCKETS):
+            if self._epoch[slot] >= oldest:
+                calls += self._calls[slot]
+                hedges += self._hedges[slot]
+        return calls, hedges
+
+    def record_call(self) -> None:
+        self._calls[self._slot()] += 1
+
+    def try_hedge(self) -> bool:
+        """Take one hedge from the budget if the window allows it."""
+        slot = self._slot()
+        calls, hedges = self._totals()
+        if hedges + 1 > max(1.0, self._ratio * calls):
+            return False
+        self._hedges[slot] += 1
+        return True
