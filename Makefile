@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test lint format redis-server node-deps bench lock
+.PHONY: run test lint format redis-server node-deps bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,10 @@ bench: $(VENV)/.installed redis-server
 ## Re-resolve requirements.lock (what the image installs, pinned and hashed) from pyproject.toml.
 ## Pins already in the lock are kept; make lock LOCK_ARGS=--upgrade moves everything forward.
 # For the image's Python (the Dockerfile's FROM) on any platform, whatever Python runs this; the
-# build backend (pyproject's [build-system] requires) is locked too, so the image builds offline
-# of any unpinned download.
+# build backend (pyproject's [build-system] requires) is locked too, so building the image
+# downloads nothing unpinned.
 IMAGE_PYTHON := 3.11
+.PHONY: lock
 lock: $(VENV)/.installed-lock
 	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
 		| $(VENV)/bin/uv pip compile pyproject.toml - --universal --python-version $(IMAGE_PYTHON) \
