@@ -77,10 +77,6 @@ def test_dockerfile_is_slim_cached_non_root_and_health_checked():
     assert health.group(1) == "/healthz"
 
 
-def test_the_health_check_path_answers_without_auth(gateway):
-    assert httpx.get(f"{gateway.url}/healthz").status_code == 200
-
-
 # -- the lock -------------------------------------------------------------------------------------
 # requirements.lock is what the image installs; `make lock` writes it from pyproject.toml. Re-
 # resolving here would need the network and take seconds to minutes, so this checks what can
@@ -230,3 +226,7 @@ def test_every_module_the_tests_and_benchmark_import_is_declared():
             if not dists & declared:
                 undeclared.setdefault(module, path.relative_to(ROOT).as_posix())
     assert undeclared == {}, "declare these in pyproject.toml's `test` extra"
+
+
+def test_the_health_check_path_answers_without_auth(gateway):
+    assert httpx.get(f"{gateway.url}/healthz").status_code == 200
