@@ -7,16 +7,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
-RUN mkdir app && touch app/__init__.py \
-    && pip install . \
-    && pip uninstall -y embeddings-gateway \
-    && rm -rf app
+# Dependencies first, in their own layer, rebuilt only when the lock changes: exactly the
+# versions and files in requirements.lock (`make lock` writes it from pyproject.toml), each
+# checked against its sha256, the build backend included.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
+# The gateway itself, with nothing resolved or downloaded: its dependencies are all there.
+COPY pyproject.toml README.md ./
 COPY app ./app
 COPY config ./config
-RUN pip install --no-deps . \
+RUN pip install --no-deps --no-build-isolation . \
     && useradd --system --uid 10001 --no-create-home gateway
 
 USER gateway

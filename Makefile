@@ -15,6 +15,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
+$(VENV)/.installed-lock: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[lock]"
+	touch $@
+
 ## Install and start the gateway (settings from the environment and .env).
 run: $(VENV)/.installed
 	$(VENV)/bin/embeddings-gateway
@@ -37,6 +41,18 @@ format: $(VENV)/.installed-test
 ## Options go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--litellm" (or "--quick", "--soak 60").
 bench: $(VENV)/.installed redis-server
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+## Re-resolve requirements.lock (what the image installs, pinned and hashed) from pyproject.toml.
+## Pins already in the lock are kept; make lock LOCK_ARGS=--upgrade moves everything forward.
+# For the image's Python (the Dockerfile's FROM) on any platform, whatever Python runs this; the
+# build backend (pyproject's [build-system] requires) is locked too, so building the image
+# downloads nothing unpinned.
+IMAGE_PYTHON := 3.11
+.PHONY: lock
+lock: $(VENV)/.installed-lock
+	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
+		| $(VENV)/bin/uv pip compile pyproject.toml - --universal --python-version $(IMAGE_PYTHON) \
+			--generate-hashes --custom-compile-command "make lock" --quiet -o requirements.lock $(LOCK_ARGS)
 
 # tests/test_node_sdk.py runs the official openai Node SDK from tests/node; install it from the
 # lockfile when node_modules is missing or older than the lockfile (npm writes the stamp below).

@@ -13,6 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.config_report import model_table, settings_summary
+from app.logs import uvicorn_log_config
 from app.main import build_gateway
 from app.registry import RegistryError
 from app.settings import Settings
@@ -49,6 +50,7 @@ def serve(settings: Settings) -> None:
         port=settings.PORT,
         workers=settings.WORKERS,
         log_level=settings.LOG_LEVEL,
+        log_config=uvicorn_log_config(settings.LOG_LEVEL, settings.LOG_FORMAT),
         access_log=False,  # the gateway writes its own structured access line
         # The gateway decides whom to trust for X-Forwarded-For itself (TRUSTED_PROXIES);
         # uvicorn's own rewriting would let any local client pick its rate-limit bucket.

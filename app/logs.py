@@ -10,7 +10,11 @@ import orjson
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # What every LogRecord has; anything else on a record came from `extra=` and is a field.
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+# uvicorn adds `color_message` (its message with ANSI colours) for its own formatter: not a field.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "color_message",
+}
 
 
 class _JsonLines(logging.Formatter):
@@ -59,6 +63,31 @@ class _TextWithExtras(logging.Formatter):
         return line + "".join(f" {k}={v}" for k, v in extras.items()) if extras else line
 
 
+def formatter(fmt: Literal["json", "text"] = "json") -> logging.Formatter:
+    """The gateway's line format; also what uvicorn_log_config hands uvicorn's own loggers."""
+    return _JsonLines() if fmt == "json" else _TextWithExtras(_TEXT)
+
+
+def uvicorn_log_config(level: str, fmt: Literal["json", "text"] = "json") -> dict[str, Any]:
+    """uvicorn's `log_config`: its own lines (start-up, shutdown, bind errors) in our format.
+
+    uvicorn applies this in its supervisor too, which never imports the app (and so never runs
+    configure_logging) when WORKERS > 1, and again in every worker. Only uvicorn's loggers are
+    set here; the root logger, and so the app's lines, stay configure_logging's.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"gateway": {"()": formatter, "fmt": fmt}},
+        "handlers": {"gateway": {"class": "logging.StreamHandler", "formatter": "gateway"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["gateway"], "level": level.upper(), "propagate": False},
+            # The gateway writes its own access line (app.access), with what uvicorn's lacks.
+            "uvicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
+
+
 def configure_logging(level: str, fmt: Literal["json", "text"] = "json") -> None:
     # The logging HOWTO's "Optimization": no caller lookup (a stack walk per record) and no
     # thread or multiprocessing names, which no line shows.
@@ -69,7 +98,7 @@ def configure_logging(level: str, fmt: Literal["json", "text"] = "json") -> None
     for handler in [h for h in root.handlers if getattr(h, "_gateway", False)]:
         root.removeHandler(handler)
     handler = logging.StreamHandler()
-    handler.setFormatter(_JsonLines() if fmt == "json" else _TextWithExtras(_TEXT))
+    handler.setFormatter(formatter(fmt))
     handler._gateway = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     logging.getLogger("app").setLevel(level.upper())

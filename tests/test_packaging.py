@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from importlib.metadata import packages_distributions
+from pathlib import Path
 
 import httpx
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from app.settings import Settings
 from tests.harness import ROOT
@@ -67,6 +75,157 @@ def test_dockerfile_is_slim_cached_non_root_and_health_checked():
     health = re.search(r"HEALTHCHECK.*?:%s(/\w+)", text, re.S)
     assert health
     assert health.group(1) == "/healthz"
+
+
+# -- the lock -------------------------------------------------------------------------------------
+# requirements.lock is what the image installs; `make lock` writes it from pyproject.toml. Re-
+# resolving here would need the network and take seconds to minutes, so this checks what can
+# drift cheaply and exactly: every direct dependency is locked at a version its specifier
+# allows, the lock names no direct dependency pyproject has dropped, and every entry is hashed.
+
+
+@dataclass
+class LockEntry:
+    version: str
+    hashes: int = 0
+    via: set[str] = field(default_factory=set)  # who required it, from uv's annotations
+
+
+PROJECT_SOURCE = "embeddings-gateway (pyproject.toml)"
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def read_lock() -> tuple[str, dict[str, LockEntry]]:
+    text = (ROOT / "requirements.lock").read_text()
+    entries: dict[str, LockEntry] = {}
+    current: LockEntry | None = None
+    in_via = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if line and not line[0].isspace() and not line.startswith("#"):
+            requirement = Requirement(line.rstrip(" \\"))
+            (pin,) = requirement.specifier
+            assert pin.operator == "==", line
+            current = entries.setdefault(
+                canonicalize_name(requirement.name), LockEntry(pin.version)
+            )
+            in_via = False
+        elif current is not None and stripped.startswith("--hash=sha256:"):
+            current.hashes += 1
+        elif current is not None and stripped.startswith("# via"):
+            rest = stripped.removeprefix("# via").strip()
+            in_via = not rest
+            if rest:
+                current.via.add(rest)
+        elif current is not None and in_via and stripped.startswith("#"):
+            current.via.add(stripped.removeprefix("#").strip())
+    header = text.split("\n", 2)[:2]
+    return "\n".join(header), entries
+
+
+def direct_requirements() -> list[Requirement]:
+    data = pyproject()
+    return [Requirement(r) for r in data["project"]["dependencies"]] + [
+        Requirement(r) for r in data["build-system"]["requires"]
+    ]
+
+
+def test_the_lock_pins_every_direct_dependency_within_its_specifier():
+    _, lock = read_lock()
+    assert len(lock) > 20, "requirements.lock looks empty"
+    problems = []
+    for requirement in direct_requirements():
+        entry = lock.get(canonicalize_name(requirement.name))
+        if entry is None:
+            problems.append(f"{requirement} is not in requirements.lock")
+        elif not requirement.specifier.contains(entry.version, prereleases=True):
+            problems.append(f"{requirement} but requirements.lock pins {entry.version}")
+    assert not problems, "run `make lock`:\n" + "\n".join(problems)
+
+
+def test_the_lock_names_no_direct_dependency_pyproject_dropped():
+    _, lock = read_lock()
+    declared = {canonicalize_name(r.name) for r in direct_requirements()}
+    stale = sorted({name for name, e in lock.items() if PROJECT_SOURCE in e.via} - declared)
+    assert stale == [], f"run `make lock`: no longer in pyproject.toml: {stale}"
+    # And uv's annotations are still what this test reads: every runtime dependency carries it.
+    runtime = {
+        canonicalize_name(Requirement(r).name) for r in pyproject()["project"]["dependencies"]
+    }
+    assert {n for n, e in lock.items() if PROJECT_SOURCE in e.via} == runtime
+
+
+def test_every_locked_file_is_hashed_and_the_lock_is_for_the_images_python():
+    header, lock = read_lock()
+    assert "make lock" in header
+    unhashed = sorted(name for name, e in lock.items() if e.hashes == 0)
+    assert unhashed == []
+    image_python = re.search(r"^FROM python:(3\.\d+)-slim", dockerfile(), re.M)
+    lock_python = re.search(r"^IMAGE_PYTHON := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert image_python and lock_python
+    assert image_python.group(1) == lock_python.group(1)
+
+
+def test_the_image_installs_the_lock_with_hashes_then_the_gateway_alone():
+    text = dockerfile()
+    lock_install = re.search(
+        r"^RUN pip install --require-hashes -r requirements\.lock$", text, re.M
+    )
+    assert lock_install
+    assert text.index("COPY requirements.lock") < lock_install.start() < text.index("COPY app ")
+    (own,) = re.findall(r"pip install [^\n]*\.\s", text[lock_install.end() :])
+    assert "--no-deps" in own and "--no-build-isolation" in own
+    # Nothing resolved from pyproject's floating ranges before the lock is installed.
+    before = [
+        line for line in text[: lock_install.start()].splitlines() if not line.startswith("#")
+    ]
+    assert not any("pyproject.toml" in line for line in before)
+
+
+# -- declared test dependencies ---------------------------------------------------------------
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level modules imported by ``path``, except inside `try: ... except ImportError`."""
+    tree = ast.parse(path.read_text())
+    optional: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id in {"ImportError", "ModuleNotFoundError"}
+            for h in node.handlers
+        ):
+            optional.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in optional:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_module_the_tests_and_benchmark_import_is_declared():
+    data = pyproject()
+    declared = {
+        canonicalize_name(Requirement(r).name)
+        for r in data["project"]["dependencies"] + data["project"]["optional-dependencies"]["test"]
+    }
+    distributions = packages_distributions()
+    ours = {"app", "tests", "bench"}
+    undeclared = {}
+    for path in sorted([*(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").glob("**/*.py")]):
+        if ".venv" in path.parts or "node_modules" in path.parts:
+            continue
+        for module in _imports(path) - ours - set(sys.stdlib_module_names):
+            dists = {canonicalize_name(d) for d in distributions.get(module, [])}
+            if not dists & declared:
+                undeclared.setdefault(module, path.relative_to(ROOT).as_posix())
+    assert undeclared == {}, "declare these in pyproject.toml's `test` extra"
 
 
 def test_the_health_check_path_answers_without_auth(gateway):
