@@ -1,7 +1,7 @@
 """Tail-latency benchmark of routing: failover time with the shipped defaults, and the p99 of a
 two-route model whose first route is sometimes slow, with hedging off and on.
 
-Everything runs on 127.0.0.1: fake upstreams (tests/fake_upstream.py, public interface only)
+Everything runs on 127.0.0.1: fake upstreams (tests/fakes, public interface only)
 in this process, the gateway as its CLI (`python -m app.cli`) in a child process, and a
 closed-loop client here. Every phase is bounded in requests and in seconds.
 
@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 import aiohttp  # noqa: E402
 import yaml  # noqa: E402
 
-from tests.fake_upstream import FakeUpstream, Fault  # noqa: E402
+from tests.fakes import FakeUpstream, Fault  # noqa: E402
 
 SHIPPED_MODEL = "text-embedding-3-small"
 DIMS = 1536

@@ -11,7 +11,7 @@ import pytest
 
 from app.main import create_app
 from tests.conftest import CLIENT_KEY
-from tests.fake_upstream import FakeUpstream, Fault
+from tests.fakes import FakeUpstream, Fault
 from tests.harness import ThreadedGateway, model_entry, write_registry
 
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}

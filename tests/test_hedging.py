@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import CLIENT_KEY
-from tests.fake_upstream import FakeUpstream, Fault, fake_vector
+from tests.fakes import FakeUpstream, Fault, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry
 from tests.test_operations import sample, scrape
 

@@ -12,7 +12,7 @@ import pytest
 
 from app.registry import load_registry
 from tests.conftest import AIML_KEY, CLIENT_KEY, NANOGPT_KEY
-from tests.fake_upstream import FakeUpstream, Fault
+from tests.fakes import FakeUpstream, Fault
 from tests.harness import ROOT, ThreadedGateway
 
 SHIPPED = ROOT / "config" / "models.yaml"
