@@ -1,4 +1,5 @@
-"""`embeddings-gateway [serve | check-config]`: start uvicorn, or validate the configuration."""
+"""`embeddings-gateway [serve | check-config | keys ...]`: start uvicorn, validate the
+configuration, or manage API keys (`embeddings-gateway keys --help`)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from app.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        from app.keys.cli import main as keys_main
+
+        return keys_main(argv[1:])
     parser = argparse.ArgumentParser(prog="embeddings-gateway", description=__doc__)
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "check-config"])
     command = parser.parse_args(argv).command

@@ -99,7 +99,7 @@ async def show_key(request: Request, key_id: str, actor: str = Depends(_admin)) 
     keys = _keys(request)
     record = await _record(keys, key_id)
     audit(actor, "show", key_id, [])
-    return json_response(await described(keys, record))
+    return json_response(await keys.describe(record))
 
 
 @router.patch("/keys/{key_id}")
@@ -108,7 +108,7 @@ async def update_key(
 ) -> Response:
     keys = _keys(request)
     await _record(keys, key_id)
-    return json_response(await described(keys, await keys.update(key_id, change, actor)))
+    return json_response(await keys.describe(await keys.update(key_id, change, actor)))
 
 
 @router.post("/keys/{key_id}/rotate")
@@ -130,15 +130,6 @@ async def revoke_key(request: Request, key_id: str, actor: str = Depends(_admin)
     keys = _keys(request)
     await _record(keys, key_id)
     return json_response((await keys.revoke(key_id, actor)).public())
-
-
-async def described(keys: ManagedKeys, record: ApiKeyRecord) -> dict[str, Any]:
-    """A key as `show` returns it: its policy, and what it has spent in each period."""
-    spend = await keys.spend(record.id)
-    remaining = None
-    if record.budget_usd is not None:
-        remaining = max(0.0, record.budget_usd - spend[record.budget_period])
-    return {**record.public(), "spend_usd": spend, "budget_remaining_usd": remaining}
 
 
 @router.get("/usage")

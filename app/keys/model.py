@@ -104,9 +104,8 @@ class ApiKeyRecord(KeyPolicy):
 
     def public(self) -> dict:
         """The record as the admin API and CLI show it: no hashes."""
-        return self.model_dump(
-            mode="json", exclude={"secret_hash", "previous_hash"}, exclude_none=False
-        )
+        shown = self.model_dump(mode="json", exclude={"id", "secret_hash", "previous_hash"})
+        return {"id": self.id, **shown}
 
     def updated(self, change: KeyUpdate, now: datetime) -> ApiKeyRecord:
         fields = {name: getattr(change, name) for name in change.model_fields_set}

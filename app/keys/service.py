@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from app.errors import AUTHENTICATION, SERVER, GatewayError, invalid_request
 from app.keys.cache import LookupCache
@@ -134,6 +135,14 @@ class ManagedKeys:
 
     async def spend(self, key_id: str) -> dict[BudgetPeriod, float]:
         return await self._guarded(self.store.spend(key_id, utcnow()))
+
+    async def describe(self, record: ApiKeyRecord) -> dict[str, Any]:
+        """A key as `show` returns it: its policy, and what it has spent in each period."""
+        spend = await self.spend(record.id)
+        remaining = None
+        if record.budget_usd is not None:
+            remaining = max(0.0, record.budget_usd - spend[record.budget_period])
+        return {**record.public(), "spend_usd": spend, "budget_remaining_usd": remaining}
 
     async def update(self, key_id: str, change: KeyUpdate, actor: str) -> ApiKeyRecord:
         if "models" in change.model_fields_set:
