@@ -71,3 +71,12 @@ def test_dockerfile_is_slim_cached_non_root_and_health_checked():
 
 def test_the_health_check_path_answers_without_auth(gateway):
     assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+
+
+def test_compose_redis_persists_keys_on_a_volume():
+    services = compose()
+    redis = services["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    volume = redis["volumes"][0].split(":")
+    assert volume[1] == "/data" and volume[0] in services["volumes"]
