@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import pytest
 
 from app.tokens import count_tokens
 from tests.conftest import CLIENT_KEY
+from tests.fake_upstream import fake_token_count
 from tests.harness import ROOT, GatewayProcess
 from tests.keys_support import ADMIN_TOKEN, admin, create_key, embed
 
@@ -227,7 +228,7 @@ def test_the_cli_manages_the_same_keys_a_running_gateway_serves(registry_path, s
 
 
 async def offer(
-    url: str, key: str, rate: float, seconds: float, body: dict
+    url: str, key: str, rate: float, seconds: float, body: dict | Callable[[int], dict]
 ) -> tuple[list[int], float]:
     """`rate` requests/s for `seconds` (bounded), at most 16 at once, each on a fresh
     connection: kept-alive connections opened together all land on one worker."""
@@ -238,9 +239,10 @@ async def offer(
         base_url=url, timeout=10, limits=httpx.Limits(max_connections=16)
     ) as client:
 
-        async def one() -> None:
+        async def one(i: int) -> None:
             try:
-                response = await client.post("/v1/embeddings", headers=headers, json=body)
+                payload = body(i) if callable(body) else body
+                response = await client.post("/v1/embeddings", headers=headers, json=payload)
                 statuses.append(response.status_code)
             finally:
                 gate.release()
@@ -255,7 +257,7 @@ async def offer(
                 if loop.time() - began >= seconds:
                     gate.release()
                     break
-                tasks.append(asyncio.create_task(one()))
+                tasks.append(asyncio.create_task(one(i)))
             offered_for = loop.time() - began
             await asyncio.gather(*tasks)
     return statuses, offered_for
@@ -311,3 +313,39 @@ async def test_tokens_per_minute_per_key_hold_across_workers(redis_workers):
     assert last.headers["x-ratelimit-remaining-tokens"] == str(fits * tokens - admitted * tokens)
     assert int(last.headers["retry-after"]) > 1
     assert last.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.fixture
+def pricey_registry(tmp_path, nanogpt, aiml, nugen) -> Path:
+    from tests.conftest import providers_for, standard_models
+    from tests.harness import model_entry, write_registry
+
+    models = standard_models()
+    models["pricey"] = model_entry([{"provider": "nanogpt", "model": "pricey"}], price=1_000_000)
+    return write_registry(tmp_path / "models.yaml", providers_for(nanogpt, aiml, nugen), models)
+
+
+async def test_concurrent_requests_on_both_workers_overshoot_a_budget_by_one_at_most(
+    pricey_registry, store
+):
+    env = gateway_env(pricey_registry, store)
+    with started(GatewayProcess(env)) as gateway:
+        texts = [f"budget {i:03d}" for i in range(100)]  # distinct: nothing is coalesced
+        cost = count_tokens(texts[:1])[0]  # dollars: the model costs $1 per token
+        assert set(count_tokens(texts)) == {cost}
+        budget = 10 * cost
+        key = create_key(gateway.url, budget_usd=budget)
+
+        def body(i: int) -> dict:
+            return {"model": "pricey", "input": texts[i], "encoding_format": "float"}
+
+        statuses, _ = await offer(gateway.url, key["key"], 200, 0.5, body)  # 100, 16 at once
+        shown = admin(gateway.url, "GET", f"/keys/{key['id']}").json()
+    admitted = statuses.count(200)
+    spent = shown["spend_usd"]["total"]
+    print(f"\n{store['_store']}: budget ${budget}, {admitted} admitted, ${spent} spent")
+    assert set(statuses) == {200, 429}
+    # Charged at the gateway's count before the call, then at what the upstream billed.
+    billed = fake_token_count(texts[0])
+    assert budget - billed < spent <= budget + cost
+    assert admitted == round(spent / billed)

@@ -76,8 +76,10 @@ class Authenticator:
     async def identify(self, headers: Headers, *, required: bool) -> Caller:
         """`authenticate`, with managed keys: an `egw-` key is looked up in the key store
         (through its cache) first; anything else is checked as before."""
+        if self.managed is None:
+            return self.authenticate(headers, required=required)
         key = presented_key(headers)
-        if self.managed is not None and key is not None and key.startswith(SECRET_PREFIX):
+        if key is not None and key.startswith(SECRET_PREFIX):
             record = await self.managed.lookup(key)
             if record is not None:
                 return Caller(CallerKind.MANAGED, record.id, record)
