@@ -71,7 +71,8 @@ def test_without_an_admin_token_the_admin_api_is_not_there(gateway):
     assert response.json()["error"]["type"] == "not_found_error"
 
 
-def test_admin_calls_need_the_admin_token_and_no_client_key_works(keyed):
+def test_admin_calls_need_the_admin_token_and_no_client_key_works(keyed, caplog):
+    caplog.set_level(logging.INFO, logger="app.audit")
     managed = create_key(keyed.url, name="a client")["key"]
     for headers in (
         {},
@@ -87,6 +88,10 @@ def test_admin_calls_need_the_admin_token_and_no_client_key_works(keyed):
         assert error["type"] == "authentication_error"
         assert set(error) == {"message", "type", "param", "code"}
     assert admin(keyed.url, "GET", "/keys").status_code == 200
+    denied = [r for r in caplog.records if getattr(r, "action", None) == "denied"]
+    assert len(denied) == 6
+    assert all(managed not in json.dumps(r.__dict__, default=str) for r in caplog.records)
+    assert all("wrong-admin-token" not in json.dumps(r.__dict__, default=str) for r in denied)
 
 
 # --- the lifecycle ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from app.api.responses import json_response
 from app.errors import AUTHENTICATION, NOT_FOUND, GatewayError, invalid_request
 from app.gateway import Gateway
 from app.keys.model import ApiKeyRecord, KeyPolicy, KeyUpdate
-from app.keys.service import ManagedKeys, UnknownKey, audit
+from app.keys.service import ManagedKeys, UnknownKey, audit, audit_log
 from app.usage import FIGURES, UsageRow, today
 
 router = APIRouter()
@@ -51,6 +51,16 @@ async def _admin(request: Request) -> str:
         hashlib.sha256(presented.encode()).digest(),
         hashlib.sha256(expected.get_secret_value().encode()).digest(),
     ):
+        audit_log.warning(
+            "admin call refused",
+            extra={
+                "audit": True,
+                "actor": admin_id(presented) if presented else None,  # a hash, never the token
+                "action": "denied",
+                "path": request.url.path,
+                "client_ip": request.client.host if request.client else None,
+            },
+        )
         raise GatewayError(
             401,
             "The admin API takes 'Authorization: Bearer <GATEWAY_ADMIN_TOKEN>'.",

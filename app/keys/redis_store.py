@@ -9,13 +9,17 @@ atomic step across replicas. Give Redis append-only persistence so keys outlive 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import datetime
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.keys.model import ApiKeyRecord, BudgetPeriod
 from app.keys.store import KeyStoreError, spend_buckets
+
+T = TypeVar("T")
 
 # KEYS: the spend hash. ARGV: amount, budget ('' for none), the budget's bucket, then the
 # buckets to add to. Redis scripts run alone, so no other replica's charge slips in between.
@@ -53,7 +57,7 @@ class RedisKeyStore:
     def _spend(self, key_id: str) -> str:
         return f"{self._prefix}spend:{key_id}"
 
-    async def _run(self, call):  # type: ignore[no-untyped-def]
+    async def _run(self, call: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self._timeout):
                 return await call

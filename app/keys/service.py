@@ -4,10 +4,10 @@ and budget charges. The admin API and the CLI both go through here."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from app.errors import AUTHENTICATION, SERVER, GatewayError, invalid_request
 from app.keys.cache import LookupCache
@@ -22,6 +22,8 @@ from app.keys.model import (
     utcnow,
 )
 from app.keys.store import KeyStore, KeyStoreError
+
+T = TypeVar("T")
 
 log = logging.getLogger("app.keys")
 audit_log = logging.getLogger("app.audit")
@@ -199,7 +201,7 @@ class ManagedKeys:
                     param="models",
                 )
 
-    async def _guarded(self, call):  # type: ignore[no-untyped-def]
+    async def _guarded(self, call: Awaitable[T]) -> T:
         try:
             return await call
         except KeyStoreError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -179,7 +179,7 @@ class _transaction:
         self._db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _add(db: sqlite3.Connection, key_id: str, amount: float, buckets) -> None:  # type: ignore[no-untyped-def]
+def _add(db: sqlite3.Connection, key_id: str, amount: float, buckets: Iterable[str]) -> None:
     for bucket in buckets:
         db.execute(
             "INSERT INTO key_spend (key_id, bucket, usd) VALUES (?, ?, ?) "
