@@ -105,10 +105,20 @@ def warm_every_worker(gateway: GatewayProcess, key: str, key_id: str) -> None:
 
 def test_a_new_key_works_at_once_on_every_worker_through_the_sdk(two_workers):
     created = create_key(two_workers.url, name="fresh", team="docs")
-    client = openai.OpenAI(base_url=f"{two_workers.url}/v1", api_key=created["key"])
-    response = client.embeddings.create(model=MODEL, input="first use")
-    assert len(response.data[0].embedding) == 16
-    warm_every_worker(two_workers, created["key"], created["id"])
+    # A fresh connection per call, so calls land on both workers, the creating one and not.
+    client = openai.OpenAI(
+        base_url=f"{two_workers.url}/v1",
+        api_key=created["key"],
+        max_retries=0,
+        default_headers={"connection": "close"},
+    )
+    for i in range(200):
+        response = client.embeddings.create(model=MODEL, input=f"first use {i}")
+        assert len(response.data[0].embedding) == 16
+        time.sleep(0.01)  # let the access line reach the log
+        if len(pids_serving(two_workers, created["id"], 200)) == WORKERS:
+            break
+    assert len(pids_serving(two_workers, created["id"], 200)) == WORKERS
     assert created["key"] not in two_workers.output()
     assert ADMIN_TOKEN not in two_workers.output()
 
