@@ -128,7 +128,7 @@ class ManagedKeys:
         return record
 
     async def list(self, *, team: str | None = None, name: str | None = None) -> list[ApiKeyRecord]:
-        records = await self._guarded(self.store.all())
+        records = sorted(await self._guarded(self.store.all()), key=lambda r: r.created_at)
         return [
             r
             for r in records
