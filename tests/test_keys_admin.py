@@ -334,3 +334,20 @@ def test_usage_is_per_key_for_clients_and_by_team_for_the_admin(keyed):
     assert (row["requests"], row["name"], row["team"]) == (2, "theirs", team)
     bad = admin(keyed.url, "GET", "/usage", params={"start": "yesterday"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "start"
+
+
+def test_a_keys_own_request_limit_is_a_429_with_openais_headers(keyed):
+    key = create_key(keyed.url, rate_limit_per_second=2)["key"]
+    headers = {"authorization": f"Bearer {key}"}
+    body = {"model": MODEL, "input": "fast", "encoding_format": "float"}
+    with httpx.Client(base_url=keyed.url, headers=headers, timeout=10) as client:
+        answers = [client.post("/v1/embeddings", json=body) for _ in range(6)]  # bounded
+    statuses = [a.status_code for a in answers]
+    assert statuses[:2] == [200, 200] and 429 in statuses
+    assert answers[0].headers["x-ratelimit-limit-requests"] == "2"
+    refused = answers[statuses.index(429)]
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert int(refused.headers["retry-after"]) >= 1 and int(refused.headers["retry-after-ms"]) > 0
+    # The static key on the same IP is not touched by this key's limit.
+    assert embed(keyed.url, CLIENT_KEY, MODEL).status_code == 200
