@@ -359,3 +359,24 @@ async def test_concurrent_requests_on_both_workers_overshoot_a_budget_by_one_at_
     billed = fake_token_count(texts[0])
     assert budget - billed < spent <= budget + cost
     assert admitted == round(spent / billed)
+
+
+def test_an_unusable_keys_db_stops_start_up_with_one_line(registry_path):
+    import os
+
+    env = {
+        **os.environ,
+        **gateway_env(registry_path, {"KEYS_DB": "/proc/no-such-dir/keys.db"}),
+        "WORKERS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "check-config"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "configuration error: KEYS_DB=/proc/no-such-dir/keys.db" in result.stderr

@@ -61,7 +61,7 @@ class SQLiteKeyStore:
         def call() -> T:
             try:
                 return work(self._connect())
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OSError) as exc:
                 raise KeyStoreError(f"SQLite: {exc}") from exc
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
