@@ -1,4 +1,5 @@
-"""`embeddings-gateway [serve | check-config]`: start uvicorn, or validate the configuration."""
+"""`embeddings-gateway [serve | check-config | keys ...]`: start uvicorn, validate the
+configuration, or manage API keys (`embeddings-gateway keys --help`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.config_report import model_table, settings_summary
+from app.gateway import Gateway
+from app.keys.store import KeyStoreError
 from app.logs import uvicorn_log_config
 from app.main import build_gateway
 from app.registry import RegistryError
@@ -20,6 +23,11 @@ from app.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keys"]:
+        from app.keys.cli import main as keys_main
+
+        return keys_main(argv[1:])
     parser = argparse.ArgumentParser(prog="embeddings-gateway", description=__doc__)
     parser.add_argument("command", nargs="?", default="serve", choices=["serve", "check-config"])
     command = parser.parse_args(argv).command
@@ -29,13 +37,29 @@ def main(argv: list[str] | None = None) -> int:
     except (RegistryError, ValidationError) as exc:
         print(f"embeddings-gateway: configuration error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    asyncio.run(gateway.aclose())
+    failure = asyncio.run(_open_key_store(gateway))
+    if failure is not None:
+        print(f"embeddings-gateway: configuration error: {failure}", file=sys.stderr)
+        return 2
     if command == "check-config":
         print(json.dumps(settings_summary(settings), indent=2))
         print("\n".join(model_table(gateway.registry)))
         return 0
     serve(settings)
     return 0
+
+
+async def _open_key_store(gateway: Gateway) -> str | None:
+    """An SQLite key store that cannot be opened (say, an unwritable KEYS_DB) stops start-up
+    with one line. Redis is not checked here: an outage at start-up is not a config error."""
+    try:
+        if gateway.keys is not None and gateway.redis is None:
+            await gateway.keys.store.start()
+        return None
+    except KeyStoreError as exc:
+        return f"KEYS_DB={gateway.settings.KEYS_DB}: {exc}"
+    finally:
+        await gateway.aclose()
 
 
 def serve(settings: Settings) -> None:

@@ -9,6 +9,8 @@ from redis.asyncio import Redis
 from app.api.auth import Authenticator
 from app.cache import EmbeddingCache
 from app.embedder import Embedder
+from app.keys.limits import KeyLimits
+from app.keys.service import ManagedKeys
 from app.providers import Provider
 from app.ratelimit import RateLimiter
 from app.registry import Registry
@@ -26,6 +28,8 @@ class Gateway:
     router: Router
     limiter: RateLimiter | None = None  # None: RATE_LIMIT_PER_SECOND is 0
     redis: Redis | None = None  # None: REDIS_URL is unset
+    keys: ManagedKeys | None = None  # None: no key store (no Redis, no admin token, no KEYS_DB)
+    key_limits: KeyLimits | None = None
     embedder: Embedder = field(init=False)
     usage: UsageLedger = field(init=False)
 
@@ -52,5 +56,9 @@ class Gateway:
         finally:
             if self.limiter is not None:
                 await self.limiter.aclose()
+            if self.key_limits is not None:
+                await self.key_limits.aclose()
+            if self.keys is not None:
+                await self.keys.aclose()
             if self.redis is not None:
                 await self.redis.aclose()

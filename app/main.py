@@ -18,12 +18,13 @@ from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
-from app.api import embeddings, models, ops, usage
+from app.api import admin, embeddings, models, ops, usage
 from app.api.auth import Authenticator
 from app.api.errors import install_error_handlers
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
 from app.config_report import settings_summary
 from app.gateway import Gateway
+from app.keys.build import build_key_limits, build_keys
 from app.logs import configure_logging
 from app.providers import build_providers
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
@@ -45,14 +46,22 @@ def build_gateway(
     providers = build_providers(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
     redis = connect_redis(settings.REDIS_URL, timeout) if settings.REDIS_URL else None
+    keys = build_keys(settings, redis, registry)
     return Gateway(
         settings=settings,
         registry=registry,
-        auth=Authenticator(settings.GATEWAY_API_KEYS, settings.GATEWAY_INTERNAL_TOKEN),
+        auth=Authenticator(
+            settings.GATEWAY_API_KEYS,
+            settings.GATEWAY_INTERNAL_TOKEN,
+            keys,
+            admin_enabled=settings.GATEWAY_ADMIN_TOKEN is not None,
+        ),
         providers=providers,
         router=Router(registry, providers, clock=clock, rng=rng),
         limiter=build_limiter(settings, redis),
         redis=redis,
+        keys=keys,
+        key_limits=build_key_limits(settings, redis) if keys is not None else None,
     )
 
 
@@ -107,8 +116,16 @@ def create_app(
         await start_limiter(settings, gateway.limiter)
         if not gateway.auth.enabled:
             log.warning(
-                "AUTH IS OFF: GATEWAY_API_KEYS is empty, so anyone who can reach this gateway "
-                "can use it and spend its provider credit. Set GATEWAY_API_KEYS."
+                "AUTH IS OFF: GATEWAY_API_KEYS and GATEWAY_ADMIN_TOKEN are empty, so anyone who "
+                "can reach this gateway can use it and spend its provider credit. Set "
+                "GATEWAY_API_KEYS, or GATEWAY_ADMIN_TOKEN to manage keys through /admin/v1."
+            )
+        if gateway.keys is not None:
+            await gateway.keys.store.start()
+            log.info(
+                "managed keys in %s; admin API %s",
+                gateway.keys.backend,
+                "on at /admin/v1" if settings.GATEWAY_ADMIN_TOKEN else "off",
             )
         log.info("configuration", extra={"settings": settings_summary(settings)})
         registry = gateway.registry
@@ -145,6 +162,9 @@ def create_app(
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
         app.include_router(usage.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
     app.include_router(ops.router)
+    if settings.GATEWAY_ADMIN_TOKEN is not None:
+        # Not mounted at all without the token: every admin path is an ordinary 404.
+        app.include_router(admin.router, prefix="/admin/v1", include_in_schema=False)
     if settings.METRICS_ENABLED:
         app.add_api_route(
             "/metrics",

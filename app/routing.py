@@ -420,7 +420,10 @@ class _JobAttempt:
         message = f"Upstream failure for model '{model_id}': {summary}"
         if all(e.failure is Failure.TIMEOUT for e in self.errors):
             return upstream_timeout(message)
-        return upstream_failure(message)
+        error = upstream_failure(message)
+        if all(e.failure is Failure.AUTH for e in self.errors):
+            error.headers["x-should-retry"] = "false"  # a retry cannot fix the gateway's keys
+        return error
 
 
 def _latest_per_provider(errors: list[UpstreamError]) -> list[UpstreamError]:

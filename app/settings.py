@@ -46,6 +46,14 @@ class Settings(BaseSettings):
 
     GATEWAY_API_KEYS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     GATEWAY_INTERNAL_TOKEN: SecretStr | None = None
+    # Turns on the admin API (/admin/v1) and managed keys, and with them authentication.
+    GATEWAY_ADMIN_TOKEN: SecretStr | None = None
+    # Managed keys live in Redis when REDIS_URL is set; otherwise in this SQLite file.
+    KEYS_DB: str = "data/keys.db"
+    KEYS_KEY_PREFIX: str = "egw:keys:"
+    # How long a worker trusts what it read about a key: the bound on how long a revoke,
+    # disable or rotation takes to reach every worker and replica.
+    KEYS_CACHE_SECONDS: float = Field(default=0.5, gt=0, le=1)
     MODELS_CONFIG: str = "config/models.yaml"
 
     NANOGPT_API_KEY: SecretStr | None = None
@@ -102,7 +110,7 @@ class Settings(BaseSettings):
             return tuple(_parse_network(part) if isinstance(part, str) else part for part in parts)
         return parts
 
-    @field_validator("GATEWAY_INTERNAL_TOKEN", "REDIS_URL", mode="before")
+    @field_validator("GATEWAY_INTERNAL_TOKEN", "GATEWAY_ADMIN_TOKEN", "REDIS_URL", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -125,7 +133,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def auth_enabled(self) -> bool:
-        return bool(self.GATEWAY_API_KEYS)
+        return bool(self.GATEWAY_API_KEYS) or self.GATEWAY_ADMIN_TOKEN is not None
 
     def interpolation_env(self, environ: dict[str, str]) -> dict[str, str]:
         """The variables `${VAR}` in the registry sees: the process env, then Settings' values."""

@@ -207,12 +207,16 @@ def misconfigured(tmp_path_factory, nanogpt, aiml, nugen) -> Iterator[ThreadedGa
 
 
 def test_connect_error_is_502(misconfigured):
-    error = assert_error(post(misconfigured, {"model": "nano-down", "input": "x"}), 502)
+    response = post(misconfigured, {"model": "nano-down", "input": "x"})
+    assert "x-should-retry" not in response.headers  # a retry may well succeed
+    error = assert_error(response, 502)
     assert "NanoGPT" in error["message"] and "connection failed" in error["message"]
 
 
 def test_upstream_auth_failure_is_502_naming_the_env_var(misconfigured):
-    error = assert_error(post(misconfigured, {"model": "aiml-bad-key", "input": "x"}), 502)
+    response = post(misconfigured, {"model": "aiml-bad-key", "input": "x"})
+    assert response.headers["x-should-retry"] == "false"  # no retry fixes the gateway's key
+    error = assert_error(response, 502)
     assert "AI/ML API rejected the gateway's API key" in error["message"]
     assert "WRONG_AIML_KEY" in error["message"]
     assert "definitely-wrong-key" not in error["message"]

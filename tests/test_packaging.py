@@ -230,3 +230,12 @@ def test_every_module_the_tests_and_benchmark_import_is_declared():
 
 def test_the_health_check_path_answers_without_auth(gateway):
     assert httpx.get(f"{gateway.url}/healthz").status_code == 200
+
+
+def test_compose_redis_persists_keys_on_a_volume():
+    services = compose()
+    redis = services["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    volume = redis["volumes"][0].split(":")
+    assert volume[1] == "/data" and volume[0] in services["volumes"]

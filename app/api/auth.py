@@ -11,18 +11,24 @@ from pydantic import SecretStr
 from starlette.datastructures import Headers
 
 from app.errors import AUTHENTICATION, GatewayError
+from app.keys.model import DEFAULT_POLICY, SECRET_PREFIX, KeyPolicy
+from app.keys.service import ManagedKeys
 
 
 class CallerKind(Enum):
     ANONYMOUS = "anonymous"
     CLIENT = "client"
     INTERNAL = "internal"
+    MANAGED = "managed"  # a key from the key store, with its own policy
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
     kind: CallerKind
     key_id: str | None  # a short hash that identifies the key in logs and usage, never the key
+    # What this caller may do: static keys, the internal token and anonymous callers have the
+    # default policy (every model, no per-key limit, no budget); a managed key its record.
+    policy: KeyPolicy = DEFAULT_POLICY
 
     @property
     def is_internal(self) -> bool:
@@ -51,12 +57,33 @@ def presented_key(headers: Headers) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, api_keys: list[SecretStr], internal_token: SecretStr | None) -> None:
-        self.enabled = bool(api_keys)
+    def __init__(
+        self,
+        api_keys: list[SecretStr],
+        internal_token: SecretStr | None,
+        managed: ManagedKeys | None = None,
+        *,
+        admin_enabled: bool = False,
+    ) -> None:
+        # Managed keys (an admin token) turn auth on just as static keys do.
+        self.enabled = bool(api_keys) or admin_enabled
+        self.managed = managed
         self._client_digests = [_digest(k.get_secret_value()) for k in api_keys]
         self._internal_digest = (
             _digest(internal_token.get_secret_value()) if internal_token else None
         )
+
+    async def identify(self, headers: Headers, *, required: bool) -> Caller:
+        """`authenticate`, with managed keys: an `egw-` key is looked up in the key store
+        (through its cache) first; anything else is checked as before."""
+        if self.managed is None:
+            return self.authenticate(headers, required=required)
+        key = presented_key(headers)
+        if key is not None and key.startswith(SECRET_PREFIX):
+            record = await self.managed.lookup(key)
+            if record is not None:
+                return Caller(CallerKind.MANAGED, record.id, record)
+        return self.authenticate(headers, required=required)
 
     def authenticate(self, headers: Headers, *, required: bool) -> Caller:
         """Identify the caller. `required=False` lets a keyless call through, never a bad key."""

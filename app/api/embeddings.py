@@ -1,4 +1,5 @@
-"""POST /embeddings: authenticate → limit → validate → route → call upstream → encode → respond.
+"""POST /embeddings: authenticate → limit → validate → apply the key's policy → route → call
+upstream → encode → respond.
 
 The one hot endpoint is a plain ASGI app on a Starlette `Route`, not a FastAPI operation:
 FastAPI's per-request machinery (its request wrapper, dependency solving, response handling)
@@ -16,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from app import metrics
 from app.api.admission import admit
 from app.api.middleware import request_id
+from app.api.policy import apply_policy, refund, settle
 from app.api.record import record
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
@@ -37,21 +39,28 @@ async def _create_embeddings(request: Request, send: Send) -> None:
     scope = request.scope
     gateway: Gateway = request.app.state.gateway
     trail = record(scope)
-    caller = gateway.auth.authenticate(request.headers, required=True)
+    caller = await gateway.auth.identify(request.headers, required=True)
     await admit(scope, gateway, caller)
     try:
-        job = parse_embedding_request(await request.body(), gateway.registry, request_id(scope))
+        job = parse_embedding_request(
+            await request.body(), gateway.registry, request_id(scope), caller.policy.allows
+        )
     except GatewayError as error:
         if error.code == "model_not_found":
             trail.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
         raise
     trail.model = job.model.id
+    charge = await apply_policy(scope, gateway, caller, job)
     try:
         result = await gateway.embedder.embed(
             job, gateway.settings.REQUEST_TIMEOUT_SECONDS, read_cache=_may_read_cache(request)
         )
+    except BaseException:
+        await refund(gateway, charge)
+        raise
     finally:
         trail.providers, trail.upstream_seconds = job.trace.providers, job.trace.seconds
+    await settle(gateway, charge, job, result)
     trail.prompt_tokens, trail.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)
     gateway.usage.record(

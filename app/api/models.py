@@ -1,4 +1,5 @@
-"""Model lists: NanoGPT's detailed /embedding-models, and OpenAI's /models for the SDKs."""
+"""Model lists: NanoGPT's detailed /embedding-models, and OpenAI's /models for the SDKs.
+Each shows only the models the calling key may use; /models/{id} answers for one of them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import admit
+from app.api.auth import Caller
 from app.api.responses import json_response
-from app.api.schemas import MODEL_DETAILS_RESPONSES, MODELS_RESPONSES
+from app.api.schemas import MODEL_DETAILS_RESPONSES, MODEL_RESPONSES, MODELS_RESPONSES
+from app.errors import GatewayError
 from app.gateway import Gateway
 from app.registry import Model
 
@@ -24,21 +27,44 @@ router = APIRouter()
 )
 async def list_embedding_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = gateway.auth.authenticate(request.headers, required=False)
+    caller = await gateway.auth.identify(request.headers, required=False)
     await admit(request.scope, gateway, caller)
     return json_response(
-        {"object": "list", "data": [_detailed(m) for m in gateway.registry.available()]}
+        {"object": "list", "data": [_detailed(m) for m in _usable(gateway, caller)]}
     )
 
 
 @router.get("/models", summary="List models (OpenAI shape)", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = gateway.auth.authenticate(request.headers, required=False)
+    caller = await gateway.auth.identify(request.headers, required=False)
     await admit(request.scope, gateway, caller)
-    return json_response(
-        {"object": "list", "data": [_brief(m) for m in gateway.registry.available()]}
-    )
+    return json_response({"object": "list", "data": [_brief(m) for m in _usable(gateway, caller)]})
+
+
+@router.get(
+    "/models/{model_id:path}", summary="Retrieve a model (OpenAI shape)", responses=MODEL_RESPONSES
+)
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    caller = await gateway.auth.identify(request.headers, required=False)
+    await admit(request.scope, gateway, caller)
+    model = gateway.registry.get(model_id)
+    if model is None or not model.available or not caller.policy.allows(model_id):
+        # The same answer for a model that does not exist, cannot be served, or is not this
+        # key's to use: a key cannot probe what the gateway has.
+        raise GatewayError(
+            404,
+            f"The model '{model_id}' does not exist",
+            param="model",
+            code="model_not_found",
+        )
+    return json_response(_brief(model))
+
+
+def _usable(gateway: Gateway, caller: Caller) -> list[Model]:
+    allows = caller.policy.allows
+    return [m for m in gateway.registry.available() if allows(m.id)]
 
 
 def _brief(model: Model) -> dict[str, Any]:

@@ -67,6 +67,7 @@ EMBEDDINGS_OPENAPI: dict[str, Any] = {
 _ERRORS = {
     400: "Invalid request",
     401: "Missing or invalid API key",
+    404: "No such model (or not one this key may use)",
     413: "Request body too large",
     429: "Rate limit exceeded",
     502: "Upstream failure",
@@ -117,6 +118,10 @@ EMBEDDINGS_RESPONSES: dict[int | str, dict[str, Any]] = {
 MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Models this gateway can serve now", "model": ModelList},
     **error_responses(401, 429),
+}
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "One model this key may use", "model": ModelBrief},
+    **error_responses(401, 404, 429),
 }
 MODEL_DETAILS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Models with dimensions and pricing", "model": ModelDetailList},

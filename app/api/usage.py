@@ -24,7 +24,7 @@ MAX_DAYS = 366
 @router.get("/usage", summary="Usage and spend per key, model and day", responses=USAGE_RESPONSES)
 async def get_usage(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = gateway.auth.authenticate(request.headers, required=True)
+    caller = await gateway.auth.identify(request.headers, required=True)
     await admit(request.scope, gateway, caller)
     start = _day(request.query_params.get("start"), "start", default=today())
     end = _day(request.query_params.get("end"), "end", default=max(start, today()))

@@ -3,6 +3,7 @@ and every failure gets a message and `param` a client can act on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -22,7 +23,13 @@ _INPUT_SHAPE = (
 )
 
 
-def parse_embedding_request(body: bytes, registry: Registry, request_id: str) -> EmbeddingJob:
+def parse_embedding_request(
+    body: bytes,
+    registry: Registry,
+    request_id: str,
+    allows: Callable[[str], bool] | None = None,
+) -> EmbeddingJob:
+    """`allows`: the caller's model allow-list; a model outside it is answered as unknown."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -39,7 +46,8 @@ def parse_embedding_request(body: bytes, registry: Registry, request_id: str) ->
     if not isinstance(model_id, str):
         raise invalid_request("'model' must be a string.", param="model")
     model = registry.get(model_id)
-    if model is None:
+    # Checked before availability, so a key cannot tell a model it may not use from none.
+    if model is None or (allows is not None and not allows(model_id)):
         raise invalid_request(
             f"The model '{model_id}' does not exist. GET /v1/embedding-models lists the models "
             "this gateway serves.",
@@ -53,6 +61,7 @@ def parse_embedding_request(body: bytes, registry: Registry, request_id: str) ->
             f"its providers. Set {' or '.join(model.missing_keys)} and restart the gateway.",
             type=SERVER,
             code="model_unavailable",
+            headers={"x-should-retry": "false"},  # a retry cannot add a provider key
         )
 
     encoding_format = data.get("encoding_format")

@@ -1,0 +1,1 @@
+"""Managed API keys: records with a per-key policy, two stores, a lookup cache, limits, budgets."""

@@ -1,0 +1,48 @@
+"""Which key store a gateway (or the CLI) uses: Redis when REDIS_URL is set, else SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from app.keys.limits import KeyLimits
+from app.keys.redis_store import RedisKeyStore
+from app.keys.service import ManagedKeys
+from app.keys.sqlite_store import SQLiteKeyStore
+from app.keys.store import KeyStore
+from app.registry import Registry
+from app.settings import Settings
+
+
+def build_keys(
+    settings: Settings, redis: Redis | None, registry: Registry, *, always: bool = False
+) -> ManagedKeys | None:
+    """None when there is nothing to serve: no Redis, no admin token and no KEYS_DB file yet
+    (so a gateway that never uses managed keys never creates the file). `always`: the CLI."""
+    store: KeyStore
+    if redis is not None:
+        store = RedisKeyStore(
+            redis, prefix=settings.KEYS_KEY_PREFIX, timeout=settings.CACHE_TIMEOUT_MS / 1000
+        )
+        backend = "Redis"
+    elif always or settings.GATEWAY_ADMIN_TOKEN is not None or Path(settings.KEYS_DB).exists():
+        store = SQLiteKeyStore(settings.KEYS_DB)
+        backend = f"SQLite file {settings.KEYS_DB}"
+    else:
+        return None
+    return ManagedKeys(
+        store,
+        cache_seconds=settings.KEYS_CACHE_SECONDS,
+        model_exists=lambda model_id: registry.get(model_id) is not None,
+        backend=backend,
+    )
+
+
+def build_key_limits(settings: Settings, redis: Redis | None) -> KeyLimits:
+    return KeyLimits(
+        redis,
+        url=settings.REDIS_URL,
+        prefix=settings.RATE_LIMIT_KEY_PREFIX + "key:",
+        timeout=settings.REDIS_TIMEOUT_MS / 1000,
+    )

@@ -1,0 +1,233 @@
+"""Managed keys as one service: lookups through the cache, admin changes with audit lines,
+and budget charges. The admin API and the CLI both go through here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from app.errors import AUTHENTICATION, SERVER, GatewayError, invalid_request
+from app.keys.cache import LookupCache
+from app.keys.model import (
+    ApiKeyRecord,
+    BudgetPeriod,
+    KeyPolicy,
+    KeyUpdate,
+    create_record,
+    hash_secret,
+    new_secret,
+    utcnow,
+)
+from app.keys.store import KeyStore, KeyStoreError
+
+T = TypeVar("T")
+
+log = logging.getLogger("app.keys")
+audit_log = logging.getLogger("app.audit")
+
+INSUFFICIENT_QUOTA = "insufficient_quota"
+NO_RETRY = {"x-should-retry": "false"}
+
+
+@dataclass(slots=True)
+class Charge:
+    """What a request reserved against its key's spend before going upstream."""
+
+    key_id: str
+    reserved_usd: float
+
+
+class UnknownKey(LookupError):
+    pass
+
+
+class ManagedKeys:
+    def __init__(
+        self,
+        store: KeyStore,
+        *,
+        cache_seconds: float,
+        model_exists: Callable[[str], bool],
+        backend: str,
+    ) -> None:
+        self.store = store
+        self.backend = backend  # "redis" or "sqlite: <path>", for the start-up line
+        self._cache = LookupCache(cache_seconds)
+        self._model_exists = model_exists
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def lookup(self, secret: str) -> ApiKeyRecord | None:
+        """The record a presented secret belongs to; None if it belongs to none (any more).
+        A revoked, disabled or expired key is a 401 that says which."""
+        digest = hash_secret(secret)
+        found, record = self._cache.get(digest)
+        if not found:
+            record = await self._guarded(self.store.find(digest))
+            self._cache.put(digest, record)
+        now = utcnow()
+        if record is None or not record.matches(digest, now):
+            return None
+        if record.revoked_at is not None:
+            raise _unauthorised("This API key has been revoked.", "api_key_revoked")
+        if record.disabled:
+            raise _unauthorised("This API key is disabled.", "api_key_disabled")
+        if record.expires_at is not None and now >= record.expires_at:
+            raise _unauthorised("This API key has expired.", "api_key_expired")
+        return record
+
+    async def reserve(self, record: ApiKeyRecord, estimate_usd: float) -> Charge:
+        """Charge the request's estimated cost now, or refuse it when the budget is spent.
+
+        Check and charge are one atomic step in the store, so concurrent requests on every
+        replica see each other's charges: a key overshoots by at most its last request.
+        """
+        budget = record.budget_usd
+        if budget is None:
+            return Charge(record.id, 0.0)
+        admitted, spent = await self._guarded(
+            self.store.reserve(record.id, estimate_usd, record.budget_period, budget, utcnow())
+        )
+        if not admitted:
+            raise GatewayError(
+                429,
+                f"You exceeded your current quota: this key's {_period_name(record.budget_period)} "
+                f"budget of ${budget:g} is spent (${spent:.6f} so far).",
+                type=INSUFFICIENT_QUOTA,
+                code=INSUFFICIENT_QUOTA,
+                headers=dict(NO_RETRY),
+            )
+        return Charge(record.id, estimate_usd)
+
+    async def settle(self, charge: Charge, actual_usd: float) -> None:
+        """Replace the reservation with what the upstreams really cost (cache hits are free)."""
+        delta = actual_usd - charge.reserved_usd
+        if delta == 0:
+            return
+        try:
+            await self.store.add_spend(charge.key_id, delta, utcnow())
+        except KeyStoreError as exc:
+            log.warning("spend of %s not recorded (%s)", charge.key_id, exc)
+
+    # -- administration --------------------------------------------------------------------
+
+    async def create(self, policy: KeyPolicy, actor: str) -> tuple[ApiKeyRecord, str]:
+        self._check_models(policy.models)
+        record, secret = create_record(policy)
+        await self._guarded(self.store.create(record))
+        audit(actor, "create", record.id, sorted(policy.model_fields_set))
+        return record, secret
+
+    async def get(self, key_id: str) -> ApiKeyRecord:
+        record = await self._guarded(self.store.get(key_id))
+        if record is None:
+            raise UnknownKey(key_id)
+        return record
+
+    async def list(self, *, team: str | None = None, name: str | None = None) -> list[ApiKeyRecord]:
+        records = sorted(await self._guarded(self.store.all()), key=lambda r: r.created_at)
+        return [
+            r
+            for r in records
+            if (team is None or r.team == team) and (name is None or r.name == name)
+        ]
+
+    async def spend(self, key_id: str) -> dict[BudgetPeriod, float]:
+        return await self._guarded(self.store.spend(key_id, utcnow()))
+
+    async def describe(self, record: ApiKeyRecord) -> dict[str, Any]:
+        """A key as `show` returns it: its policy, and what it has spent in each period."""
+        spend = await self.spend(record.id)
+        remaining = None
+        if record.budget_usd is not None:
+            remaining = max(0.0, record.budget_usd - spend[record.budget_period])
+        return {**record.public(), "spend_usd": spend, "budget_remaining_usd": remaining}
+
+    async def update(self, key_id: str, change: KeyUpdate, actor: str) -> ApiKeyRecord:
+        if "models" in change.model_fields_set:
+            self._check_models(change.models)
+        record = (await self.get(key_id)).updated(change, utcnow())
+        await self._guarded(self.store.save(record, []))
+        self._cache.forget(record.hashes())
+        audit(actor, "update", key_id, sorted(change.model_fields_set))
+        return record
+
+    async def rotate(
+        self, key_id: str, grace_seconds: float, actor: str
+    ) -> tuple[ApiKeyRecord, str]:
+        record = await self.get(key_id)
+        if record.revoked_at is not None:
+            raise invalid_request("A revoked key cannot be rotated.", param="id")
+        now = utcnow()
+        secret = new_secret()
+        dropped = [h for h in (record.previous_hash,) if h]
+        grace = grace_seconds > 0
+        if not grace:
+            dropped.append(record.secret_hash)
+        rotated = record.model_copy(
+            update={
+                "secret_hash": hash_secret(secret),
+                "previous_hash": record.secret_hash if grace else None,
+                "previous_valid_until": now + timedelta(seconds=grace_seconds) if grace else None,
+                "updated_at": now,
+            }
+        )
+        await self._guarded(self.store.save(rotated, dropped))
+        self._cache.forget([*record.hashes(), *rotated.hashes()])
+        audit(actor, "rotate", key_id, [], grace_seconds=grace_seconds)
+        return rotated, secret
+
+    async def revoke(self, key_id: str, actor: str) -> ApiKeyRecord:
+        record = await self.get(key_id)
+        if record.revoked_at is None:
+            now = utcnow()
+            record = record.model_copy(update={"revoked_at": now, "updated_at": now})
+            await self._guarded(self.store.save(record, []))
+        self._cache.forget(record.hashes())
+        audit(actor, "revoke", key_id, [])
+        return record
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+    def _check_models(self, models: list[str] | None) -> None:
+        for index, model in enumerate(models or []):
+            if not self._model_exists(model):
+                raise invalid_request(
+                    f"models[{index}]: the model '{model}' is not in the registry.",
+                    param="models",
+                )
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except KeyStoreError as exc:
+            log.warning("key store unavailable (%s)", exc)
+            raise GatewayError(
+                503,
+                "The gateway's key store is not answering; please try again shortly.",
+                type=SERVER,
+                code="key_store_unavailable",
+                headers={"retry-after": "1"},
+            ) from None
+
+
+def _unauthorised(message: str, code: str) -> GatewayError:
+    return GatewayError(401, message, type=AUTHENTICATION, code=code)
+
+
+def _period_name(period: BudgetPeriod) -> str:
+    return {"day": "daily (UTC)", "month": "monthly (UTC)", "total": "lifetime"}[period]
+
+
+def audit(actor: str, action: str, key_id: str, fields: list[str], **details: object) -> None:
+    audit_log.info(
+        "admin %s %s",
+        action,
+        key_id,
+        extra={"audit": True, "actor": actor, "action": action, "key_id": key_id,
+               "fields": fields, **details},
+    )  # fmt: skip
