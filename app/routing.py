@@ -22,6 +22,7 @@ from app import metrics
 from app.errors import GatewayError, invalid_request, upstream_failure, upstream_timeout
 from app.health import RouteHealth
 from app.jobs import EmbeddingJob
+from app.matryoshka import shorten, shortens_locally
 from app.providers import Failure, Provider, UpstreamCall, UpstreamError, UpstreamResult
 from app.registry import Registry, Route
 from app.tokens import UndecodableTokens
@@ -132,15 +133,17 @@ class Router:
         error: UpstreamError | None = None
         for number in range(policy.max_attempts):
             remaining = deadline - self._clock()
+            local = shortens_locally(route, job)
             call = UpstreamCall(
                 upstream_model=route.upstream_model,
                 inputs=list(inputs),  # type: ignore[arg-type]
-                dimensions=job.dimensions,
+                dimensions=None if local else job.dimensions,
                 user=job.user,
-                expected_dims=job.expected_dims,
+                expected_dims=job.model.config.dimensions if local else job.expected_dims,
                 want_base64=route.returns_base64,
                 timeout=max(0.001, min(policy.timeout_seconds, remaining)),
                 request_id=job.request_id,
+                input_type=job.input_type or route.input_type,
             )
             started = time.perf_counter()
             try:
@@ -178,6 +181,8 @@ class Router:
             else:
                 self._observe(route, job, started, "ok")
                 health.success()
+                if local:
+                    result.vectors = shorten(result.vectors, job.expected_dims)
                 return result
         assert error is not None
         return error

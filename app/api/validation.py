@@ -15,6 +15,8 @@ from app.tokens import vocabulary_size
 MAX_ITEMS = 2048
 MAX_TOTAL_TOKENS = 300_000
 ENCODING_FORMATS = ("float", "base64")
+# Retrieval models embed queries and documents differently; each provider maps these.
+INPUT_TYPES = ("query", "document")
 
 _INPUT_SHAPE = (
     "'input' must be a non-empty string, an array of non-empty strings, an array of token IDs, "
@@ -71,6 +73,10 @@ def parse_embedding_request(body: bytes, registry: Registry, request_id: str) ->
     if user is not None and not isinstance(user, str):
         raise invalid_request("'user' must be a string.", param="user")
 
+    input_type = data.get("input_type")
+    if input_type is not None and input_type not in INPUT_TYPES:
+        raise invalid_request("'input_type' must be 'query' or 'document'.", param="input_type")
+
     texts, token_ids = _normalise_input(data.get("input", _MISSING))
     job = EmbeddingJob(
         model=model,
@@ -80,6 +86,7 @@ def parse_embedding_request(body: bytes, registry: Registry, request_id: str) ->
         user=user,
         want_base64=encoding_format == "base64",
         request_id=request_id,
+        input_type=input_type,
     )
     _check_token_limits(job, model.config.max_tokens, texts)
     return job

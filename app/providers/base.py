@@ -19,6 +19,17 @@ class UpstreamCall:
     want_base64: bool
     timeout: float
     request_id: str
+    # "query", "document", or None (the client and the route named none); each provider maps
+    # it to its own vocabulary, or ignores it.
+    input_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider type can be asked for, checked against the registry at start-up."""
+
+    token_ids: bool = True  # takes token-ID arrays as input, not only strings
+    dimensions: bool = True  # can shorten vectors itself when sent `dimensions`
 
 
 @dataclass(slots=True)
