@@ -1,1 +1,1 @@
-"""Benchmarks of the gateway against its direct upstream and LiteLLM: see bench/run.py."""
+"""Benchmarks of the gateway against its direct upstream and its peers: see bench/run.py."""

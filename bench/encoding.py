@@ -36,7 +36,7 @@ Way = Callable[[bytes, int, int], list[str]]
 
 
 def upstream_body(rows: int, dims: int, *, b64: bool, seed: int = 0) -> bytes:
-    """An OpenAI-style body as tests/fake_upstream.py writes it: unit float32 vectors, sent as
+    """An OpenAI-style body as tests/fakes writes it: unit float32 vectors, sent as
     float64 reprs of the float32 values (up to 17 significant digits) or as base64."""
     rng = np.random.default_rng(seed)
     matrix = rng.standard_normal((rows, dims)).astype(np.float32)

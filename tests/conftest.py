@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_upstream import FakeUpstream
+from tests.fakes import FakeUpstream
 from tests.harness import ThreadedGateway, model_entry, write_registry
 from tests.redis_server import RedisServer
 from tests.redis_server import available as redis_available

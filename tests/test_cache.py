@@ -18,7 +18,7 @@ from tests.conftest import (
     providers_for,
     standard_models,
 )
-from tests.fake_upstream import fake_token_count, fake_vector
+from tests.fakes import fake_token_count, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry
 from tests.redis_server import RedisServer
 

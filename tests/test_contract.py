@@ -23,7 +23,7 @@ from schemathesis.schemas import BaseSchema
 
 from app.tokens import decode_tokens
 from tests.conftest import CLIENT_KEY, standard_models
-from tests.fake_upstream import fake_vector
+from tests.fakes import fake_vector
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 EMBEDDINGS = "/api/v1/embeddings"

@@ -11,7 +11,7 @@ import pytest
 
 from app.tokens import decode_tokens
 from tests.conftest import AIML_KEY, CLIENT_KEY, NANOGPT_KEY, NUGEN_KEY
-from tests.fake_upstream import fake_vector
+from tests.fakes import fake_vector
 
 
 @pytest.fixture
@@ -241,7 +241,7 @@ def test_a_model_without_any_keyed_route_is_hidden_and_answers_503(keyless_aiml,
 
 
 def test_a_route_without_its_key_is_skipped(keyless_aiml, nanogpt, aiml):
-    from tests.fake_upstream import Fault
+    from tests.fakes import Fault
 
     nanogpt.add_fault(Fault.http_status(500), times=None)
     client = openai.OpenAI(base_url=f"{keyless_aiml.url}/v1", api_key=CLIENT_KEY, max_retries=0)

@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.fake_upstream import FakeUpstream, fake_vector
+from tests.fakes import FakeUpstream, fake_vector
 from tests.harness import ROOT, GatewayProcess
 
 SHIPPED_DIMS = {"text-embedding-3-small": 1536, "voyage-2": 1024, "nugen-flash-embed": 768}

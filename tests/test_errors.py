@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from tests.conftest import AIML_KEY, CLIENT_KEY, NANOGPT_KEY, NUGEN_KEY, providers_for
-from tests.fake_upstream import Fault
+from tests.fakes import Fault
 from tests.harness import ThreadedGateway, free_port, model_entry, write_registry
 
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}

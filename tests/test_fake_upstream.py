@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.fake_upstream import FakeUpstream, Fault, fake_token_count, fake_vector
+from tests.fakes import FakeUpstream, Fault, fake_token_count, fake_vector
 
 KEY = "sk-test-123"
 MODEL = "text-embedding-3-small"
@@ -346,7 +346,7 @@ async def test_max_in_flight(openai_server: FakeUpstream) -> None:
 
 def test_standalone_cli() -> None:
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "tests.fake_upstream", "--protocol", "nugen", "--port", "0"]
+    cmd = [sys.executable, "-m", "tests.fakes", "--protocol", "nugen", "--port", "0"]
     cmd += ["--dims", "32", "--key", KEY]
     with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True) as proc:
         try:
@@ -359,3 +359,17 @@ def test_standalone_cli() -> None:
         finally:
             proc.terminate()
             assert proc.wait(timeout=5) == 0
+
+
+def test_canonical_input_decides_vector_and_usage(client: httpx.Client) -> None:
+    def fold(item: Any) -> Any:
+        return item.partition("|")[2] if isinstance(item, str) else item
+
+    with FakeUpstream("openai", canonical_input=fold) as server:
+        r = client.post(server.embeddings_url, json={"model": MODEL, "input": ["r1|a b", "r2|c"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [d["embedding"] for d in body["data"]] == [
+        fake_vector(MODEL, text, 16).astype(np.float64).tolist() for text in ("a b", "c")
+    ]
+    assert body["usage"]["total_tokens"] == 3

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CLIENT_KEY
-from tests.fake_upstream import FakeUpstream, fake_vector
+from tests.fakes import FakeUpstream, fake_vector
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 TEXTS = ["LlamaIndex through a gateway", "second document", "ünïcödé and emoji 🚀"]

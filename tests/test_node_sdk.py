@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CLIENT_KEY
-from tests.fake_upstream import FakeUpstream, fake_vector
+from tests.fakes import FakeUpstream, fake_vector
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT = NODE_DIR / "embed.mjs"

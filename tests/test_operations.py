@@ -24,7 +24,7 @@ from tests.conftest import (
     providers_for,
     standard_models,
 )
-from tests.fake_upstream import Fault
+from tests.fakes import Fault
 from tests.harness import ROOT, GatewayProcess, ThreadedGateway, free_port, write_registry
 
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}

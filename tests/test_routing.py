@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import CLIENT_KEY
-from tests.fake_upstream import FakeUpstream, Fault, fake_token_count, fake_vector
+from tests.fakes import FakeUpstream, Fault, fake_token_count, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry
 
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}

@@ -1,0 +1,197 @@
+"""What a run measures: the scenario table (default), the soak, the profile, the micro-benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import procs
+from bench.measure import check_answer, loadgen, measure
+from bench.procs import Managed, run_bounded
+from bench.reports import machine, ratio_table, results_table
+from bench.session import ROOT, Bench, Scenario, log
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    c = args.concurrency
+    large = Scenario(
+        "large-base64", "bench-large", args.large_inputs, "base64", min(c, args.large_concurrency)
+    )
+    # Large last: memory a process has touched stays resident, so the small scenarios would
+    # otherwise report the large one's peak as theirs.
+    plan = [
+        # One request at a time: the latency the gateway adds, with no queueing in it.
+        Scenario("latency", "bench-small", 0, "float", 1),
+        Scenario("small-float", "bench-small", 0, "float", c),
+        Scenario("small-base64", "bench-small", 0, "base64", c),
+        Scenario("failover", "bench-failover", 0, "float", c, faulty_upstream=True),
+        *([large] if args.large_inputs > 0 else []),
+    ]
+    return [s for s in plan if not args.only or s.name in args.only]
+
+
+def run_table(bench: Bench) -> None:
+    args = bench.args
+    log(f"loading each target for {args.duration:g} s per scenario")
+    for scenario in scenarios(args):
+        for target in bench.targets(scenario):
+            # Checked just before its own load, so no earlier scenario's memory shows up here.
+            check_answer(target, scenario, args.dims)
+            bench.results.append(measure(bench, target, scenario))
+
+    print(f"\nEmbeddings gateway benchmark — {machine()}")
+    limit = f", at most {args.requests} requests" if args.requests else ""
+    print(
+        f"closed loop, concurrency {args.concurrency} (latency: 1; large-base64: "
+        f"{min(args.concurrency, args.large_concurrency)}, {args.large_inputs} inputs), "
+        f"{args.duration:g} s per scenario and target{limit}, {args.dims} dims; gateway: "
+        f"1 worker, Redis rate limiting on, cache {'on' if args.cache else 'off'}, upstream "
+        f"asked for {'floats' if args.upstream_floats else 'base64'}\n"
+    )
+    print(results_table(bench.results))
+    print()
+    print(ratio_table(bench.results))
+    print(
+        "\nCPU s and peak RSS are the target's own process tree (for `direct`, the fake upstream"
+        "); `errors` counts non-200 answers (the failover upstream fails 10 % on purpose)."
+    )
+
+
+def run_soak(bench: Bench) -> None:
+    assert bench.gateway is not None
+    args = bench.args
+    scenario = Scenario("small-float", "bench-small", 0, "float", args.concurrency)
+    check_answer(bench.gateway, scenario, args.dims)
+    pid = bench.gateway.process.pid
+    loadgen(bench, bench.gateway, scenario, "soak-warmup", requests=500, duration=30)
+    samples: list[tuple[float, float]] = []
+    start = time.monotonic()
+
+    def sample() -> None:
+        if not samples or time.monotonic() - start - samples[-1][0] >= 1.0:
+            samples.append((time.monotonic() - start, procs.rss_mb(pid)))
+
+    sample()
+    cpu_before = procs.cpu_seconds(pid)
+    load = loadgen(
+        bench,
+        bench.gateway,
+        scenario,
+        "soak",
+        requests=args.requests or 100_000_000,
+        duration=args.soak,
+        tick=sample,
+    )
+    cpu = procs.cpu_seconds(pid) - cpu_before
+    samples.append((time.monotonic() - start, procs.rss_mb(pid)))
+    first, last = samples[0][1], samples[-1][1]
+    print(f"\nSoak: small-float against the gateway for {args.soak:g} s — {machine()}")
+    print(
+        f"{load['completed']} requests ({load['rps']:.1f} req/s, errors {load['errors']}), "
+        f"p50 {load['latency_ms']['p50']:.2f} ms, p99 {load['latency_ms']['p99']:.2f} ms, "
+        f"gateway CPU {cpu:.1f} s"
+    )
+    step = max(1, len(samples) // 6)
+    shown = samples[::step] + ([] if (len(samples) - 1) % step == 0 else samples[-1:])
+    series = ", ".join(f"{t:.0f}s {mb:.1f}" for t, mb in shown)
+    print(f"gateway RSS MB: {series}")
+    print(
+        f"RSS start {first:.1f} MB, end {last:.1f} MB, change {last - first:+.1f} MB "
+        f"({100 * (last - first) / first:+.1f} %), max {max(mb for _, mb in samples):.1f} MB"
+    )
+
+
+def run_profile(bench: Bench) -> None:
+    """py-spy the gateway under one scenario's load: a flame graph and a text summary."""
+    from bench.pyspy import summarize
+
+    assert bench.gateway is not None
+    args = bench.args
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        log("installing py-spy into this venv")
+        pip = Managed(
+            "pip install py-spy",
+            [sys.executable, "-m", "pip", "install", "-q", "py-spy"],
+            log_path=bench.workdir / "pip-py-spy.log",
+        )
+        if run_bounded(pip, timeout=bench.args.install_timeout) != 0:
+            raise RuntimeError(f"could not install py-spy:\n{pip.log_tail()}")
+    out = Path(args.profile).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    scenario = next(s for s in scenarios(args) if s.name == args.profile_scenario)
+    seconds = args.profile_seconds
+    pid = bench.gateway.process.pid
+    warmup = 4 if scenario.inputs > 100 else 500
+    loadgen(bench, bench.gateway, scenario, "profile-warmup", requests=warmup, duration=60)
+    # One load long enough for both recordings; py-spy attaches once it is running.
+    load = Managed(
+        "loadgen profile",
+        [
+            sys.executable, "-m", "bench.loadgen",
+            "--url", bench.gateway.url,
+            "--model", scenario.model,
+            "--inputs", str(scenario.inputs),
+            "--encoding-format", scenario.encoding_format,
+            "--concurrency", str(scenario.concurrency),
+            "--timeout", str(args.request_timeout),
+            "--requests", "100000000",
+            "--duration", str(2 * seconds + 4),
+            "--out", str(bench.workdir / "profile-load.json"),
+            *[x for h in bench.gateway.headers for x in ("--header", h)],
+        ],
+        log_path=bench.workdir / "profile-load.log",
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).start()  # fmt: skip
+    try:
+        time.sleep(1)
+        name = f"gateway-{scenario.name}"
+        recordings = (("raw", f"{name}.txt"), ("flamegraph", f"{name}.svg"))
+        for fmt, filename in recordings:
+            spy = Managed(
+                f"py-spy {fmt}",
+                [
+                    str(py_spy), "record",
+                    "--pid", str(pid),
+                    "--duration", str(max(1, round(seconds))),
+                    "--rate", "200",
+                    "--format", fmt,
+                    "--nolineno",
+                    "--output", str(out / filename),
+                ],
+                log_path=bench.workdir / f"py-spy-{fmt}.log",
+            )  # fmt: skip
+            if run_bounded(spy, timeout=seconds + 60) != 0:
+                raise RuntimeError(f"py-spy failed (root, or ptrace allowed?):\n{spy.log_tail()}")
+        assert load.proc is not None
+        load.proc.wait(timeout=seconds + args.request_timeout + 60)
+    finally:
+        load.stop()
+    summary = summarize((out / f"{name}.txt").read_text())
+    (out / f"{name}-summary.txt").write_text(summary + "\n")
+    print(f"\nProfile of the gateway under {scenario.name} load ({seconds:g} s, py-spy, 200 Hz)")
+    print(f"flame graph: {out / (name + '.svg')}\n{summary}")
+
+
+def run_micro(bench: Bench) -> None:
+    args = bench.args
+    rows, repeat = (128, 2) if args.quick else (2048, 5)
+    child = Managed(
+        "micro-benchmark",
+        [
+            sys.executable, "-m", "bench.encoding",
+            "--rows", str(rows),
+            "--dims", str(args.dims),
+            "--repeat", str(repeat),
+        ],
+        log_path=bench.workdir / "micro.log",
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    if run_bounded(child, timeout=600) != 0:
+        raise RuntimeError(f"micro-benchmark failed:\n{child.log_tail()}")
+    print("\n" + child.log_path.read_text().strip())

@@ -1,0 +1,5 @@
+import sys
+
+from tests.fakes.cli import main
+
+sys.exit(main())
