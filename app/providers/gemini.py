@@ -6,12 +6,14 @@ outputDimensionality}]`, one per input. `taskType` is RETRIEVAL_QUERY or RETRIEV
 from our `input_type` (omitted when there is none); `outputDimensionality` shortens the vector
 (gemini-embedding-001: 128 to 3072; Google recommends 768, 1536 or 3072). Response:
 `embeddings: [{values: [...]}]` in request order, and no token count, so the gateway counts.
-Errors: `{"error": {"code", "message", "status"}}`.
+Errors: `{"error": {"code", "message", "status", "details"}}`; a wrong key is a 400 whose
+details carry `reason: API_KEY_INVALID` (google.rpc.ErrorInfo), which we treat as auth.
 
 Sources: googleapis/python-genai google/genai/models.py (`{model}:batchEmbedContents`,
 _EmbedContentParametersPrivate_to_mldev, _EmbedContentConfig_to_mldev), _api_client.py
 (https://generativelanguage.googleapis.com/, v1beta, `x-goog-api-key`), errors.py (error
-body); https://ai.google.dev/api/embeddings.
+body); https://ai.google.dev/api/embeddings; the API_KEY_INVALID body as reported in
+google-gemini/gemini-cli#25198.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from pydantic import Field
 from yarl import URL
 
-from app.providers.base import Capabilities, UpstreamCall
+from app.providers.base import Capabilities, Failure, UpstreamCall
 from app.providers.http import HTTPProvider, HTTPProviderConfig
 from app.providers.validation import load_object, parse_vector_list
 
@@ -77,6 +79,17 @@ class GeminiProvider(HTTPProvider):
             document.get("embeddings"), len(call.inputs), call.expected_dims, "embeddings", "values"
         )
         return vectors, None
+
+    def failure_for(self, status: int, body: Any) -> Failure | None:
+        # Google answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID: that
+        # is our credentials, not the client's input.
+        error = body.get("error") if isinstance(body, dict) else None
+        details = error.get("details") if isinstance(error, dict) else None
+        if isinstance(details, list) and any(
+            isinstance(d, dict) and d.get("reason") == "API_KEY_INVALID" for d in details
+        ):
+            return Failure.AUTH
+        return None
 
     def error_message(self, body: Any) -> str | None:
         error = body.get("error") if isinstance(body, dict) else None

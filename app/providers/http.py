@@ -135,10 +135,11 @@ def error_from_response(
     response: UpstreamResponse,
     message: str | None,
     key_env: str,
+    failure: Failure | None = None,
 ) -> UpstreamError:
     """Map a non-200 upstream answer to an UpstreamError whose detail a client may read."""
     status = response.status
-    failure = classify_status(status)
+    failure = failure or classify_status(status)
     if failure is Failure.AUTH:
         detail = f"{display_name} rejected the gateway's API key (HTTP {status}); check {key_env}"
     elif failure is Failure.BAD_REQUEST:
@@ -230,19 +231,25 @@ class HTTPProvider:
         """The upstream's own words from an error body, if it has any."""
         return None
 
+    def failure_for(self, status: int, body: Any) -> Failure | None:
+        """A failure the status alone would misclassify; None leaves it to the status."""
+        return None
+
     async def embed(self, call: UpstreamCall) -> UpstreamResult:
         headers = {"x-request-id": call.request_id, **self.request_headers()}
         response = await self._http.post_json(
             self.url(call), self.payload(call), headers, call.timeout
         )
         if response.status != 200:
-            message = self.error_message(_json_or_none(response))
+            body = _json_or_none(response)
+            message = self.error_message(body)
             raise error_from_response(
                 self.name,
                 self.display_name,
                 response,
                 short(message, self._key) if message else None,
                 self._key_env,
+                self.failure_for(response.status, body),
             )
         try:
             vectors, tokens = self.parse(response.body, call)
