@@ -99,3 +99,16 @@ def test_a_route_that_cannot_take_dimensions_must_say_truncate(tmp_path, tei):
     assert "models.nomic.routes.0.dimensions_mode: OpenAI-compatible upstream cannot shorten" in (
         str(caught.value)
     )
+
+
+def test_openai_itself_can_require_its_key(tmp_path):
+    provider = {"type": "openai", "api_key": "${UNSET_OPENAI_KEY_FOR_TEST:-}"}
+    models = {"m": model_entry([{"provider": "openai", "model": "text-embedding-3-small"}])}
+    optional = load_registry(write_registry(tmp_path / "a.yaml", {"openai": provider}, models), {})
+    assert optional.models["m"].available  # a self-hosted server may need no key
+    required = {**provider, "requires_api_key": True}
+    path = write_registry(tmp_path / "b.yaml", {"openai": required}, models)
+    registry = load_registry(path, {})
+    assert not registry.models["m"].available
+    assert registry.models["m"].missing_keys == ["UNSET_OPENAI_KEY_FOR_TEST"]
+    assert registry.providers["openai"].base_url == "https://api.openai.com/v1"

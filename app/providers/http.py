@@ -162,8 +162,6 @@ class HTTPProviderConfig(ProviderConfig):
     key_env: ClassVar[str] = ""
     # `${VAR}` fallbacks this type documents, e.g. its public base URL; see registry.py.
     env_defaults: ClassVar[dict[str, str]] = {}
-    # Self-hosted servers often need no key; hosted APIs always do.
-    key_required: ClassVar[bool] = True
 
     @model_validator(mode="before")
     @classmethod
@@ -175,7 +173,7 @@ class HTTPProviderConfig(ProviderConfig):
 
     @property
     def usable(self) -> bool:
-        return self.api_key is not None or not self.key_required
+        return self.api_key is not None  # a hosted API is not called without its key
 
     @property
     def has_key(self) -> bool:

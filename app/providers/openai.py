@@ -32,9 +32,15 @@ class OpenAIConfig(HTTPProviderConfig):
     supports_token_ids: bool = False
     supports_dimensions: bool = True
     supports_user: bool = False
+    # True for OpenAI itself: without its key the provider is not called and its models are
+    # hidden. Self-hosted servers usually need none.
+    requires_api_key: bool = False
     key_env = "OPENAI_API_KEY"
     env_defaults = {"OPENAI_BASE_URL": "https://api.openai.com/v1"}
-    key_required = False
+
+    @property
+    def usable(self) -> bool:
+        return self.api_key is not None or not self.requires_api_key
 
 
 class OpenAIProvider(OpenAICompatibleProvider):
