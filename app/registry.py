@@ -338,7 +338,7 @@ def _describe(exc: ValidationError, provider_types: Mapping[str, Any]) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
         loc = list(error["loc"])
-        if len(loc) > 2 and loc[2] in provider_types:
+        if len(loc) > 2 and loc[0] == "providers" and loc[2] in provider_types:
             del loc[2]  # the union's tag: `providers.up.nanogpt.base_url` names the field twice
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc.append("type")

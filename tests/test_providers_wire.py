@@ -45,6 +45,7 @@ class Case:
     # What the wire carries for no input_type, "query" and "document".
     input_types: tuple[Any, Any, Any]
     display_name: str
+    fields: frozenset[str]  # what a plain request puts on the wire, and nothing more
     counts_usage: bool = True  # False: the provider reports none, the gateway counts
 
 
@@ -90,6 +91,7 @@ CASES = [
         input_type_on_wire=field("input_type"),
         input_types=(None, None, None),  # OpenAI has no such notion: never sent
         display_name="OpenAI-compatible upstream",
+        fields=frozenset({"model", "input", "encoding_format"}),
     ),
     Case(
         type="azure_openai",
@@ -102,6 +104,7 @@ CASES = [
         input_type_on_wire=field("input_type"),
         input_types=(None, None, None),
         display_name="Azure OpenAI",
+        fields=frozenset({"model", "input"}),
     ),
     Case(
         type="cohere",
@@ -114,6 +117,7 @@ CASES = [
         input_type_on_wire=field("input_type"),
         input_types=("search_document", "search_query", "search_document"),
         display_name="Cohere",
+        fields=frozenset({"model", "texts", "input_type", "embedding_types"}),
     ),
     Case(
         type="voyage",
@@ -126,6 +130,7 @@ CASES = [
         input_type_on_wire=field("input_type"),
         input_types=(None, "query", "document"),
         display_name="Voyage AI",
+        fields=frozenset({"model", "input", "truncation", "encoding_format"}),
     ),
     Case(
         type="gemini",
@@ -138,6 +143,7 @@ CASES = [
         input_type_on_wire=gemini_field("taskType"),
         input_types=(None, "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT"),
         display_name="Gemini",
+        fields=frozenset({"requests"}),
         counts_usage=False,
     ),
 ]
@@ -236,6 +242,22 @@ def test_raw_base64_is_the_float32_bytes_of_the_providers_vector(case, gateway, 
     assert response.status_code == 200, response.text
     raw = base64.b64decode(response.json()["data"][0]["embedding"])
     np.testing.assert_array_equal(np.frombuffer(raw, dtype="<f4"), expected(case, TEXTS[0]))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_a_plain_request_sends_only_the_fields_the_provider_documents(case, client, fakes):
+    client.embeddings.create(model=case.type, input=TEXTS)
+    body = last_body(fakes[case.type])
+    assert set(body) == case.fields
+    if case.type == "cohere":
+        assert body["texts"] == TEXTS and body["embedding_types"] == ["float"]
+    if case.type == "voyage":
+        assert body["truncation"] is False and body["encoding_format"] == "base64"
+    if case.type == "gemini":
+        assert body["requests"] == [
+            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": text}]}}
+            for text in TEXTS
+        ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

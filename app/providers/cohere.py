@@ -30,7 +30,7 @@ INPUT_TYPES = {"query": "search_query", "document": "search_document"}
 
 class CohereConfig(HTTPProviderConfig):
     type: Literal["cohere"]
-    base_url: str = "https://api.cohere.com"
+    base_url: str = Field(default="https://api.cohere.com", min_length=1)
     max_batch_size: int = Field(default=96, ge=1, le=96)
     # What Cohere does with an input over the model's limit: NONE is an error, as elsewhere.
     truncate: Literal["NONE", "START", "END"] | None = None

@@ -33,7 +33,7 @@ TASK_TYPES = {"query": "RETRIEVAL_QUERY", "document": "RETRIEVAL_DOCUMENT"}
 
 class GeminiConfig(HTTPProviderConfig):
     type: Literal["gemini"]
-    base_url: str = "https://generativelanguage.googleapis.com/v1beta"
+    base_url: str = Field(default="https://generativelanguage.googleapis.com/v1beta", min_length=1)
     # batchEmbedContents takes at most 100 requests per call.
     max_batch_size: int = Field(default=100, ge=1, le=100)
     key_env = "GEMINI_API_KEY"

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from app.providers.base import Capabilities, UpstreamCall
 from app.providers.http import HTTPProvider, HTTPProviderConfig, usage_count
@@ -20,7 +21,7 @@ from app.providers.validation import parse_embeddings
 
 class NugenConfig(HTTPProviderConfig):
     type: Literal["nugen"]
-    base_url: str = "https://api.nugen.in/api/v3"
+    base_url: str = Field(default="https://api.nugen.in/api/v3", min_length=1)
     key_env = "NUGEN_API_KEY"
     env_defaults = {"NUGEN_BASE_URL": "https://api.nugen.in/api/v3"}
 

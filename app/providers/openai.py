@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from app.providers.base import Capabilities
 from app.providers.http import HTTPProviderConfig
@@ -24,7 +24,7 @@ from app.providers.openai_compatible import OpenAICompatibleProvider
 
 class OpenAIConfig(HTTPProviderConfig):
     type: Literal["openai"]
-    base_url: str = "https://api.openai.com/v1"
+    base_url: str = Field(default="https://api.openai.com/v1", min_length=1)
     organization: str | None = None
     project: str | None = None
     # Sent with every call, e.g. a self-hosted server's own auth; values are kept secret.

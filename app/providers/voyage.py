@@ -26,7 +26,7 @@ from app.providers.validation import parse_embeddings
 
 class VoyageConfig(HTTPProviderConfig):
     type: Literal["voyage"]
-    base_url: str = "https://api.voyageai.com/v1"
+    base_url: str = Field(default="https://api.voyageai.com/v1", min_length=1)
     # Voyage's own SDK asks for base64 by default; it is float32, as ours is.
     returns_base64: bool = True
     # Unset: Voyage's default (truncate over-long inputs). False makes them an error.
