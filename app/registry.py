@@ -249,7 +249,7 @@ def load_registry(
         raise RegistryError(f"{source}: expected a mapping with 'providers' and 'models'")
     env = {**_env_defaults(provider_types), **environ}
     interpolated = _interpolate(raw, env, source, ())
-    _remember_key_env(raw, interpolated)
+    _remember_key_env(raw, interpolated, provider_types)
     try:
         parsed = RegistryFile.model_validate(
             {**interpolated, "providers": _parse_providers(interpolated, provider_types)}
@@ -322,12 +322,20 @@ def _interpolate(node: Any, environ: Mapping[str, str], source: str, path: tuple
     return _VAR.sub(substitute, node)
 
 
-def _remember_key_env(raw: dict[str, Any], interpolated: dict[str, Any]) -> None:
+def _remember_key_env(
+    raw: dict[str, Any],
+    interpolated: dict[str, Any],
+    provider_types: Mapping[str, type[ProviderConfig]],
+) -> None:
+    """Note which env var each key came from (`api_key_env`), for types that take a key."""
     providers = raw.get("providers")
     if not isinstance(providers, dict):
         return
     for name, entry in providers.items():
         if isinstance(entry, dict) and isinstance(entry.get("api_key"), str):
+            config_type = provider_types.get(str(entry.get("type")))
+            if config_type is None or "api_key_env" not in config_type.model_fields:
+                continue  # validation reports the stray api_key itself
             match = _VAR.search(entry["api_key"])
             target = interpolated["providers"][name]
             if match and isinstance(target, dict) and "api_key_env" not in target:

@@ -61,3 +61,15 @@ def _key_envs(registry: dict) -> set[str]:
         if key.startswith("${"):
             names.add(key[2:].split(":")[0].rstrip("}"))
     return names
+
+
+def test_a_providers_key_in_dot_env_reaches_the_registry_and_is_never_printed(tmp_path):
+    # settings.py names no provider: the .env line reaches `${COHERE_API_KEY}` all the same.
+    secret = "cohere-key-from-dot-env"
+    example = ROOT / "config" / "examples" / "cohere.yaml"
+    (tmp_path / ".env").write_text(f"MODELS_CONFIG={example}\nCOHERE_API_KEY={secret}\n")
+    result = check_config({"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "cohere:embed-v4.0 [key set]" in result.stdout
+    assert '"COHERE_API_KEY": "**********"' in result.stdout
+    assert secret not in result.stdout + result.stderr

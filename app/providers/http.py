@@ -194,7 +194,6 @@ class HTTPProvider:
 
     def __init__(self, name: str, config: HTTPProviderConfig) -> None:
         self.name = name
-        self.config = config
         # Parsed once: aiohttp would otherwise parse the string on every call.
         self._url = URL(config.base_url.rstrip("/") + self.path)
         self._key = config.api_key.get_secret_value() if config.api_key else None
