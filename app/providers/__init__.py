@@ -45,6 +45,12 @@ def _route_problem(cls: Any, model: Model, route: Route, config: ProviderConfig)
     capabilities = cls.capabilities(config)
     if route.accepts_token_ids and not capabilities.token_ids:
         return f"{where}.accepts_token_ids: {cls.display_name} takes strings only"
+    limit = capabilities.max_inputs
+    if limit is not None and route.policy.max_batch_size > limit:
+        return (
+            f"{where}.max_batch_size: {cls.display_name} takes at most {limit} inputs per call "
+            f"(set max_batch_size: {limit} or less on the provider or the route)"
+        )
     # The type's own checks (a local model that does not exist, the wrong width).
     problem = cls.check_route(model, route, config)
     if problem:

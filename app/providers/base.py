@@ -30,6 +30,7 @@ class Capabilities:
 
     token_ids: bool = True  # takes token-ID arrays as input, not only strings
     dimensions: bool = True  # can shorten vectors itself when sent `dimensions`
+    max_inputs: int | None = None  # inputs per call the API takes at most, if it caps them
 
 
 @dataclass(slots=True)

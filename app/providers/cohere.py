@@ -31,7 +31,7 @@ INPUT_TYPES = {"query": "search_query", "document": "search_document"}
 class CohereConfig(HTTPProviderConfig):
     type: Literal["cohere"]
     base_url: str = Field(default="https://api.cohere.com", min_length=1)
-    max_batch_size: int = Field(default=96, ge=1, le=96)
+    max_batch_size: int = Field(default=96, ge=1, le=2048)
     # What Cohere does with an input over the model's limit: NONE is an error, as elsewhere.
     truncate: Literal["NONE", "START", "END"] | None = None
     key_env = "COHERE_API_KEY"
@@ -49,7 +49,7 @@ class CohereProvider(HTTPProvider):
 
     @classmethod
     def capabilities(cls, config: Any) -> Capabilities:
-        return Capabilities(token_ids=False)
+        return Capabilities(token_ids=False, max_inputs=96)
 
     def payload(self, call: UpstreamCall) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -35,7 +35,7 @@ class GeminiConfig(HTTPProviderConfig):
     type: Literal["gemini"]
     base_url: str = Field(default="https://generativelanguage.googleapis.com/v1beta", min_length=1)
     # batchEmbedContents takes at most 100 requests per call.
-    max_batch_size: int = Field(default=100, ge=1, le=100)
+    max_batch_size: int = Field(default=100, ge=1, le=2048)
     key_env = "GEMINI_API_KEY"
     env_defaults = {"GEMINI_BASE_URL": "https://generativelanguage.googleapis.com/v1beta"}
 
@@ -51,7 +51,7 @@ class GeminiProvider(HTTPProvider):
 
     @classmethod
     def capabilities(cls, config: Any) -> Capabilities:
-        return Capabilities(token_ids=False)
+        return Capabilities(token_ids=False, max_inputs=100)
 
     def url(self, call: UpstreamCall) -> URL:
         url = self._urls.get(call.upstream_model)
