@@ -214,6 +214,11 @@ def expected(case: Case, text: str, dimensions: int | None = None) -> np.ndarray
     return fake_vector(case.upstream_model, text, DIMS, dimensions)
 
 
+def everything_logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record's message and every extra field, as the JSON log lines would carry them."""
+    return "\n".join(f"{record.getMessage()} {vars(record)}" for record in caplog.records)
+
+
 def last_body(fake: FakeUpstream) -> Any:
     return fake.embedding_requests()[-1].json
 
@@ -332,9 +337,10 @@ def test_a_wrong_key_is_an_auth_failure_that_names_the_env_not_the_key(case, cli
     assert caught.value.status_code == 502
     assert f"{case.display_name} rejected the gateway's API key" in caught.value.message
     assert fakes[case.type].embedding_requests()[-1].headers  # it did reach the provider
-    seen = caught.value.response.text + caplog.text
+    logged = everything_logged(caplog)
+    assert "upstream call failed" in logged and f"{case.type}-bad" in logged
     for key in ALL_KEYS:
-        assert key not in seen
+        assert key not in caught.value.response.text + logged
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -347,8 +353,10 @@ def test_a_providers_400_is_passed_on_with_its_message(case, client, caplog, fak
     assert caught.value.status_code == 400
     assert error["message"] == (f"{case.display_name} rejected the input: too many inputs: 2 > 1")
     assert error["code"] == "upstream_rejected_input"
+    logged = everything_logged(caplog)
+    assert any(r.name == "app.access" and getattr(r, "status", 0) == 400 for r in caplog.records)
     for key in ALL_KEYS:
-        assert key not in caught.value.response.text + caplog.text
+        assert key not in caught.value.response.text + logged
 
 
 @pytest.mark.parametrize("fault", ["wrong_dims", "non_json", "nan"])
