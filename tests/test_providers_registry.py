@@ -39,3 +39,17 @@ def test_the_openai_type_takes_token_ids_only_when_the_registry_says_so(tmp_path
     provider = {"type": "openai", "supports_token_ids": True}
     path = write_registry(tmp_path / "ok.yaml", {"p": provider}, models)
     assert set(build_providers(load_registry(path, {}))) == {"p"}
+
+
+@pytest.mark.parametrize("type_", ["aiml", "nugen", "cohere", "gemini"])
+def test_base64_is_refused_where_the_type_does_not_send_it(tmp_path, type_):
+    message = registry_error(tmp_path, {"type": type_, "returns_base64": True}, {})
+    assert "models.m.routes.0.returns_base64: " in message
+    assert "does not send base64 vectors" in message
+
+
+@pytest.mark.parametrize("type_", ["nanogpt", "aiml", "nugen", "openai", "azure_openai"])
+def test_a_route_input_type_is_refused_where_it_has_no_effect(tmp_path, type_):
+    provider = {"type": type_, "base_url": "http://127.0.0.1:1"}
+    message = registry_error(tmp_path, provider, {"input_type": "query"})
+    assert "models.m.routes.0.input_type: " in message and "has no effect here" in message

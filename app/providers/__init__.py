@@ -51,6 +51,16 @@ def _route_problem(cls: Any, model: Model, route: Route, config: ProviderConfig)
             f"{where}.max_batch_size: {cls.display_name} takes at most {limit} inputs per call "
             f"(set max_batch_size: {limit} or less on the provider or the route)"
         )
+    if route.returns_base64 and not capabilities.base64:
+        return (
+            f"{where}.returns_base64: {cls.display_name} does not send base64 vectors; remove "
+            "returns_base64 from the provider or the route"
+        )
+    if route.input_type is not None and not capabilities.input_type:
+        return (
+            f"{where}.input_type: {cls.display_name} embeds queries and documents alike, so "
+            "input_type has no effect here; remove it"
+        )
     # The type's own checks (a local model that does not exist, the wrong width).
     problem = cls.check_route(model, route, config)
     if problem:

@@ -31,6 +31,8 @@ class Capabilities:
     token_ids: bool = True  # takes token-ID arrays as input, not only strings
     dimensions: bool = True  # can shorten vectors itself when sent `dimensions`
     max_inputs: int | None = None  # inputs per call the API takes at most, if it caps them
+    base64: bool = False  # can send float32 base64 vectors (`returns_base64` may ask for them)
+    input_type: bool = False  # embeds queries and documents differently
 
 
 @dataclass(slots=True)

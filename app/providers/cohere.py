@@ -49,7 +49,7 @@ class CohereProvider(HTTPProvider):
 
     @classmethod
     def capabilities(cls, config: Any) -> Capabilities:
-        return Capabilities(token_ids=False, max_inputs=96)
+        return Capabilities(token_ids=False, max_inputs=96, input_type=True)
 
     def payload(self, call: UpstreamCall) -> dict[str, Any]:
         body: dict[str, Any] = {

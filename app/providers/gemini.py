@@ -51,7 +51,7 @@ class GeminiProvider(HTTPProvider):
 
     @classmethod
     def capabilities(cls, config: Any) -> Capabilities:
-        return Capabilities(token_ids=False, max_inputs=100)
+        return Capabilities(token_ids=False, max_inputs=100, input_type=True)
 
     def url(self, call: UpstreamCall) -> URL:
         url = self._urls.get(call.upstream_model)

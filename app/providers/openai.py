@@ -59,8 +59,11 @@ class OpenAIProvider(OpenAICompatibleProvider):
 
     @classmethod
     def capabilities(cls, config: Any) -> Capabilities:
+        # The registry says what this server does; `returns_base64` is its base64 flag.
         return Capabilities(
-            token_ids=config.supports_token_ids, dimensions=config.supports_dimensions
+            token_ids=config.supports_token_ids,
+            dimensions=config.supports_dimensions,
+            base64=True,
         )
 
     def sends_user(self) -> bool:

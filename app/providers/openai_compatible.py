@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from app.providers.base import UpstreamCall
+from app.providers.base import Capabilities, UpstreamCall
 from app.providers.http import HTTPProvider, usage_count
 from app.providers.validation import parse_embeddings
 
@@ -24,6 +24,10 @@ class OpenAICompatibleProvider(HTTPProvider):
     # Send only the optional fields the upstream documents.
     documents_user: ClassVar[bool] = False
     documents_encoding_format: ClassVar[bool] = False
+
+    @classmethod
+    def capabilities(cls, config: Any) -> Capabilities:
+        return Capabilities(base64=cls.documents_encoding_format)
 
     def sends_user(self) -> bool:
         return self.documents_user

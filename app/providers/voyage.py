@@ -47,7 +47,7 @@ class VoyageProvider(HTTPProvider):
 
     @classmethod
     def capabilities(cls, config: Any) -> Capabilities:
-        return Capabilities(token_ids=False)
+        return Capabilities(token_ids=False, base64=True, input_type=True)
 
     def payload(self, call: UpstreamCall) -> dict[str, Any]:
         body: dict[str, Any] = {"model": call.upstream_model, "input": call.inputs}
