@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from app.providers.base import (
     Failure,
     Provider,
+    ProviderType,
     UpstreamCall,
     UpstreamError,
     UpstreamResult,
@@ -18,6 +17,7 @@ __all__ = [
     "PROVIDER_TYPES",
     "Failure",
     "Provider",
+    "ProviderType",
     "UpstreamCall",
     "UpstreamError",
     "UpstreamResult",
@@ -39,7 +39,9 @@ def build_providers(registry: Registry) -> dict[str, Provider]:
     }
 
 
-def _route_problem(cls: Any, model: Model, route: Route, config: ProviderConfig) -> str | None:
+def _route_problem(
+    cls: ProviderType, model: Model, route: Route, config: ProviderConfig
+) -> str | None:
     """Why a route cannot work with its provider, found at start-up rather than on a request."""
     where = f"models.{model.id}.routes.{route.index}"
     capabilities = cls.capabilities(config)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app.registry import Model, ProviderConfig, Route
 
 
 @dataclass(slots=True)
@@ -91,3 +94,17 @@ class Provider(Protocol):
     async def embed(self, call: UpstreamCall) -> UpstreamResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class ProviderType(Protocol):
+    """A provider type as the table in catalog.py holds it: the class, with what the registry
+    and the start-up checks need before any instance exists."""
+
+    display_name: str
+    config_type: type[ProviderConfig]
+
+    def __call__(self, name: str, config: Any) -> Provider: ...
+
+    def capabilities(self, config: Any) -> Capabilities: ...
+
+    def check_route(self, model: Model, route: Route, config: Any) -> str | None: ...

@@ -3,10 +3,9 @@ one module beside this one and one line here (plus a fake in tests/ and a README
 
 from __future__ import annotations
 
-from typing import Any
-
 from app.providers.aiml import AimlProvider
 from app.providers.azure_openai import AzureOpenAIProvider
+from app.providers.base import ProviderType
 from app.providers.cohere import CohereProvider
 from app.providers.gemini import GeminiProvider
 from app.providers.local import LocalProvider
@@ -16,7 +15,7 @@ from app.providers.openai import OpenAIProvider
 from app.providers.voyage import VoyageProvider
 from app.registry import ProviderConfig
 
-PROVIDER_TYPES: dict[str, Any] = {
+PROVIDER_TYPES: dict[str, ProviderType] = {
     "nanogpt": NanoGPTProvider,
     "aiml": AimlProvider,
     "nugen": NugenProvider,
