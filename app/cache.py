@@ -1,8 +1,8 @@
 """Per-input embedding cache in Redis: float32 bytes under a key naming model, width and input.
 
-Keys are `{CACHE_KEY_PREFIX}{model}:{fingerprint}:{dims}:{sha256 of the exact input}`: the
-fingerprint changes with the model's registry entry, and the prefix can be bumped by hand, so
-stale vectors are never served. Reads are one MGET, writes one pipelined batch of SET EX.
+Keys are `{CACHE_KEY_PREFIX}{model}:{fingerprint}:{dims}:[{input_type}:]{sha256 of the input}`:
+the fingerprint changes with the model's registry entry, and the prefix can be bumped by hand,
+so stale vectors are never served. Reads are one MGET, writes one pipelined batch of SET EX.
 Redis trouble never fails a request: the cache is bypassed (and skipped for a second, so a
 hung Redis costs one timeout per second, not one per request).
 """
@@ -36,6 +36,13 @@ def item_digest(item: str | list[int]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def item_key(model: Model, dims: int, digest: str, input_type: str | None) -> str:
+    """A query and a document embed differently, so `input_type` is part of the key; without
+    one the key keeps the form it always had, so vectors cached before stay valid."""
+    kind = f"{input_type}:" if input_type else ""
+    return f"{model.id}:{model.fingerprint}:{dims}:{kind}{digest}"
+
+
 class EmbeddingCache:
     def __init__(self, redis: Redis, *, prefix: str, ttl_seconds: int, timeout: float) -> None:
         self._redis = redis
@@ -44,8 +51,8 @@ class EmbeddingCache:
         self._timeout = timeout
         self._bypass_until = 0.0
 
-    def key(self, model: Model, dims: int, digest: str) -> str:
-        return f"{self._prefix}{model.id}:{model.fingerprint}:{dims}:{digest}"
+    def key(self, model: Model, dims: int, digest: str, input_type: str | None = None) -> str:
+        return f"{self._prefix}{item_key(model, dims, digest, input_type)}"
 
     async def get_many(self, keys: list[str], dims: int) -> list[np.ndarray | None]:
         if not keys or self._bypassed():

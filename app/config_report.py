@@ -13,6 +13,9 @@ def settings_summary(settings: Settings) -> dict[str, Any]:
     # JSON mode renders every SecretStr as asterisks; the Redis URL's password is not one.
     summary = settings.model_dump(mode="json")
     summary["GATEWAY_API_KEYS"] = f"{len(settings.GATEWAY_API_KEYS)} key(s), masked"
+    # The .env file's other names (provider keys, mostly): never printed, whatever they hold.
+    for name in settings.extra_names:
+        summary[name] = "**********"
     if settings.REDIS_URL:
         summary["REDIS_URL"] = redacted(settings.REDIS_URL)
     return summary
@@ -25,7 +28,7 @@ def model_table(registry: Registry) -> list[str]:
         routes = []
         for route in model.routes:
             provider = registry.providers[route.provider]
-            if provider.api_key:
+            if provider.has_key:
                 key = "key set"
             else:
                 key = "no key needed" if provider.usable else f"no key: set {provider.key_hint}"

@@ -2,8 +2,8 @@
 in-flight inputs are never sent twice; only what is left goes to routing.
 
 Every input item is identified by the same key the cache uses (model, fingerprint, width,
-hash of the exact input). Items are resolved in three steps — the cache (unless the client
-said `Cache-Control: no-cache`), an identical item another request in this process is
+input_type, hash of the exact input). Items are resolved in three steps — the cache (unless
+the client said `Cache-Control: no-cache`), an identical item another request in this process is
 already fetching, and finally one routed upstream call for the rest — then put back in
 input order. A vector is only ever copied from the item that produced it, by key, so a mixed
 hit/miss batch cannot shuffle or duplicate vectors.
@@ -18,7 +18,7 @@ from enum import Enum
 import numpy as np
 
 from app import metrics
-from app.cache import EmbeddingCache, item_digest
+from app.cache import EmbeddingCache, item_digest, item_key
 from app.jobs import EmbeddingJob
 from app.routing import Router
 
@@ -163,8 +163,8 @@ class Embedder:
     def _key(self, job: EmbeddingJob, index: int, dims: int) -> str:
         digest = item_digest(job.item(index))
         if self._cache is not None:
-            return self._cache.key(job.model, dims, digest)
-        return f"{job.model.id}:{job.model.fingerprint}:{dims}:{digest}"
+            return self._cache.key(job.model, dims, digest, job.input_type)
+        return item_key(job.model, dims, digest, job.input_type)
 
 
 @dataclass(slots=True)

@@ -26,6 +26,8 @@ class EmbeddingJob:
     user: str | None
     want_base64: bool
     request_id: str
+    # "query" or "document" as the client said; None lets each route's default apply.
+    input_type: str | None = None
     trace: UpstreamTrace = field(default_factory=UpstreamTrace)
     _token_counts: list[int] | None = field(default=None, repr=False)
     _decoded: list[str] | None = field(default=None, repr=False)
@@ -61,6 +63,7 @@ class EmbeddingJob:
             user=self.user,
             want_base64=self.want_base64,
             request_id=self.request_id,
+            input_type=self.input_type,
             trace=self.trace,
             _token_counts=[counts[i] for i in indices] if counts is not None else None,
         )

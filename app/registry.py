@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -15,17 +16,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    SecretStr,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
-
-ProviderType = Literal["nanogpt", "aiml", "nugen", "local"]
-# Types that call an upstream over HTTP; `local` runs a model inside this process instead.
-HTTP_PROVIDER_TYPES: frozenset[str] = frozenset({"nanogpt", "aiml", "nugen"})
-# Fields that mean something only to one side; setting them on the other is a mistake to report.
-_HTTP_ONLY_FIELDS = ("base_url", "api_key")
-_LOCAL_ONLY_FIELDS = ("threads", "workers", "max_seq_length")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -34,7 +28,7 @@ class RegistryError(Exception):
     """A registry that cannot be used; the message names the file, the entry and the field."""
 
 
-class _FieldError(ValueError):
+class FieldError(ValueError):
     """A model-level check that blames one field, so the message names it like pydantic's own."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -79,54 +73,28 @@ class RoutePolicy(_Strict):
 
 
 class ProviderConfig(RoutePolicy):
-    type: ProviderType
-    # Required for the HTTP types and refused for `local` (checked in _fields_fit_the_type).
-    base_url: str | None = Field(default=None, min_length=1)
-    api_key: SecretStr | None = None
-    # Which env var the key came from, so errors can say what to check without the key.
-    api_key_env: str | None = None
+    """What every provider type's configuration shares. Each type subclasses it in its own
+    module under app/providers/, with `type: Literal["<name>"]` as the discriminator."""
+
+    type: str
     # Calls in flight to this provider across the whole process.
     max_concurrency: int = Field(default=64, ge=1)
     # Ask for base64 only where the upstream is known to encode it correctly.
     returns_base64: bool = False
-    # `local` only. Intra-op threads per inference run, and runs at once: threads x workers is
-    # the most cores the model uses, so the defaults leave an HTTP-serving core on small boxes.
-    threads: int = Field(default=1, ge=1, le=64)
-    workers: int = Field(default=2, ge=1, le=64)
-    # `local` only: truncate inputs at this many word pieces; unset means the model's own limit.
-    max_seq_length: int | None = Field(default=None, ge=2)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _blank_key_is_none(cls, data: Any) -> Any:
-        key = data.get("api_key") if isinstance(data, dict) else None
-        if isinstance(key, str) and not key.strip():
-            data = {**data, "api_key": None}
-        return data
 
     @property
     def usable(self) -> bool:
-        """Can this provider be called at all? An HTTP upstream needs its API key."""
-        return self.type not in HTTP_PROVIDER_TYPES or self.api_key is not None
+        """Can this provider be called at all? (An HTTP upstream needs its API key.)"""
+        return True
+
+    @property
+    def has_key(self) -> bool:
+        return False
 
     @property
     def key_hint(self) -> str:
         """What to set to make this provider usable, named without any secret."""
-        return self.api_key_env or "an api_key for this provider in the registry"
-
-    @model_validator(mode="after")
-    def _fields_fit_the_type(self) -> ProviderConfig:
-        if self.type in HTTP_PROVIDER_TYPES:
-            if self.base_url is None:
-                raise _FieldError("base_url", f"Field required for a {self.type} provider")
-            for name in _LOCAL_ONLY_FIELDS:
-                if name in self.model_fields_set:
-                    raise _FieldError(name, "only a local provider takes this field")
-        else:
-            for name in _HTTP_ONLY_FIELDS:
-                if getattr(self, name) is not None:
-                    raise _FieldError(name, "a local provider calls no HTTP API; remove this field")
-        return self
+        return ""
 
 
 class RouteOverrides(_Strict):
@@ -143,6 +111,9 @@ class RouteOverrides(_Strict):
     hedge_max_ratio: float | None = Field(default=None, ge=0, le=1)
 
 
+InputType = Literal["query", "document"]
+
+
 class RouteConfig(RouteOverrides):
     provider: str = Field(min_length=1)
     model: str = Field(min_length=1)
@@ -150,6 +121,11 @@ class RouteConfig(RouteOverrides):
     returns_base64: bool | None = None
     # Share of requests under the `weighted` strategy (relative to the model's other routes).
     weight: float = Field(default=1.0, gt=0)
+    # `truncate`: never send `dimensions` upstream; the gateway shortens the full vector itself
+    # (Matryoshka models) and L2-renormalises it. For routes that cannot take `dimensions`.
+    dimensions_mode: Literal["pass", "truncate"] = "pass"
+    # What a request that names no `input_type` is embedded as on this route.
+    input_type: InputType | None = None
 
 
 class Pricing(_Strict):
@@ -174,6 +150,7 @@ class ModelConfig(_Strict):
 
 
 class RegistryFile(_Strict):
+    # Already validated, each by its own type's model (see _parse_providers).
     providers: dict[str, ProviderConfig] = Field(min_length=1)
     models: dict[str, ModelConfig] = Field(min_length=1)
 
@@ -195,7 +172,9 @@ class Route:
 
     __slots__ = (
         "accepts_token_ids",
+        "dimensions_mode",
         "index",
+        "input_type",
         "model_id",
         "policy",
         "provider",
@@ -215,6 +194,8 @@ class Route:
         self.upstream_model = config.model
         self.accepts_token_ids = config.accepts_token_ids
         self.weight = config.weight
+        self.dimensions_mode = config.dimensions_mode
+        self.input_type = config.input_type
         self.usable = base.usable
         self.returns_base64 = (
             base.returns_base64 if config.returns_base64 is None else config.returns_base64
@@ -277,8 +258,19 @@ class Registry:
         return [model for model in self.models.values() if model.available]
 
 
-def load_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
+def load_registry(
+    path: str | Path,
+    environ: Mapping[str, str],
+    provider_types: Mapping[str, type[ProviderConfig]] | None = None,
+) -> Registry:
+    """Read, interpolate and validate a registry file; `provider_types` maps each `type` name
+    to its config model (by default the table in app/providers/, which owns them)."""
     source = str(path)
+    if provider_types is None:
+        # Imported here, not at the top: the provider modules import this one for their base.
+        from app.providers.catalog import config_types
+
+        provider_types = config_types()
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -290,12 +282,15 @@ def load_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
         raise RegistryError(f"{source}: cannot be read as YAML{at}: {problem}") from None
     if not isinstance(raw, dict):
         raise RegistryError(f"{source}: expected a mapping with 'providers' and 'models'")
-    interpolated = _interpolate(raw, environ, source, ())
-    _remember_key_env(raw, interpolated)
+    env = {**_env_defaults(provider_types), **environ}
+    interpolated = _interpolate(raw, env, source, ())
+    _remember_key_env(raw, interpolated, provider_types)
     try:
-        parsed = RegistryFile.model_validate(interpolated)
+        parsed = RegistryFile.model_validate(
+            {**interpolated, "providers": _parse_providers(interpolated, provider_types)}
+        )
     except ValidationError as exc:
-        raise RegistryError(f"{source}: {_describe(exc)}") from None
+        raise RegistryError(f"{source}: {_describe(exc, provider_types)}") from None
     created = int(time.time())
     models = {
         model_id: Model(
@@ -311,6 +306,32 @@ def load_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
         for model_id, config in parsed.models.items()
     }
     return Registry(source, dict(parsed.providers), models)
+
+
+def _env_defaults(provider_types: Mapping[str, type[ProviderConfig]]) -> dict[str, str]:
+    """Each type's documented defaults (e.g. its public base URL) for `${VAR}` to fall back on."""
+    defaults: dict[str, str] = {}
+    for config_type in provider_types.values():
+        defaults.update(getattr(config_type, "env_defaults", {}))
+    return defaults
+
+
+@functools.cache
+def _providers_adapter(types: tuple[type[ProviderConfig], ...]) -> TypeAdapter[Any]:
+    union = Annotated[Union[types], Field(discriminator="type")]  # noqa: UP007
+    # Keyed by "providers" so that errors are located from the top of the file.
+    return TypeAdapter(dict[Literal["providers"], dict[str, union]])
+
+
+def _parse_providers(
+    interpolated: dict[str, Any], provider_types: Mapping[str, type[ProviderConfig]]
+) -> Any:
+    """The `providers` mapping, each entry validated by the model its `type` names."""
+    providers = interpolated.get("providers")
+    if not isinstance(providers, dict):
+        return providers  # RegistryFile reports the shape
+    adapter = _providers_adapter(tuple(provider_types.values()))
+    return adapter.validate_python({"providers": providers})["providers"]
 
 
 def _interpolate(node: Any, environ: Mapping[str, str], source: str, path: tuple[str, ...]) -> Any:
@@ -336,25 +357,38 @@ def _interpolate(node: Any, environ: Mapping[str, str], source: str, path: tuple
     return _VAR.sub(substitute, node)
 
 
-def _remember_key_env(raw: dict[str, Any], interpolated: dict[str, Any]) -> None:
+def _remember_key_env(
+    raw: dict[str, Any],
+    interpolated: dict[str, Any],
+    provider_types: Mapping[str, type[ProviderConfig]],
+) -> None:
+    """Note which env var each key came from (`api_key_env`), for types that take a key."""
     providers = raw.get("providers")
     if not isinstance(providers, dict):
         return
     for name, entry in providers.items():
         if isinstance(entry, dict) and isinstance(entry.get("api_key"), str):
+            config_type = provider_types.get(str(entry.get("type")))
+            if config_type is None or "api_key_env" not in config_type.model_fields:
+                continue  # validation reports the stray api_key itself
             match = _VAR.search(entry["api_key"])
             target = interpolated["providers"][name]
             if match and isinstance(target, dict) and "api_key_env" not in target:
                 target["api_key_env"] = match.group(1)
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, provider_types: Mapping[str, Any]) -> str:
     parts = []
     for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"])
+        loc = list(error["loc"])
+        if len(loc) > 2 and loc[0] == "providers" and loc[2] in provider_types:
+            del loc[2]  # the union's tag: `providers.up.nanogpt.base_url` names the field twice
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("type")
+        where = ".".join(str(part) for part in loc)
         message = error["msg"].removeprefix("Value error, ")
         cause = (error.get("ctx") or {}).get("error")
-        if isinstance(cause, _FieldError):
+        if isinstance(cause, FieldError):
             where = f"{where}.{cause.field}" if where else cause.field
             message = cause.message
         parts.append(f"{where}: {message}" if where else message)

@@ -28,6 +28,7 @@ from app.health import RouteHealth
 from app.hedging import HedgeBudget, hedge_delay
 from app.jobs import EmbeddingJob
 from app.latency import RouteLatency
+from app.matryoshka import shorten, shortens_locally
 from app.providers import Failure, Provider, UpstreamCall, UpstreamError, UpstreamResult
 from app.registry import Registry, Route
 from app.timeouts import call_timeout, estimated_tokens
@@ -307,15 +308,17 @@ class Router:
         """One upstream call, with its metrics, latency and health; raises UpstreamError."""
         provider = self._providers[route.provider]
         health = self._health[route.key]
+        local = shortens_locally(route, job)
         call = UpstreamCall(
             upstream_model=route.upstream_model,
             inputs=list(inputs),  # type: ignore[arg-type]
-            dimensions=job.dimensions,
+            dimensions=None if local else job.dimensions,
             user=job.user,
-            expected_dims=job.expected_dims,
+            expected_dims=job.model.config.dimensions if local else job.expected_dims,
             want_base64=route.returns_base64,
             timeout=timeout,
             request_id=job.request_id,
+            input_type=job.input_type or route.input_type,
         )
         started = self._clock()
         try:
@@ -346,6 +349,8 @@ class Router:
             raise
         self._latency[route.key].observe(self._observe(route, job, started, "ok"))
         health.success()
+        if local:
+            result.vectors = shorten(result.vectors, job.expected_dims)
         return result
 
     def _observe(self, route: Route, job: EmbeddingJob, started: float, outcome: str) -> float:

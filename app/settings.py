@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-# Provider env vars the registry may interpolate; they live in Settings so a `.env` file
-# fills them exactly as it fills everything else.
-PROVIDER_ENV_FIELDS = (
-    "NANOGPT_API_KEY",
-    "NANOGPT_BASE_URL",
-    "AIML_API_KEY",
-    "AIML_BASE_URL",
-    "NUGEN_API_KEY",
-    "NUGEN_BASE_URL",
-)
 
 
 def _split_csv(value: object) -> object:
@@ -40,8 +30,10 @@ def _parse_network(text: str) -> IPv4Network | IPv6Network:
 
 
 class Settings(BaseSettings):
+    # extra="allow": the .env file's other lines (a provider's key, say) are kept, unvalidated,
+    # for the registry's `${VAR}`; this module names no provider. See interpolation_env.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", case_sensitive=True, extra="ignore"
+        env_file=".env", env_file_encoding="utf-8", case_sensitive=True, extra="allow"
     )
 
     GATEWAY_API_KEYS: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -55,13 +47,6 @@ class Settings(BaseSettings):
     # disable or rotation takes to reach every worker and replica.
     KEYS_CACHE_SECONDS: float = Field(default=0.5, gt=0, le=1)
     MODELS_CONFIG: str = "config/models.yaml"
-
-    NANOGPT_API_KEY: SecretStr | None = None
-    NANOGPT_BASE_URL: str = "https://nano-gpt.com/api/v1"
-    AIML_API_KEY: SecretStr | None = None
-    AIML_BASE_URL: str = "https://api.aimlapi.com/v1"
-    NUGEN_API_KEY: SecretStr | None = None
-    NUGEN_BASE_URL: str = "https://api.nugen.in/api/v3"
 
     HOST: str = "0.0.0.0"
     PORT: int = Field(default=8000, ge=1, le=65535)
@@ -135,13 +120,13 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         return bool(self.GATEWAY_API_KEYS) or self.GATEWAY_ADMIN_TOKEN is not None
 
-    def interpolation_env(self, environ: dict[str, str]) -> dict[str, str]:
-        """The variables `${VAR}` in the registry sees: the process env, then Settings' values."""
-        merged = dict(environ)
-        for name in PROVIDER_ENV_FIELDS:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            if value is not None and name not in environ:
-                merged[name] = str(value)
+    def interpolation_env(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The variables `${VAR}` in the registry sees: the process env, then the .env file's."""
+        merged = {k: str(v) for k, v in (self.model_extra or {}).items() if v is not None}
+        merged.update(environ)
         return merged
+
+    @property
+    def extra_names(self) -> list[str]:
+        """The .env file's names that are not settings: values to keep out of any summary."""
+        return sorted(self.model_extra or {})

@@ -70,9 +70,10 @@ def test_env_default_applies_to_an_empty_variable(tmp_path):
             "models.m.routes.0.provider: unknown provider 'down'",
         ),
         (
-            GOOD.replace("type: nanogpt", "type: openai"),
+            GOOD.replace("type: nanogpt", "type: grpc"),
             {"UP_KEY": "k"},
-            "providers.up.type: Input should be",
+            "providers.up.type: Input tag 'grpc' found using 'type' does not match any of the "
+            "expected tags: 'nanogpt', 'aiml', 'nugen', 'openai',",
         ),
         (
             GOOD.replace("max_tokens: 100", "max_tokens: 100\n    colour: red"),

@@ -10,8 +10,8 @@ import pytest
 from app.balancing import EXPLORE, order_routes
 from app.hedging import AUTO_CEILING_SECONDS, AUTO_FLOOR_SECONDS, HedgeBudget, hedge_delay
 from app.latency import RouteLatency
+from app.providers.nanogpt import NanoGPTConfig
 from app.registry import (
-    ProviderConfig,
     RegistryError,
     Route,
     RouteConfig,
@@ -30,7 +30,7 @@ class FakeClock:
 
 
 def make_route(index: int, weight: float = 1.0) -> Route:
-    base = ProviderConfig(type="nanogpt", base_url="http://127.0.0.1:1/v1", api_key="k")
+    base = NanoGPTConfig(type="nanogpt", base_url="http://127.0.0.1:1/v1", api_key="k")
     config = RouteConfig(provider=f"p{index}", model=f"m{index}", weight=weight)
     return Route("model", index, f"p{index}", config, base)
 

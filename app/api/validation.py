@@ -16,6 +16,8 @@ from app.tokens import vocabulary_size
 MAX_ITEMS = 2048
 MAX_TOTAL_TOKENS = 300_000
 ENCODING_FORMATS = ("float", "base64")
+# Retrieval models embed queries and documents differently; each provider maps these.
+INPUT_TYPES = ("query", "document")
 
 _INPUT_SHAPE = (
     "'input' must be a non-empty string, an array of non-empty strings, an array of token IDs, "
@@ -80,6 +82,10 @@ def parse_embedding_request(
     if user is not None and not isinstance(user, str):
         raise invalid_request("'user' must be a string.", param="user")
 
+    input_type = data.get("input_type")
+    if input_type is not None and input_type not in INPUT_TYPES:
+        raise invalid_request("'input_type' must be 'query' or 'document'.", param="input_type")
+
     texts, token_ids = _normalise_input(data.get("input", _MISSING))
     job = EmbeddingJob(
         model=model,
@@ -89,6 +95,7 @@ def parse_embedding_request(
         user=user,
         want_base64=encoding_format == "base64",
         request_id=request_id,
+        input_type=input_type,
     )
     _check_token_limits(job, model.config.max_tokens, texts)
     return job

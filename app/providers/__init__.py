@@ -1,31 +1,23 @@
-"""Upstream adapters, one module per provider, built from the registry by type name."""
+"""Upstream adapters, one module per provider type, built from the registry by type name."""
 
 from __future__ import annotations
 
-from app.providers.aiml import AimlProvider
 from app.providers.base import (
     Failure,
     Provider,
+    ProviderType,
     UpstreamCall,
     UpstreamError,
     UpstreamResult,
 )
-from app.providers.local import LocalProvider
-from app.providers.nanogpt import NanoGPTProvider
-from app.providers.nugen import NugenProvider
-from app.registry import Registry, RegistryError
-
-PROVIDER_CLASSES = {
-    "nanogpt": NanoGPTProvider,
-    "aiml": AimlProvider,
-    "nugen": NugenProvider,
-    "local": LocalProvider,
-}
+from app.providers.catalog import PROVIDER_TYPES
+from app.registry import Model, ProviderConfig, Registry, RegistryError, Route
 
 __all__ = [
-    "PROVIDER_CLASSES",
+    "PROVIDER_TYPES",
     "Failure",
     "Provider",
+    "ProviderType",
     "UpstreamCall",
     "UpstreamError",
     "UpstreamResult",
@@ -37,19 +29,51 @@ def build_providers(registry: Registry) -> dict[str, Provider]:
     for model in registry.models.values():
         for route in model.routes:
             config = registry.providers[route.provider]
-            cls = PROVIDER_CLASSES[config.type]
-            if route.accepts_token_ids and not getattr(cls, "supports_token_ids", True):
-                raise RegistryError(
-                    f"{registry.source}: models.{model.id}.routes.{route.index}."
-                    f"accepts_token_ids: {cls.display_name} takes strings only"
-                )
-            # Providers that can tell at start-up that a route cannot work (a local model that
-            # does not exist, the wrong width) say so here rather than on the first request.
-            check_route = getattr(cls, "check_route", None)
-            problem = check_route(model, route, config) if check_route else None
+            cls = PROVIDER_TYPES[config.type]
+            problem = _route_problem(cls, model, route, config)
             if problem:
                 raise RegistryError(f"{registry.source}: {problem}")
     return {
-        name: PROVIDER_CLASSES[config.type](name, config)
+        name: PROVIDER_TYPES[config.type](name, config)
         for name, config in registry.providers.items()
     }
+
+
+def _route_problem(
+    cls: ProviderType, model: Model, route: Route, config: ProviderConfig
+) -> str | None:
+    """Why a route cannot work with its provider, found at start-up rather than on a request."""
+    where = f"models.{model.id}.routes.{route.index}"
+    capabilities = cls.capabilities(config)
+    if route.accepts_token_ids and not capabilities.token_ids:
+        return f"{where}.accepts_token_ids: {cls.display_name} takes strings only"
+    limit = capabilities.max_inputs
+    if limit is not None and route.policy.max_batch_size > limit:
+        return (
+            f"{where}.max_batch_size: {cls.display_name} takes at most {limit} inputs per call "
+            f"(set max_batch_size: {limit} or less on the provider or the route)"
+        )
+    if route.returns_base64 and not capabilities.base64:
+        return (
+            f"{where}.returns_base64: {cls.display_name} does not send base64 vectors; remove "
+            "returns_base64 from the provider or the route"
+        )
+    if route.input_type is not None and not capabilities.input_type:
+        return (
+            f"{where}.input_type: {cls.display_name} embeds queries and documents alike, so "
+            "input_type has no effect here; remove it"
+        )
+    # The type's own checks (a local model that does not exist, the wrong width).
+    problem = cls.check_route(model, route, config)
+    if problem:
+        return problem
+    if (
+        model.config.supports_dimensions
+        and route.dimensions_mode == "pass"
+        and not capabilities.dimensions
+    ):
+        return (
+            f"{where}.dimensions_mode: {cls.display_name} cannot shorten vectors; set "
+            "dimensions_mode: truncate (the gateway shortens them) or supports_dimensions: false"
+        )
+    return None

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from app.registry import Model, ProviderConfig, Route
 
 
 @dataclass(slots=True)
@@ -19,6 +22,20 @@ class UpstreamCall:
     want_base64: bool
     timeout: float
     request_id: str
+    # "query", "document", or None (the client and the route named none); each provider maps
+    # it to its own vocabulary, or ignores it.
+    input_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider type can be asked for, checked against the registry at start-up."""
+
+    token_ids: bool = True  # takes token-ID arrays as input, not only strings
+    dimensions: bool = True  # can shorten vectors itself when sent `dimensions`
+    max_inputs: int | None = None  # inputs per call the API takes at most, if it caps them
+    base64: bool = False  # can send float32 base64 vectors (`returns_base64` may ask for them)
+    input_type: bool = False  # embeds queries and documents differently
 
 
 @dataclass(slots=True)
@@ -77,3 +94,17 @@ class Provider(Protocol):
     async def embed(self, call: UpstreamCall) -> UpstreamResult: ...
 
     async def aclose(self) -> None: ...
+
+
+class ProviderType(Protocol):
+    """A provider type as the table in catalog.py holds it: the class, with what the registry
+    and the start-up checks need before any instance exists."""
+
+    display_name: str
+    config_type: type[ProviderConfig]
+
+    def __call__(self, name: str, config: Any) -> Provider: ...
+
+    def capabilities(self, config: Any) -> Capabilities: ...
+
+    def check_route(self, model: Model, route: Route, config: Any) -> str | None: ...

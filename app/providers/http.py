@@ -1,4 +1,5 @@
-"""The pooled HTTP client every HTTP provider shares the shape of, and its error mapping."""
+"""What every HTTP provider type shares: its config fields, the pooled client, the request cycle
+and the mapping of upstream errors."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
+import numpy as np
 import orjson
+from pydantic import Field, SecretStr, model_validator
 from yarl import URL
 
-from app.providers.base import Failure, UpstreamCall, UpstreamError, UpstreamResult
-from app.providers.validation import MalformedResponse, parse_embeddings
-from app.registry import ProviderConfig
+from app.providers.base import Capabilities, Failure, UpstreamCall, UpstreamError, UpstreamResult
+from app.providers.validation import MalformedResponse
+from app.registry import Model, ProviderConfig, Route
 
 _NEVER_ROUND = float("inf")
 
@@ -136,10 +139,11 @@ def error_from_response(
     response: UpstreamResponse,
     message: str | None,
     key_env: str,
+    failure: Failure | None = None,
 ) -> UpstreamError:
     """Map a non-200 upstream answer to an UpstreamError whose detail a client may read."""
     status = response.status
-    failure = classify_status(status)
+    failure = failure or classify_status(status)
     if failure is Failure.AUTH:
         detail = f"{display_name} rejected the gateway's API key (HTTP {status}); check {key_env}"
     elif failure is Failure.BAD_REQUEST:
@@ -151,51 +155,108 @@ def error_from_response(
     )
 
 
+class HTTPProviderConfig(ProviderConfig):
+    """The fields every HTTP provider type shares; a type may give `base_url` a default."""
+
+    base_url: str = Field(min_length=1)
+    api_key: SecretStr | None = None
+    # Which env var the key came from, so errors can say what to check without the key.
+    api_key_env: str | None = None
+    # The env var a registry conventionally reads this type's key from (`${NANOGPT_API_KEY}`).
+    key_env: ClassVar[str] = ""
+    # `${VAR}` fallbacks this type documents, e.g. its public base URL; see registry.py.
+    env_defaults: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, data: Any) -> Any:
+        key = data.get("api_key") if isinstance(data, dict) else None
+        if isinstance(key, str) and not key.strip():
+            data = {**data, "api_key": None}
+        return data
+
+    @property
+    def usable(self) -> bool:
+        return self.api_key is not None  # a hosted API is not called without its key
+
+    @property
+    def has_key(self) -> bool:
+        return self.api_key is not None
+
+    @property
+    def key_hint(self) -> str:
+        return self.api_key_env or self.key_env or "an api_key for this provider in the registry"
+
+
 class HTTPProvider:
-    """The request/response cycle every HTTP upstream shares; subclasses say only what differs:
-    the path, the fields sent, where the error message is, and what usage looks like."""
+    """The request/response cycle every HTTP upstream shares. A provider type says what
+    differs: its URL, auth headers, the body it sends, how it reads vectors, usage and errors."""
 
     display_name: ClassVar[str] = "upstream"
-    default_key_env: ClassVar[str] = "the provider's API key"
     path: ClassVar[str] = "/embeddings"
+    config_type: ClassVar[type[HTTPProviderConfig]] = HTTPProviderConfig
 
-    def __init__(self, name: str, config: ProviderConfig) -> None:
+    def __init__(self, name: str, config: HTTPProviderConfig) -> None:
         self.name = name
         # Parsed once: aiohttp would otherwise parse the string on every call.
-        self._url = URL((config.base_url or "").rstrip("/") + self.path)
+        self._url = URL(config.base_url.rstrip("/") + self.path)
         self._key = config.api_key.get_secret_value() if config.api_key else None
-        self._key_env = config.api_key_env or self.default_key_env
+        self._key_env = config.key_hint
         self._http = UpstreamHTTP(name, self.display_name, config.max_concurrency)
 
+    @classmethod
+    def capabilities(cls, config: Any) -> Capabilities:
+        return Capabilities()
+
+    @classmethod
+    def check_route(cls, model: Model, route: Route, config: Any) -> str | None:
+        """A route this type cannot serve, as `path: message`, found at start-up; else None."""
+        return None
+
+    def url(self, call: UpstreamCall) -> URL:
+        return self._url
+
+    def request_headers(self) -> dict[str, str]:
+        """Authentication, and any headers the type always sends."""
+        return {"authorization": f"Bearer {self._key}"} if self._key else {}
+
     def payload(self, call: UpstreamCall) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(self, body: bytes, call: UpstreamCall) -> tuple[np.ndarray, int | None]:
+        """The (inputs, dims) vectors and the tokens the upstream billed, if it says; raises
+        MalformedResponse for anything else."""
         raise NotImplementedError
 
     def error_message(self, body: Any) -> str | None:
         """The upstream's own words from an error body, if it has any."""
         return None
 
-    def prompt_tokens(self, usage: Any) -> int | None:
-        return usage_count(usage, "prompt_tokens", "total_tokens")
+    def failure_for(self, status: int, body: Any) -> Failure | None:
+        """A failure the status alone would misclassify; None leaves it to the status."""
+        return None
 
     async def embed(self, call: UpstreamCall) -> UpstreamResult:
-        headers = {"x-request-id": call.request_id}
-        if self._key:
-            headers["authorization"] = f"Bearer {self._key}"
-        response = await self._http.post_json(self._url, self.payload(call), headers, call.timeout)
+        headers = {"x-request-id": call.request_id, **self.request_headers()}
+        response = await self._http.post_json(
+            self.url(call), self.payload(call), headers, call.timeout
+        )
         if response.status != 200:
-            message = self.error_message(_json_or_none(response))
+            body = _json_or_none(response)
+            message = self.error_message(body)
             raise error_from_response(
                 self.name,
                 self.display_name,
                 response,
                 short(message, self._key) if message else None,
                 self._key_env,
+                self.failure_for(response.status, body),
             )
         try:
-            vectors, usage = parse_embeddings(response.body, len(call.inputs), call.expected_dims)
+            vectors, tokens = self.parse(response.body, call)
         except MalformedResponse as exc:
             raise malformed(self.name, self.display_name, str(exc)) from None
-        return UpstreamResult(vectors, self.prompt_tokens(usage))
+        return UpstreamResult(vectors, tokens)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -57,11 +57,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import numpy as np
+from pydantic import Field
 
-from app.providers.base import Failure, UpstreamCall, UpstreamError, UpstreamResult
+from app.providers.base import Capabilities, Failure, UpstreamCall, UpstreamError, UpstreamResult
 from app.registry import Model, ProviderConfig, Route
 
 if TYPE_CHECKING:  # imported lazily: a gateway without local models never loads them
@@ -225,11 +226,22 @@ class _Stopped(Exception):
     """The awaiting call gave up (timeout, cancellation) or the provider closed."""
 
 
+class LocalConfig(ProviderConfig):
+    type: Literal["local"]
+    # Intra-op threads per inference run, and runs at once: threads x workers is the most
+    # cores the model uses, so the defaults leave an HTTP-serving core on small boxes.
+    threads: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=2, ge=1, le=64)
+    # Truncate inputs at this many word pieces; unset means the model's own limit.
+    max_seq_length: int | None = Field(default=None, ge=2)
+
+
 class LocalProvider:
     display_name: ClassVar[str] = "Local model"
+    config_type: ClassVar[type[LocalConfig]] = LocalConfig
     supports_token_ids: ClassVar[bool] = False
 
-    def __init__(self, name: str, config: ProviderConfig) -> None:
+    def __init__(self, name: str, config: LocalConfig) -> None:
         self.name = name
         self._threads = config.threads
         self._max_seq_length = config.max_seq_length
@@ -239,7 +251,11 @@ class LocalProvider:
         )
 
     @classmethod
-    def check_route(cls, model: Model, route: Route, config: ProviderConfig) -> str | None:
+    def capabilities(cls, config: Any) -> Capabilities:
+        return Capabilities(token_ids=False, dimensions=False)
+
+    @classmethod
+    def check_route(cls, model: Model, route: Route, config: LocalConfig) -> str | None:
         """What makes this route unservable, as `path: message`, or None; run at start-up."""
         spec = LOCAL_MODELS.get(route.upstream_model)
         if spec is None:
@@ -253,10 +269,11 @@ class LocalProvider:
                 f"models.{model.id}.dimensions: {spec.name} gives {spec.dimensions}-dimensional "
                 f"vectors, not {model.config.dimensions}"
             )
-        if model.config.supports_dimensions:
+        if model.config.supports_dimensions and route.dimensions_mode != "truncate":
             return (
                 f"models.{model.id}.supports_dimensions: {spec.name} cannot shorten its vectors "
-                f"(route {route.index} is local); set it to false"
+                f"(route {route.index} is local); set it to false, or set the route's "
+                "dimensions_mode: truncate"
             )
         if config.max_seq_length is not None and config.max_seq_length > spec.max_seq_length:
             return (

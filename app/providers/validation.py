@@ -21,12 +21,7 @@ def parse_embeddings(raw: bytes, count: int, dims: int) -> tuple[np.ndarray, dic
     simdjson hands each float array over as one buffer of doubles, so a 2048 x 1536 response
     never becomes three million Python floats; base64 vectors are decoded as they are.
     """
-    try:
-        document = _parse(raw)
-    except ValueError:
-        raise MalformedResponse("body is not JSON") from None
-    if not isinstance(document, simdjson.Object):
-        raise MalformedResponse("response is not a JSON object")
+    document = load_object(raw)
     data = document.get("data")
     if not isinstance(data, simdjson.Array):
         raise MalformedResponse("response has no 'data' list")
@@ -38,6 +33,40 @@ def parse_embeddings(raw: bytes, count: int, dims: int) -> tuple[np.ndarray, dic
         _fill(matrix, seen, data, count, dims)
     usage = document.get("usage")
     return _finite(matrix), usage.as_dict() if isinstance(usage, simdjson.Object) else None
+
+
+def load_object(raw: bytes) -> Any:
+    """The body as a simdjson object; valid only until this thread parses again."""
+    try:
+        document = _parse(raw)
+    except ValueError:
+        raise MalformedResponse("body is not JSON") from None
+    if not isinstance(document, simdjson.Object):
+        raise MalformedResponse("response is not a JSON object")
+    return document
+
+
+def parse_vector_list(
+    items: Any, count: int, dims: int, what: str, field: str | None = None
+) -> np.ndarray:
+    """A JSON list of `count` vectors in input order (or of objects holding one in `field`)
+    as a (count, dims) float32 matrix; `what` names the list in error messages."""
+    if not isinstance(items, simdjson.Array):
+        raise MalformedResponse(f"response has no {what!r} list")
+    if len(items) != count:
+        raise MalformedResponse(f"expected {count} vectors, got {len(items)}")
+    matrix = np.empty((count, dims), dtype=np.float32)
+    with np.errstate(over="ignore"):
+        for position, item in enumerate(items):
+            if field is not None:
+                if not isinstance(item, simdjson.Object):
+                    raise MalformedResponse(f"{what}[{position}] is not an object")
+                item = item.get(field)
+            vector = _vector(item, position)
+            if vector.shape[0] != dims:
+                raise MalformedResponse(f"expected {dims} dimensions, got {vector.shape[0]}")
+            matrix[position] = vector
+    return _finite(matrix)
 
 
 def _fill(matrix: np.ndarray, seen: np.ndarray, data: Any, count: int, dims: int) -> None:
@@ -85,7 +114,7 @@ def _vector(embedding: Any, position: int) -> np.ndarray:
             return np.frombuffer(embedding.as_buffer(of_type="d"), dtype=np.float64)
         except TypeError:
             raise MalformedResponse(f"vector {position} is not a list of numbers") from None
-    raise MalformedResponse(f"data[{position}] has no embedding")
+    raise MalformedResponse(f"vector {position} is missing")
 
 
 def _finite(matrix: np.ndarray) -> np.ndarray:

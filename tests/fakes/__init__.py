@@ -6,6 +6,17 @@ Each wire protocol is one module with a :class:`WireProtocol` subclass, listed i
   used by OpenAI, NanoGPT and AI/ML API, including ``encoding_format: "base64"``.
 * ``"nugen"`` (nugen.py) -- ``POST /api/v3/inference/embeddings`` (also
   ``/inference/embeddings``): string inputs only, float vectors only, ``{"detail": ...}`` errors.
+* ``"azure"`` (azure.py) -- ``POST /openai/deployments/{deployment}/embeddings?api-version=``,
+  OpenAI's bodies, the key in ``api-key``.
+* ``"cohere"`` (cohere.py) -- ``POST /v2/embed``: ``texts``, a required ``input_type``,
+  ``embeddings.float`` and ``meta.billed_units`` back, ``{"message": ...}`` errors.
+* ``"voyage"`` (voyage.py) -- ``POST /v1/embeddings``: ``input_type``, ``output_dimension``,
+  ``truncation``, ``usage.total_tokens``, ``{"detail": ...}`` errors.
+* ``"gemini"`` (gemini.py) -- ``POST /v1beta/models/{model}:batchEmbedContents``, the key in
+  ``x-goog-api-key``, ``embeddings[].values`` back with no usage, Google's error bodies.
+
+A protocol whose URL or auth differs from OpenAI's overrides ``matches``, ``authorized``,
+``unauthorized`` or ``parse_request`` (wire.py).
 
 The rest is shared: vectors.py (deterministic vectors, see :func:`fake_vector`, so tests can
 compute exactly what the gateway should return), faults.py (error statuses, hangs, dropped

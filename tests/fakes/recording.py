@@ -20,6 +20,7 @@ class RecordedRequest:
     received_at: float
     method: str = "POST"
     fault: Fault | None = field(default=None, compare=False)
+    query: dict[str, str] = field(default_factory=dict)
 
 
 def lower_headers(request: web.Request) -> dict[str, str]:

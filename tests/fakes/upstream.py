@@ -60,7 +60,6 @@ class FakeUpstream(ThreadedServer):
         self.latency: float = 0.0
         self.requests: list[RecordedRequest] = []
 
-        self._paths = frozenset(self.wire.paths)
         self._faults = FaultPlan()
         self._lock = threading.Lock()
         self._generation = 0
@@ -90,7 +89,7 @@ class FakeUpstream(ThreadedServer):
 
     def embedding_requests(self) -> list[RecordedRequest]:
         with self._lock:
-            return [r for r in self.requests if r.method == "POST" and r.path in self._paths]
+            return [r for r in self.requests if r.method == "POST" and self.wire.matches(r.path)]
 
     def native_dims(self, model: str) -> int:
         return self.dims.get(model, self.default_dims)
@@ -154,7 +153,7 @@ class FakeUpstream(ThreadedServer):
         except orjson.JSONDecodeError:
             payload, valid_json = None, False
 
-        is_embedding = request.path in self._paths
+        is_embedding = self.wire.matches(request.path)
         fault = self._faults.next() if is_embedding and request.method == "POST" else None
         if self.record:
             recorded = RecordedRequest(
@@ -164,6 +163,7 @@ class FakeUpstream(ThreadedServer):
                 received_at=time.time(),
                 method=request.method,
                 fault=fault,
+                query=dict(request.query),
             )
             with self._lock:
                 self.requests.append(recorded)
@@ -200,13 +200,12 @@ class FakeUpstream(ThreadedServer):
     def _respond(
         self, request: web.Request, payload: Any, valid_json: bool, fault: Fault | None
     ) -> tuple[int, bytes]:
-        auth = request.headers.get("Authorization")
-        if self.api_key is not None and auth != f"Bearer {self.api_key}":
-            return 401, self.wire.error_body(401, "Invalid API key")
+        if self.api_key is not None and not self.wire.authorized(request.headers, self.api_key):
+            return self.wire.unauthorized()
         try:
             if not valid_json:
                 raise BadRequest("request body is not valid JSON")
-            call = self._parse(payload)
+            call = self._parse(payload, request)
         except BadRequest as exc:
             return exc.status, self.wire.error_body(exc.status, exc.message, exc.param)
         entries = embedding_entries(
@@ -214,8 +213,8 @@ class FakeUpstream(ThreadedServer):
         )
         return 200, self.wire.render(call, entries)
 
-    def _parse(self, payload: Any) -> EmbeddingCall:
-        call = self.wire.parse(payload, self.native_dims)
+    def _parse(self, payload: Any, request: web.Request) -> EmbeddingCall:
+        call = self.wire.parse_request(payload, self.native_dims, request.path, request.query)
         if self.canonical_input is not None:
             call = dataclasses.replace(call, items=[self.canonical_input(i) for i in call.items])
         if self.max_inputs is not None and len(call.items) > self.max_inputs:

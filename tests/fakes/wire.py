@@ -8,7 +8,7 @@ server (upstream.py) does everything else: auth, faults, recording, latency.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,6 +52,28 @@ class WireProtocol(ABC):
     @abstractmethod
     def parse(self, payload: Any, native_dims: Callable[[str], int]) -> EmbeddingCall:
         """Read a JSON body; raise BadRequest as the provider would."""
+
+    def parse_request(
+        self,
+        payload: Any,
+        native_dims: Callable[[str], int],
+        path: str,
+        query: Mapping[str, str],
+    ) -> EmbeddingCall:
+        """Protocols whose URL carries part of the request (a model, a version) override this."""
+        return self.parse(payload, native_dims)
+
+    def matches(self, path: str) -> bool:
+        """Is this an embeddings path? Protocols with the model in the path override it."""
+        return path in self.paths
+
+    def authorized(self, headers: Mapping[str, str], api_key: str) -> bool:
+        """Does the request carry ``api_key`` the way this provider expects it?"""
+        return headers.get("Authorization") == f"Bearer {api_key}"
+
+    def unauthorized(self) -> tuple[int, bytes]:
+        """The provider's answer to a missing or wrong key."""
+        return 401, self.error_body(401, "Invalid API key")
 
     @abstractmethod
     def render(self, call: EmbeddingCall, entries: Entries) -> bytes:
