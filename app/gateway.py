@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from app.api.auth import Authenticator
+from app.api.auth_throttle import AuthFailureThrottle
 from app.cache import EmbeddingCache
 from app.embedder import Embedder
 from app.providers import Provider
@@ -26,6 +27,7 @@ class Gateway:
     router: Router
     limiter: RateLimiter | None = None  # None: RATE_LIMIT_PER_SECOND is 0
     redis: Redis | None = None  # None: REDIS_URL is unset
+    auth_failures: AuthFailureThrottle | None = None  # None: AUTH_FAILURES_PER_MINUTE is 0
     embedder: Embedder = field(init=False)
     usage: UsageLedger = field(init=False)
 
@@ -52,5 +54,7 @@ class Gateway:
         finally:
             if self.limiter is not None:
                 await self.limiter.aclose()
+            if self.auth_failures is not None:
+                await self.auth_failures.aclose()
             if self.redis is not None:
                 await self.redis.aclose()

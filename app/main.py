@@ -17,7 +17,10 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from app.api import embeddings, models, ops, usage
+from app.api.admission import IPLimit
 from app.api.auth import Authenticator
+from app.api.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
+from app.api.auth_throttle import AuthFailureThrottle
 from app.api.errors import install_error_handlers
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
 from app.config_report import settings_summary
@@ -47,6 +50,7 @@ def build_gateway(settings: Settings) -> Gateway:
         router=Router(registry, providers),
         limiter=build_limiter(settings, redis),
         redis=redis,
+        auth_failures=build_auth_failure_throttle(settings, redis),
     )
 
 
@@ -64,6 +68,28 @@ def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None
         timeout=settings.REDIS_TIMEOUT_MS / 1000,
         client=redis,
     )
+
+
+def build_auth_failure_throttle(
+    settings: Settings, redis: Redis | None
+) -> AuthFailureThrottle | None:
+    """The same sliding log as the request limit, over a minute, under its own key prefix."""
+    limit = settings.AUTH_FAILURES_PER_MINUTE
+    if limit == 0:
+        return None
+    limiter: RateLimiter
+    if settings.REDIS_URL is None:
+        limiter = LocalRateLimiter(limit, window=AUTH_FAILURE_WINDOW)
+    else:
+        limiter = RedisRateLimiter(
+            settings.REDIS_URL,
+            limit,
+            key_prefix=settings.RATE_LIMIT_KEY_PREFIX + "authfail:",
+            timeout=settings.REDIS_TIMEOUT_MS / 1000,
+            client=redis,
+            window=AUTH_FAILURE_WINDOW,
+        )
+    return AuthFailureThrottle(limiter)
 
 
 async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None:
@@ -93,6 +119,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gateway = build_gateway(settings)
         warm_up()
         await start_limiter(settings, gateway.limiter)
+        if gateway.auth_failures is not None:
+            await gateway.auth_failures.start()
         if not gateway.auth.enabled:
             log.warning(
                 "AUTH IS OFF: GATEWAY_API_KEYS is empty, so anyone who can reach this gateway "
@@ -123,6 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="OpenAI-compatible embeddings over several upstream providers.",
         lifespan=lifespan,
+        # A slash redirect would echo the client's Host header back as a Location.
+        redirect_slashes=False,
         # The gateway exports its own Prometheus metrics and access log. FastAPI's native
         # OpenTelemetry would also look up the global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -144,6 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     _document(app, [embeddings.openapi_route("/api/v1")])
     install_error_handlers(app)
+    # The last added runs first: request ID and body cap, then the per-IP limit, then routing.
+    app.add_middleware(IPLimit)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
     return app
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.admission import admit
+from app.api.admission import authenticate
 from app.api.responses import json_response
 from app.api.schemas import MODEL_DETAILS_RESPONSES, MODELS_RESPONSES
 from app.gateway import Gateway
@@ -24,8 +24,7 @@ router = APIRouter()
 )
 async def list_embedding_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = gateway.auth.authenticate(request.headers, required=False)
-    await admit(request.scope, gateway, caller)
+    await authenticate(request.scope, gateway, request.headers, required=False)
     return json_response(
         {"object": "list", "data": [_detailed(m) for m in gateway.registry.available()]}
     )
@@ -34,8 +33,7 @@ async def list_embedding_models(request: Request) -> Response:
 @router.get("/models", summary="List models (OpenAI shape)", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = gateway.auth.authenticate(request.headers, required=False)
-    await admit(request.scope, gateway, caller)
+    await authenticate(request.scope, gateway, request.headers, required=False)
     return json_response(
         {"object": "list", "data": [_brief(m) for m in gateway.registry.available()]}
     )
