@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from app.registry import Model
@@ -46,6 +47,11 @@ class EmbeddingJob:
             else:
                 self._token_counts = [len(ids) for ids in self.token_ids or []]
         return self._token_counts
+
+    async def count_tokens_in_thread(self) -> None:
+        """Count now, off the event loop (tiktoken releases the GIL while it encodes)."""
+        if self._token_counts is None and self.texts is not None:
+            self._token_counts = await asyncio.to_thread(count_tokens, self.texts)
 
     def prompt_tokens(self) -> int:
         return sum(self.token_counts())

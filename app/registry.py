@@ -16,7 +16,7 @@ ProviderType = Literal["nanogpt", "aiml", "nugen", "local"]
 # Types that call an upstream over HTTP; `local` runs a model inside this process instead.
 HTTP_PROVIDER_TYPES: frozenset[str] = frozenset({"nanogpt", "aiml", "nugen"})
 # Fields that mean something only to one side; setting them on the other is a mistake to report.
-_HTTP_ONLY_FIELDS = ("base_url", "api_key")
+_HTTP_ONLY_FIELDS = ("base_url", "api_key", "max_response_bytes")
 _LOCAL_ONLY_FIELDS = ("threads", "workers", "max_seq_length")
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -63,6 +63,8 @@ class ProviderConfig(RoutePolicy):
     max_concurrency: int = Field(default=64, ge=1)
     # Ask for base64 only where the upstream is known to encode it correctly.
     returns_base64: bool = False
+    # Cap on one call's decoded 200 body; unset: what the call can need (inputs x dims x 25 B).
+    max_response_bytes: int | None = Field(default=None, ge=1024)
     # `local` only. Intra-op threads per inference run, and runs at once: threads x workers is
     # the most cores the model uses, so the defaults leave an HTTP-serving core on small boxes.
     threads: int = Field(default=1, ge=1, le=64)

@@ -25,6 +25,7 @@ from app.jobs import EmbeddingJob
 from app.providers import Failure, Provider, UpstreamCall, UpstreamError, UpstreamResult
 from app.registry import Registry, Route
 from app.tokens import UndecodableTokens
+from app.usage_check import checked_usage
 
 log = logging.getLogger("app.routing")
 
@@ -101,6 +102,7 @@ class Router:
                 outcome = await self._call_with_retries(
                     route, provider, [inputs[i] for i in chunk], job, deadline
                 )
+            outcome = checked_usage(outcome, job, chunk, route.provider)
             attempt.record(chunk, outcome)
             if isinstance(outcome, UpstreamResult):
                 tokens = outcome.prompt_tokens

@@ -40,7 +40,9 @@ async def _create_embeddings(request: Request, send: Send) -> None:
     # The per-IP limit has run already (admission.IPLimit), before anything read the request.
     caller = await authenticate(scope, gateway, request.headers, required=True)
     try:
-        job = parse_embedding_request(await request.body(), gateway.registry, request_id(scope))
+        job = await parse_embedding_request(
+            await request.body(), gateway.registry, request_id(scope)
+        )
     except GatewayError as error:
         if error.code == "model_not_found":
             trail.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
