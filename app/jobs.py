@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from app.registry import Model
-from app.tokens import count_tokens, decode_tokens
+from app.tokens import count_tokens, count_tokens_off_loop, decode_tokens
 
 
 @dataclass(slots=True)
@@ -51,7 +50,7 @@ class EmbeddingJob:
     async def count_tokens_in_thread(self) -> None:
         """Count now, off the event loop (tiktoken releases the GIL while it encodes)."""
         if self._token_counts is None and self.texts is not None:
-            self._token_counts = await asyncio.to_thread(count_tokens, self.texts)
+            self._token_counts = await count_tokens_off_loop(self.texts)
 
     def prompt_tokens(self) -> int:
         return sum(self.token_counts())

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+import tiktoken
 
-import app.jobs
 from tests.conftest import CLIENT_KEY, INTERNAL_TOKEN
 from tests.harness import ThreadedGateway
 
@@ -215,22 +215,40 @@ def test_a_megabyte_model_name_is_not_echoed_back(gateway):
     assert len(response.content) < 500
 
 
-def test_big_inputs_are_tokenised_off_the_event_loop(gateway, monkeypatch):
-    threads: list[threading.Thread] = []
-    count_tokens = app.jobs.count_tokens
+def test_while_a_big_input_is_tokenised_other_requests_are_served(gateway, monkeypatch):
+    """Tokenising is held until /healthz has answered: if it ran on (or held) the event loop,
+    /healthz could not answer at all."""
+    entered, served = threading.Event(), threading.Event()
+    encode_ordinary = tiktoken.Encoding.encode_ordinary
 
-    def counted_where(texts: list[str]) -> list[int]:
-        threads.append(threading.current_thread())
-        return count_tokens(texts)
+    def held_until_served(self: tiktoken.Encoding, text: str) -> list[int]:
+        entered.set()
+        served.wait(10)
+        return encode_ordinary(self, text)
 
-    monkeypatch.setattr(app.jobs, "count_tokens", counted_where)
+    monkeypatch.setattr(tiktoken.Encoding, "encode_ordinary", held_until_served)
     texts = [f"item {i} " + "lorem ipsum dolor sit amet " * 75 for i in range(200)]  # ~400 kB
-    response = httpx.post(
-        f"{gateway.url}/v1/embeddings",
-        headers=RIGHT,
-        json={"model": "text-embedding-3-small", "input": texts},
-        timeout=60,
-    )
-    assert response.status_code == 200
-    assert threads, "the gateway never counted the tokens"
-    assert all(thread is not gateway._thread for thread in threads)
+    statuses: list[int] = []
+
+    def big_request() -> None:
+        response = httpx.post(
+            f"{gateway.url}/v1/embeddings",
+            headers=RIGHT,
+            json={"model": "text-embedding-3-small", "input": texts},
+            timeout=60,
+        )
+        statuses.append(response.status_code)
+
+    sender = threading.Thread(target=big_request)
+    sender.start()
+    try:
+        assert entered.wait(10), "the gateway never tokenised the input"
+        try:
+            health = httpx.get(f"{gateway.url}/healthz", timeout=5).status_code
+        except httpx.TimeoutException:
+            health = None
+    finally:
+        served.set()
+        sender.join(60)
+    assert health == 200
+    assert statuses == [200]
