@@ -16,7 +16,7 @@ import pytest
 import tiktoken
 
 from tests.conftest import CLIENT_KEY, INTERNAL_TOKEN
-from tests.harness import ThreadedGateway
+from tests.harness import GatewayProcess, ThreadedGateway
 
 WRONG = {"authorization": "Bearer sk-wrong-guess"}
 RIGHT = {"authorization": f"Bearer {CLIENT_KEY}"}
@@ -252,3 +252,22 @@ def test_while_a_big_input_is_tokenised_other_requests_are_served(gateway, monke
         sender.join(60)
     assert health == 200
     assert statuses == [200]
+
+
+def test_the_cli_serves_with_the_same_limits_in_every_worker(registry_path):
+    env = {
+        "MODELS_CONFIG": str(registry_path),
+        "WORKERS": "2",
+        "GATEWAY_API_KEYS": "",
+        "REDIS_URL": "",
+        "MAX_HEADER_BYTES": "2048",
+        "HEADER_TIMEOUT_SECONDS": "0.5",
+    }
+    with GatewayProcess(env) as gateway:
+        # Several connections, so both workers answer some of them.
+        for _ in range(6):
+            head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n"
+            assert exchange(gateway.port, head).startswith(b"HTTP/1.1 431 ")
+            slow = exchange(gateway.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            assert slow.startswith(b"HTTP/1.1 408 ")
+        assert httpx.get(f"{gateway.url}/healthz").status_code == 200
