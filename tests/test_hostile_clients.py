@@ -76,7 +76,7 @@ def test_unknown_api_paths_count_against_the_ip_limit(limits_gateway):
         statuses = [client.post(f"/api/v1/nothing-{i}").status_code for i in range(8)]
         statuses += [client.get("/v1/also/nothing").status_code]
     assert statuses[:3] == [404] * 3
-    assert statuses[-1] == 429
+    assert 429 in statuses
 
 
 @with_settings(AUTH_FAILURES_PER_MINUTE=3)
