@@ -114,7 +114,9 @@ def test_failed_authentications_are_counted_across_gateways_in_redis(registry_pa
     assert (a, b) == ([401, 401], 401)
     assert (b_right, a_fourth, a_right) == (429, 429, 429)
     with redis_server.client() as client:
-        assert client.keys(shared["RATE_LIMIT_KEY_PREFIX"] + "authfail:*")
+        keys = client.keys(shared["RATE_LIMIT_KEY_PREFIX"] + "authfail:*")
+        assert len(keys) == 1
+        assert client.pttl(keys[0]) > 50_000  # a one-minute window, not the 1 s request window
 
 
 @with_settings(RATE_LIMIT_PER_SECOND=2, AUTH_FAILURES_PER_MINUTE=1)
