@@ -73,9 +73,13 @@ def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None
 def build_auth_failure_throttle(
     settings: Settings, redis: Redis | None
 ) -> AuthFailureThrottle | None:
-    """The same sliding log as the request limit, over a minute, under its own key prefix."""
+    """The same sliding log as the request limit, over a minute, under its own key prefix.
+
+    Not started like the request limiter: its script loads on first use, and one start-up line
+    about where limits are counted is enough. With auth off nothing can fail to authenticate.
+    """
     limit = settings.AUTH_FAILURES_PER_MINUTE
-    if limit == 0:
+    if limit == 0 or not settings.auth_enabled:
         return None
     limiter: RateLimiter
     if settings.REDIS_URL is None:
@@ -119,8 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gateway = build_gateway(settings)
         warm_up()
         await start_limiter(settings, gateway.limiter)
-        if gateway.auth_failures is not None:
-            await gateway.auth_failures.start()
         if not gateway.auth.enabled:
             log.warning(
                 "AUTH IS OFF: GATEWAY_API_KEYS is empty, so anyone who can reach this gateway "

@@ -62,8 +62,5 @@ class AuthFailureThrottle:
             code="too_many_failed_authentications",
         )
 
-    async def start(self) -> None:
-        await self._limiter.start()
-
     async def aclose(self) -> None:
         await self._limiter.aclose()
