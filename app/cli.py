@@ -82,7 +82,9 @@ def serve(settings: Settings) -> None:
         forwarded_allow_ips="",
         server_header=False,
         loop="uvloop",
-        http="httptools",
+        # httptools with the header cap, slow-client timeouts and load cap it lacks.
+        http="app.server:GatewayHttpProtocol",
+        timeout_keep_alive=settings.KEEPALIVE_TIMEOUT_SECONDS,
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 
 from app.api.auth import Authenticator
+from app.api.auth_throttle import AuthFailureThrottle
 from app.cache import EmbeddingCache
 from app.embedder import Embedder
 from app.keys.limits import KeyLimits
@@ -30,6 +31,7 @@ class Gateway:
     redis: Redis | None = None  # None: REDIS_URL is unset
     keys: ManagedKeys | None = None  # None: no key store (no Redis, no admin token, no KEYS_DB)
     key_limits: KeyLimits | None = None
+    auth_failures: AuthFailureThrottle | None = None  # None: AUTH_FAILURES_PER_MINUTE is 0
     embedder: Embedder = field(init=False)
     usage: UsageLedger = field(init=False)
 
@@ -60,5 +62,7 @@ class Gateway:
                 await self.key_limits.aclose()
             if self.keys is not None:
                 await self.keys.aclose()
+            if self.auth_failures is not None:
+                await self.auth_failures.aclose()
             if self.redis is not None:
                 await self.redis.aclose()

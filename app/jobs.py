@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from app.registry import Model
-from app.tokens import count_tokens, decode_tokens
+from app.tokens import count_tokens, count_tokens_off_loop, decode_tokens
 
 
 @dataclass(slots=True)
@@ -48,6 +48,11 @@ class EmbeddingJob:
             else:
                 self._token_counts = [len(ids) for ids in self.token_ids or []]
         return self._token_counts
+
+    async def count_tokens_in_thread(self) -> None:
+        """Count now, off the event loop (tiktoken releases the GIL while it encodes)."""
+        if self._token_counts is None and self.texts is not None:
+            self._token_counts = await count_tokens_off_loop(self.texts)
 
     def prompt_tokens(self) -> int:
         return sum(self.token_counts())

@@ -19,7 +19,10 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 
 from app.api import admin, embeddings, models, ops, usage
+from app.api.admission import IPLimit
 from app.api.auth import Authenticator
+from app.api.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
+from app.api.auth_throttle import AuthFailureThrottle
 from app.api.errors import install_error_handlers
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
 from app.config_report import settings_summary
@@ -62,6 +65,7 @@ def build_gateway(
         redis=redis,
         keys=keys,
         key_limits=build_key_limits(settings, redis) if keys is not None else None,
+        auth_failures=build_auth_failure_throttle(settings, redis),
     )
 
 
@@ -79,6 +83,32 @@ def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None
         timeout=settings.REDIS_TIMEOUT_MS / 1000,
         client=redis,
     )
+
+
+def build_auth_failure_throttle(
+    settings: Settings, redis: Redis | None
+) -> AuthFailureThrottle | None:
+    """The same sliding log as the request limit, over a minute, under its own key prefix.
+
+    Not started like the request limiter: its script loads on first use, and one start-up line
+    about where limits are counted is enough. With auth off nothing can fail to authenticate.
+    """
+    limit = settings.AUTH_FAILURES_PER_MINUTE
+    if limit == 0 or not settings.auth_enabled:
+        return None
+    limiter: RateLimiter
+    if settings.REDIS_URL is None:
+        limiter = LocalRateLimiter(limit, window=AUTH_FAILURE_WINDOW)
+    else:
+        limiter = RedisRateLimiter(
+            settings.REDIS_URL,
+            limit,
+            key_prefix=settings.RATE_LIMIT_KEY_PREFIX + "authfail:",
+            timeout=settings.REDIS_TIMEOUT_MS / 1000,
+            client=redis,
+            window=AUTH_FAILURE_WINDOW,
+        )
+    return AuthFailureThrottle(limiter)
 
 
 async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None:
@@ -152,6 +182,8 @@ def create_app(
         version="0.1.0",
         description="OpenAI-compatible embeddings over several upstream providers.",
         lifespan=lifespan,
+        # A slash redirect would echo the client's Host header back as a Location.
+        redirect_slashes=False,
         # The gateway exports its own Prometheus metrics and access log. FastAPI's native
         # OpenTelemetry would also look up the global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -176,6 +208,8 @@ def create_app(
         )
     _document(app, [embeddings.openapi_route("/api/v1")])
     install_error_handlers(app)
+    # The last added runs first: request ID and body cap, then the per-IP limit, then routing.
+    app.add_middleware(IPLimit)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
     return app
 

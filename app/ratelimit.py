@@ -52,7 +52,7 @@ class Decision:
 
 
 class RateLimiter(ABC):
-    """A per-bucket limit of `limit` requests in any 1-second window."""
+    """A per-bucket limit of `limit` requests in any window (1 second unless told otherwise)."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -186,6 +186,7 @@ class RedisRateLimiter(RateLimiter):
         probe_interval: float = PROBE_INTERVAL_SECONDS,
         clock: Clock = time.monotonic,
         client: Redis | None = None,
+        window: float = WINDOW_SECONDS,
     ) -> None:
         super().__init__(limit)
         self.url = url
@@ -196,10 +197,10 @@ class RedisRateLimiter(RateLimiter):
         self._owns_client = client is None
         self._redis: Redis = client if client is not None else connect(url, timeout)
         self._script = self._redis.register_script(SLIDING_LOG)
-        self._window_us = round(WINDOW_SECONDS * 1_000_000)
+        self._window_us = round(window * 1_000_000)
         self._members = itertools.count()
         self._member_prefix = uuid.uuid4().hex[:16] + ":"
-        self.fallback = LocalRateLimiter(limit, clock=clock)
+        self.fallback = LocalRateLimiter(limit, window=window, clock=clock)
         self._down = False
         self._next_probe = 0.0
         self._calling = False  # a script call is on its way

@@ -33,6 +33,7 @@ from app.providers import Failure, Provider, UpstreamCall, UpstreamError, Upstre
 from app.registry import Registry, Route
 from app.timeouts import call_timeout, estimated_tokens
 from app.tokens import UndecodableTokens
+from app.usage_check import checked_usage
 
 log = logging.getLogger("app.routing")
 
@@ -133,7 +134,7 @@ class Router:
             if isinstance(outcome, UpstreamError):
                 attempt.errors.append(outcome)
                 return
-            result = outcome.result
+            result = checked_usage(outcome.result, job, chunk, outcome.route.provider)
             attempt.record(chunk, result)
             tokens = result.prompt_tokens
             if tokens is None:

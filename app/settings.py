@@ -82,6 +82,20 @@ class Settings(BaseSettings):
     # route costs seconds; 60 s is for the largest request: 20 s calls, two routes, a retry.
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
 
+    # --- Limits against hostile clients (README: "Limits and timeouts") ---
+    # Failed authentications per client IP per minute (a sliding minute); 0 turns it off.
+    AUTH_FAILURES_PER_MINUTE: int = Field(default=30, ge=0)
+    # A request's whole head (request line and headers); past it, 431.
+    MAX_HEADER_BYTES: int = Field(default=64 * 1024, ge=1024)
+    # From a connection (or a request's first byte) to the end of its headers; past it, 408.
+    HEADER_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+    # From the end of the headers to the end of the body; past it, 408.
+    BODY_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
+    # Idle keep-alive connections are closed after this long.
+    KEEPALIVE_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    # Open connections or requests in progress per process; past it, 503. 0: no cap.
+    MAX_CONCURRENT_REQUESTS: int = Field(default=1000, ge=0)
+
     @field_validator("GATEWAY_API_KEYS", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:

@@ -2,16 +2,23 @@
 
 Each successful embeddings request adds its figures in process (no I/O on the request path);
 a flush about once a second, and at shutdown, adds them to one Redis hash per (day, key),
-fields `{model}<TAB>{figure}`, in one pipelined round trip; hashes expire after
-`RETENTION_DAYS`. Keys are identified by their short hash (`key_...`), never the key. Without
-Redis the figures stay in this process; while Redis fails they wait for the next successful
-flush. Reports add what is not flushed yet, so a caller always sees its own latest requests.
+fields `{model}<TAB>{figure}`, in one script call; hashes expire after `RETENTION_DAYS`. Keys
+are identified by their short hash (`key_...`), never the key. Without Redis the figures stay
+in this process. Reports add what is not flushed yet, so a caller sees its latest requests.
+
+A flush applies exactly once. Each batch has an ID, and the script applies a batch only if its
+ID is new, so a batch whose answer was lost (a timeout, a dropped connection) can be sent again
+without counting twice. Within a batch every increment is its own `pcall`: one that Redis
+refuses (a counter that would pass int64) is dropped with a warning, never retried, and never
+stops the others. Figures are clamped to sane ranges before they are sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -26,6 +33,36 @@ log = logging.getLogger("app.usage")
 RETENTION_DAYS = 400
 ANONYMOUS = "anonymous"
 FIGURES = ("requests", "input_tokens", "upstream_tokens", "cached_tokens", "cost_usd")
+# No real figure comes near this (2^53: exact as a double too); anything past it is a bug.
+MAX_INCREMENT = 2**53
+# How long a batch ID is remembered: a resend comes within seconds, this allows hours.
+BATCH_ID_TTL_SECONDS = 6 * 3600
+
+# KEYS[1]: the batch's ID key; KEYS[2..]: the hashes. ARGV[1]: retention (s), ARGV[2]: the ID
+# TTL, then per increment: hash number (1-based, into KEYS[2..]), field, kind (i/f), amount.
+# Returns -1 if the batch was applied before, else the positions of refused increments.
+APPLY_BATCH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  return -1
+end
+local refused = {}
+local n = 0
+for i = 3, #ARGV, 4 do
+  n = n + 1
+  local key = KEYS[1 + tonumber(ARGV[i])]
+  local command = ARGV[i + 2] == 'f' and 'HINCRBYFLOAT' or 'HINCRBY'
+  local answer = redis.pcall(command, key, ARGV[i + 1], ARGV[i + 3])
+  if type(answer) == 'table' and answer.err then
+    refused[#refused + 1] = n
+  end
+end
+for k = 2, #KEYS do
+  redis.call('EXPIRE', KEYS[k], ARGV[1])
+end
+return refused
+"""
+
+Batch = dict[tuple[str, str, str], dict[str, float]]
 
 
 @dataclass(slots=True)
@@ -53,8 +90,12 @@ class UsageLedger:
         self._redis = redis
         self._prefix = prefix
         self._timeout = timeout
-        # (day, key_id, model) -> figures kept here when Redis is absent or failing.
+        # (day, key_id, model) -> figures not handed to a flush yet.
         self._local = _figures_by_slot()
+        # Batches sent whose outcome is unknown (Redis failed or timed out): resent as they are,
+        # under the same ID, until Redis answers; the script applies each one once.
+        self._unsent: list[tuple[str, Batch]] = []
+        self._script = redis.register_script(APPLY_BATCH) if redis is not None else None
 
     def record(
         self,
@@ -77,30 +118,49 @@ class UsageLedger:
             metrics.SPEND_USD.labels(model).inc(cost)
 
     async def flush(self) -> None:
-        """Move the figures kept in process to Redis; on failure they wait for the next flush."""
-        if self._redis is None or not self._local:
+        """Move the figures kept in process to Redis, exactly once; on failure, retry later."""
+        if self._redis is None:
             return
-        batch, self._local = self._local, _figures_by_slot()
-        try:
-            async with asyncio.timeout(max(self._timeout, 1.0)):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for (day, key, model), figures in batch.items():
-                        name = f"{self._prefix}{day}:{key}"
-                        for figure, value in figures.items():
-                            field = f"{model}\t{figure}"
-                            if figure == "cost_usd":
-                                pipe.hincrbyfloat(name, field, value)
-                            else:
-                                pipe.hincrby(name, field, int(value))
-                        pipe.expire(name, RETENTION_DAYS * 86_400)
-                    await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            metrics.REDIS_ERRORS.labels("usage").inc()
-            log.warning("usage not written to Redis yet (%s); kept in process", type(exc).__name__)
-            for slot, figures in batch.items():
-                pending = self._local[slot]
-                for figure, value in figures.items():
-                    pending[figure] += value
+        if self._local:
+            self._unsent.append((uuid.uuid4().hex, self._local))
+            self._local = _figures_by_slot()
+        while self._unsent:
+            batch_id, batch = self._unsent[0]
+            try:
+                async with asyncio.timeout(max(self._timeout, 1.0)):
+                    await self._apply(batch_id, batch)
+            except (RedisError, OSError, TimeoutError) as exc:
+                metrics.REDIS_ERRORS.labels("usage").inc()
+                log.warning(
+                    "usage not written to Redis yet (%s); kept in process", type(exc).__name__
+                )
+                return
+            self._unsent.pop(0)
+
+    async def _apply(self, batch_id: str, batch: Batch) -> None:
+        assert self._script is not None
+        names: dict[str, int] = {}
+        args: list[str | int] = [RETENTION_DAYS * 86_400, BATCH_ID_TTL_SECONDS]
+        described: list[str] = []
+        for (day, key, model), figures in batch.items():
+            name = f"{self._prefix}{day}:{key}"
+            number = names.setdefault(name, len(names) + 1)
+            for figure, value in figures.items():
+                amount = _sane(figure, value, name)
+                if amount is None:
+                    continue
+                kind = "f" if figure == "cost_usd" else "i"
+                args += [number, f"{model}\t{figure}", kind, amount]
+                described.append(f"{name} {model} {figure}")
+        if not described:
+            return
+        keys = [f"{self._prefix}batch:{batch_id}", *names]
+        refused = await self._script(keys=keys, args=args)
+        if refused == -1:
+            log.info("usage batch %s was already applied; not counted again", batch_id)
+            return
+        for position in refused:
+            log.warning("usage increment refused by Redis, dropped: %s", described[position - 1])
 
     async def run_flusher(self, interval: float = 1.0) -> None:
         """Flush every `interval` seconds until cancelled (shutdown then flushes once more)."""
@@ -128,9 +188,10 @@ class UsageLedger:
                 metrics.REDIS_ERRORS.labels("usage").inc()
                 log.warning("usage not read from Redis (%s)", type(exc).__name__)
         wanted = set(days)
-        for (day, key, model), figures in self._local.items():
-            if day in wanted and (key_id is None or key == key_id):
-                rows.setdefault((day, key, model), UsageRow(day, key, model)).add(figures)
+        for batch in [*(b for _, b in self._unsent), self._local]:
+            for (day, key, model), figures in batch.items():
+                if day in wanted and (key_id is None or key == key_id):
+                    rows.setdefault((day, key, model), UsageRow(day, key, model)).add(figures)
         return [rows[k] for k in sorted(rows)]
 
     async def _read(
@@ -150,6 +211,26 @@ class UsageLedger:
                 pipe.hgetall(name)
             results = await pipe.execute()
         return [(day, key, fields) for (day, key, _), fields in zip(names, results, strict=True)]
+
+
+def _sane(figure: str, value: float, name: str) -> int | str | None:
+    """The amount to send, clamped to [0, MAX_INCREMENT]; None when there is nothing to add."""
+    if figure == "cost_usd":
+        if not math.isfinite(value) or value <= 0:
+            return None
+        if value > MAX_INCREMENT:
+            log.warning("usage cost %r for %s clamped to %d", value, name, MAX_INCREMENT)
+            value = MAX_INCREMENT
+        return repr(float(value))
+    if not math.isfinite(value):
+        return None
+    amount = int(value)
+    if amount <= 0:
+        return None
+    if amount > MAX_INCREMENT:
+        log.warning("usage %s %d for %s clamped to %d", figure, amount, name, MAX_INCREMENT)
+        amount = MAX_INCREMENT
+    return amount
 
 
 def _figures_by_slot() -> defaultdict[tuple[str, str, str], dict[str, float]]:

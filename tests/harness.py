@@ -16,6 +16,7 @@ import uvicorn
 import yaml
 
 from app.main import create_app
+from app.server import protocol_class
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,9 @@ class ThreadedGateway:
             log_level="warning",
             proxy_headers=False,
             lifespan="on",
+            # The CLI's protocol and limits, so tests exercise what production runs.
+            http=protocol_class(self.settings),
+            timeout_keep_alive=self.settings.KEEPALIVE_TIMEOUT_SECONDS,
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, daemon=True)

@@ -41,6 +41,8 @@ def keyed(request, registry, tmp_path_factory) -> Iterator[ThreadedGateway]:
         "GATEWAY_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
         "RATE_LIMIT_PER_SECOND": 0,
+        # Many tests here expect 401s from one IP; the failed-auth throttle has its own tests.
+        "AUTH_FAILURES_PER_MINUTE": 0,
     }
     if request.param == "redis":
         redis_server = request.getfixturevalue("redis_server")

@@ -50,6 +50,9 @@ def gateway_env(registry_path: Path, extra: dict[str, str]) -> dict[str, str]:
         "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
         "GATEWAY_INTERNAL_TOKEN": "",
         "RATE_LIMIT_PER_SECOND": "0",
+        # These tests poll a revoked key until it fails on every worker; the failed-auth
+        # throttle (tests/test_hostile_clients.py) would turn those 401s into 429s.
+        "AUTH_FAILURES_PER_MINUTE": "0",
         "LOG_LEVEL": "info",
         "REDIS_URL": "",
         **extra,

@@ -1,31 +1,59 @@
-"""The limit step every API handler takes right after authentication, before reading the body."""
+"""The first two steps of every API request: the per-IP limit, then authentication.
+
+The per-IP limit is a pure ASGI step that runs before anything else looks at the request (its
+key, its path, its body), so unauthenticated traffic, key guessing and unknown paths all count.
+Authentication then throttles failed attempts per IP more tightly still (`AuthFailureThrottle`).
+"""
 
 from __future__ import annotations
 
-import math
-
-from starlette.types import Scope
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
 from app.api.auth import Caller
-from app.api.middleware import extra_headers
+from app.api.auth_throttle import AuthFailureThrottle
+from app.api.middleware import api_route, extra_headers, send_error
 from app.api.record import record
+from app.api.retry_after import duration, too_many_requests
 from app.clientip import client_ip
-from app.errors import RATE_LIMIT, GatewayError
+from app.errors import GatewayError
 from app.gateway import Gateway
 
+__all__ = ["IPLimit", "authenticate", "duration", "limit_by_ip"]
 
-async def admit(scope: Scope, gateway: Gateway, caller: Caller) -> None:
+
+class IPLimit:
+    """Pure ASGI: count every request under `/api/v1` and `/v1` against its client IP.
+
+    Requests carrying `GATEWAY_INTERNAL_TOKEN` are exempt. Telling them apart is one SHA-256
+    and a constant-time compare, so it is safe before the limit; a wrong internal token is
+    just a wrong key, counted like any other request and failed at authentication.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and api_route(scope["path"]) is not None:
+            try:
+                await limit_by_ip(scope, scope["app"].state.gateway)
+            except GatewayError as error:
+                await send_error(send, error)
+                return
+        await self.app(scope, receive, send)
+
+
+async def limit_by_ip(scope: Scope, gateway: Gateway) -> None:
     """Count the request against its client IP; raise a 429 when the IP is over its limit.
 
     The x-ratelimit-* headers go into the middleware's extra headers, so they reach the client
     on whatever response this request ends with, errors included.
     """
     ip = client_ip(scope, gateway.settings.TRUSTED_PROXIES)
-    trail = record(scope)
-    trail.client_ip, trail.key_id = ip, caller.key_id
+    record(scope).client_ip = ip
     limiter = gateway.limiter
-    if limiter is None or caller.is_internal:
+    if limiter is None or gateway.auth.presents_internal_token(Headers(scope=scope)):
         return
     decision = await limiter.check(ip)
     extra_headers(scope).update(
@@ -38,23 +66,26 @@ async def admit(scope: Scope, gateway: Gateway, caller: Caller) -> None:
     if decision.allowed:
         return
     metrics.RATE_LIMITED.inc()
-    wait_ms = max(1, _ceil_ms(decision.retry_after))
-    raise GatewayError(
-        429,
-        f"Rate limit reached: {decision.limit} requests per second per client IP. "
-        f"Please try again in {duration(wait_ms / 1000)}.",
-        type=RATE_LIMIT,
+    raise too_many_requests(
+        f"Rate limit reached: {decision.limit} requests per second per client IP.",
+        decision.retry_after,
         code="rate_limit_exceeded",
-        headers={"retry-after": str(math.ceil(wait_ms / 1000)), "retry-after-ms": str(wait_ms)},
     )
 
 
-def duration(seconds: float) -> str:
-    """OpenAI's style for reset times: `250ms` below a second, `1s` or `1.5s` above."""
-    ms = max(0, _ceil_ms(seconds))
-    return f"{ms}ms" if ms < 1000 else f"{ms / 1000:g}s"
-
-
-def _ceil_ms(seconds: float) -> int:
-    # Round to the microsecond first, so 0.25 s that arrived as 0.2500000001 is still 250 ms.
-    return math.ceil(round(seconds * 1000, 3))
+async def authenticate(
+    scope: Scope, gateway: Gateway, headers: Headers, *, required: bool
+) -> Caller:
+    """Who is calling; a 401 for a missing or wrong key, a 429 once an IP fails too often."""
+    trail = record(scope)
+    throttle: AuthFailureThrottle | None = gateway.auth_failures
+    if throttle is not None:
+        throttle.check(trail.client_ip)  # blocked: not even a right key is looked at
+    try:
+        caller = await gateway.auth.identify(headers, required=required)
+    except GatewayError as error:
+        if throttle is not None and error.status == 401:
+            await throttle.failed(trail.client_ip)
+        raise
+    trail.key_id = caller.key_id
+    return caller

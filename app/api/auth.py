@@ -85,6 +85,14 @@ class Authenticator:
                 return Caller(CallerKind.MANAGED, record.id, record)
         return self.authenticate(headers, required=required)
 
+    def presents_internal_token(self, headers: Headers) -> bool:
+        """Does the request carry the internal token? Cheap and constant-time: safe to ask
+        before the per-IP limit, which internal callers are exempt from."""
+        if self._internal_digest is None:
+            return False
+        key = presented_key(headers)
+        return key is not None and hmac.compare_digest(_digest(key), self._internal_digest)
+
     def authenticate(self, headers: Headers, *, required: bool) -> Caller:
         """Identify the caller. `required=False` lets a keyless call through, never a bad key."""
         key = presented_key(headers)

@@ -1,5 +1,5 @@
-"""POST /embeddings: authenticate → limit → validate → apply the key's policy → route → call
-upstream → encode → respond.
+"""POST /embeddings: (limit by IP) → authenticate → validate → apply the key's policy → route →
+call upstream → encode → respond.
 
 The one hot endpoint is a plain ASGI app on a Starlette `Route`, not a FastAPI operation:
 FastAPI's per-request machinery (its request wrapper, dependency solving, response handling)
@@ -15,7 +15,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from app import metrics
-from app.api.admission import admit
+from app.api.admission import authenticate
 from app.api.middleware import request_id
 from app.api.policy import apply_policy, refund, settle
 from app.api.record import record
@@ -39,10 +39,10 @@ async def _create_embeddings(request: Request, send: Send) -> None:
     scope = request.scope
     gateway: Gateway = request.app.state.gateway
     trail = record(scope)
-    caller = await gateway.auth.identify(request.headers, required=True)
-    await admit(scope, gateway, caller)
+    # The per-IP limit has run already (admission.IPLimit), before anything read the request.
+    caller = await authenticate(scope, gateway, request.headers, required=True)
     try:
-        job = parse_embedding_request(
+        job = await parse_embedding_request(
             await request.body(), gateway.registry, request_id(scope), caller.policy.allows
         )
     except GatewayError as error:

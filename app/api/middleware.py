@@ -9,6 +9,7 @@ import re
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
@@ -89,13 +90,15 @@ class GatewayMiddleware:
         try:
             declared = _header(scope, b"content-length")
             if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await _send_error(send_with_headers, BodyTooLarge(self.max_body_bytes))
+                await send_error(send_with_headers, BodyTooLarge(self.max_body_bytes))
                 return
             await self.app(scope, self._capped(receive), send_with_headers)
+        except ClientDisconnect:
+            status = 499  # the client went away (or timed out) before its body arrived
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid})
             if not started:
-                await _send_error(
+                await send_error(
                     send_with_headers,
                     GatewayError(500, "The gateway hit an internal error.", type=SERVER),
                 )
@@ -120,7 +123,7 @@ class GatewayMiddleware:
         return receive_capped
 
 
-async def _send_error(send: Send, error: GatewayError) -> None:
+async def send_error(send: Send, error: GatewayError) -> None:
     body = error.body()
     await send(
         {

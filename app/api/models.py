@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.admission import admit
+from app.api.admission import authenticate
 from app.api.auth import Caller
 from app.api.responses import json_response
 from app.api.schemas import MODEL_DETAILS_RESPONSES, MODEL_RESPONSES, MODELS_RESPONSES
@@ -27,8 +27,7 @@ router = APIRouter()
 )
 async def list_embedding_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = await gateway.auth.identify(request.headers, required=False)
-    await admit(request.scope, gateway, caller)
+    caller = await authenticate(request.scope, gateway, request.headers, required=False)
     return json_response(
         {"object": "list", "data": [_detailed(m) for m in _usable(gateway, caller)]}
     )
@@ -37,8 +36,7 @@ async def list_embedding_models(request: Request) -> Response:
 @router.get("/models", summary="List models (OpenAI shape)", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = await gateway.auth.identify(request.headers, required=False)
-    await admit(request.scope, gateway, caller)
+    caller = await authenticate(request.scope, gateway, request.headers, required=False)
     return json_response({"object": "list", "data": [_brief(m) for m in _usable(gateway, caller)]})
 
 
@@ -47,8 +45,7 @@ async def list_models(request: Request) -> Response:
 )
 async def retrieve_model(model_id: str, request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = await gateway.auth.identify(request.headers, required=False)
-    await admit(request.scope, gateway, caller)
+    caller = await authenticate(request.scope, gateway, request.headers, required=False)
     model = gateway.registry.get(model_id)
     if model is None or not model.available or not caller.policy.allows(model_id):
         # The same answer for a model that does not exist, cannot be served, or is not this

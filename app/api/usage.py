@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.admission import admit
+from app.api.admission import authenticate
 from app.api.responses import json_response
 from app.api.schemas import USAGE_RESPONSES
 from app.errors import invalid_request
@@ -24,8 +24,7 @@ MAX_DAYS = 366
 @router.get("/usage", summary="Usage and spend per key, model and day", responses=USAGE_RESPONSES)
 async def get_usage(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    caller = await gateway.auth.identify(request.headers, required=True)
-    await admit(request.scope, gateway, caller)
+    caller = await authenticate(request.scope, gateway, request.headers, required=True)
     start = _day(request.query_params.get("start"), "start", default=today())
     end = _day(request.query_params.get("end"), "end", default=max(start, today()))
     if end < start:

@@ -14,6 +14,8 @@ from app.registry import Registry
 from app.tokens import vocabulary_size
 
 MAX_ITEMS = 2048
+# tiktoken runs at a few MB/s: past this many bytes of text, count in a worker thread.
+TOKENISE_OFF_LOOP_BYTES = 64 * 1024
 MAX_TOTAL_TOKENS = 300_000
 ENCODING_FORMATS = ("float", "base64")
 # Retrieval models embed queries and documents differently; each provider maps these.
@@ -25,13 +27,32 @@ _INPUT_SHAPE = (
 )
 
 
-def parse_embedding_request(
+async def parse_embedding_request(
     body: bytes,
     registry: Registry,
     request_id: str,
     allows: Callable[[str], bool] | None = None,
 ) -> EmbeddingJob:
     """`allows`: the caller's model allow-list; a model outside it is answered as unknown."""
+    job = _parse(body, registry, request_id, allows)
+    if job.texts is not None and _text_bytes(job.texts) > TOKENISE_OFF_LOOP_BYTES:
+        await job.count_tokens_in_thread()  # big inputs would hold the event loop for long
+    _check_token_limits(job, job.model.config.max_tokens, job.texts)
+    return job
+
+
+def _text_bytes(texts: list[str]) -> int:
+    return sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts)
+
+
+def _echo(value: str, limit: int = 80) -> str:
+    """A client's value quoted in an error message, cut short: never a megabyte echoed back."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _parse(
+    body: bytes, registry: Registry, request_id: str, allows: Callable[[str], bool] | None
+) -> EmbeddingJob:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -51,16 +72,16 @@ def parse_embedding_request(
     # Checked before availability, so a key cannot tell a model it may not use from none.
     if model is None or (allows is not None and not allows(model_id)):
         raise invalid_request(
-            f"The model '{model_id}' does not exist. GET /v1/embedding-models lists the models "
-            "this gateway serves.",
+            f"The model '{_echo(model_id)}' does not exist. GET /v1/embedding-models lists the "
+            "models this gateway serves.",
             param="model",
             code="model_not_found",
         )
     if not model.available:
         raise GatewayError(
             503,
-            f"The model '{model_id}' is not available: the gateway has no API key for any of "
-            f"its providers. Set {' or '.join(model.missing_keys)} and restart the gateway.",
+            f"The model '{_echo(model_id)}' is not available: the gateway has no API key for any "
+            f"of its providers. Set {' or '.join(model.missing_keys)} and restart the gateway.",
             type=SERVER,
             code="model_unavailable",
             headers={"x-should-retry": "false"},  # a retry cannot add a provider key
@@ -97,7 +118,6 @@ def parse_embedding_request(
         request_id=request_id,
         input_type=input_type,
     )
-    _check_token_limits(job, model.config.max_tokens, texts)
     return job
 
 
@@ -168,7 +188,8 @@ def _check_token_ids(ids: list[Any], index: int | None) -> None:
             raise invalid_request(_INPUT_SHAPE, param="input")
         if not 0 <= value < limit:
             raise invalid_request(
-                f"{where} has token ID {value}, outside cl100k_base (0..{limit - 1}).",
+                f"{where} has token ID {_echo(str(value), 24)}, outside cl100k_base "
+                f"(0..{limit - 1}).",
                 param="input",
             )
 

@@ -3,7 +3,9 @@ and the mapping of upstream errors."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +31,40 @@ class UpstreamResponse:
     body: bytes
 
 
+# A non-200 body is read for its message only; past this it is cut (and likely not JSON).
+ERROR_BODY_BYTES = 64 * 1024
+# What one call's 200 body can need: floats written as JSON text take at most ~25 bytes each
+# ("-1.2345678901234567e-05, "), plus each item's wrapper and the envelope (model, usage).
+FLOAT_JSON_BYTES = 25
+ITEM_OVERHEAD_BYTES = 128
+ENVELOPE_BYTES = 64 * 1024
+
+
+def response_cap(inputs: int, dims: int, override: int | None) -> int:
+    """The most bytes a 200 for `inputs` vectors of `dims` may take, unless configured."""
+    if override is not None:
+        return override
+    return inputs * (dims * FLOAT_JSON_BYTES + ITEM_OVERHEAD_BYTES) + ENVELOPE_BYTES
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The decoded body, or None (a 200) as soon as it passes `limit`; error bodies are cut."""
+    declared = response.content_length
+    if declared is not None and declared > limit and "content-encoding" not in response.headers:
+        return None if response.status == 200 else b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            if response.status == 200:
+                return None
+            chunks.append(chunk[: len(chunk) - (size - limit)])
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class UpstreamHTTP:
     """One pooled aiohttp session per provider, sized to the provider's `max_concurrency`.
 
@@ -51,9 +87,19 @@ class UpstreamHTTP:
         return self._session
 
     async def post_json(
-        self, url: URL, payload: dict[str, Any], headers: dict[str, str], timeout: float
+        self,
+        url: URL,
+        payload: dict[str, Any],
+        headers: dict[str, str],
+        timeout: float,
+        max_bytes: int,
     ) -> UpstreamResponse:
-        """POST and read the whole body; any transport failure becomes an UpstreamError."""
+        """POST and read the body, decoded, up to `max_bytes` (a 200) or `ERROR_BODY_BYTES`.
+
+        Any transport failure becomes an UpstreamError; a 200 body past the cap is malformed.
+        The body is streamed and counted after decompression (aiohttp inflates chunk by chunk
+        under flow control), so neither a huge body nor a gzip bomb is ever held past the cap.
+        """
         session = self._session or self._open_session()
         try:
             async with session.post(
@@ -65,7 +111,18 @@ class UpstreamHTTP:
                 timeout=aiohttp.ClientTimeout(total=timeout, ceil_threshold=_NEVER_ROUND),
                 allow_redirects=False,  # a redirect must not carry our key to another host
             ) as response:
-                return UpstreamResponse(response.status, response.headers, await response.read())
+                if response.status != 200:
+                    body = await _read_at_most(response, ERROR_BODY_BYTES)
+                    return UpstreamResponse(response.status, response.headers, body or b"")
+                body = await _read_at_most(response, max_bytes)
+                if body is None:
+                    response.close()  # drop the connection: the rest is never read
+                    raise malformed(
+                        self.provider,
+                        self.display_name,
+                        f"the body is larger than the {max_bytes} bytes this call can need",
+                    )
+                return UpstreamResponse(response.status, response.headers, body)
         except TimeoutError:  # before ClientError: aiohttp's timeouts are both
             raise UpstreamError(
                 self.provider,
@@ -125,12 +182,28 @@ def malformed(provider: str, display_name: str, problem: str) -> UpstreamError:
     )
 
 
-def short(text: str, secret: str | None, limit: int = 300) -> str:
-    """An upstream message fit for a client: one line, bounded, with our key scrubbed out."""
-    if secret:
-        text = text.replace(secret, "***")
+def short(text: str, secret: str | None, limit: int = 200) -> str:
+    """An upstream message fit for a client: one line, bounded, with our key scrubbed out.
+
+    An upstream may echo the key changed: in another case, base64-encoded, or split by
+    whitespace. Every form cheap to check is scrubbed; a message that still holds the key once
+    its whitespace is gone is withheld whole.
+    """
     text = " ".join(text.split())
+    if secret:
+        for form in secret_forms(secret):
+            text = re.sub(re.escape(form), "***", text, flags=re.IGNORECASE)
+        if secret.lower() in "".join(text.split()).lower():
+            return "(the upstream's message is withheld: it contained the gateway's API key)"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def secret_forms(secret: str) -> list[str]:
+    """The key and its base64 spellings (standard, URL-safe, unpadded), longest first."""
+    raw = secret.encode()
+    encoded = {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+    forms = {secret, *encoded, *(e.rstrip("=") for e in encoded)}
+    return sorted(forms, key=len, reverse=True)
 
 
 def error_from_response(
@@ -162,6 +235,8 @@ class HTTPProviderConfig(ProviderConfig):
     api_key: SecretStr | None = None
     # Which env var the key came from, so errors can say what to check without the key.
     api_key_env: str | None = None
+    # Cap on one call's decoded 200 body; unset: what the call can need (inputs x dims x 25 B).
+    max_response_bytes: int | None = Field(default=None, ge=1024)
     # The env var a registry conventionally reads this type's key from (`${NANOGPT_API_KEY}`).
     key_env: ClassVar[str] = ""
     # `${VAR}` fallbacks this type documents, e.g. its public base URL; see registry.py.
@@ -203,6 +278,7 @@ class HTTPProvider:
         self._key = config.api_key.get_secret_value() if config.api_key else None
         self._key_env = config.key_hint
         self._http = UpstreamHTTP(name, self.display_name, config.max_concurrency)
+        self._max_response_bytes = config.max_response_bytes
 
     @classmethod
     def capabilities(cls, config: Any) -> Capabilities:
@@ -238,8 +314,9 @@ class HTTPProvider:
 
     async def embed(self, call: UpstreamCall) -> UpstreamResult:
         headers = {"x-request-id": call.request_id, **self.request_headers()}
+        cap = response_cap(len(call.inputs), call.expected_dims, self._max_response_bytes)
         response = await self._http.post_json(
-            self.url(call), self.payload(call), headers, call.timeout
+            self.url(call), self.payload(call), headers, call.timeout, cap
         )
         if response.status != 200:
             body = _json_or_none(response)
