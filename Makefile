@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test lint format redis-server node-deps promtool bench
+.PHONY: run test lint format redis-server node-deps promtool bench bench-tail
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ format: $(VENV)/.installed-test
 ## Options go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--litellm" (or "--quick", "--soak 60").
 bench: $(VENV)/.installed redis-server
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+## Routing's tail: failover time with the shipped registry, p99 with hedging off and on (~40 s).
+bench-tail: $(VENV)/.installed-test
+	$(PY) bench/tail_latency.py $(BENCH_ARGS)
 
 ## Re-resolve requirements.lock (what the image installs, pinned and hashed) from pyproject.toml.
 ## Pins already in the lock are kept; make lock LOCK_ARGS=--upgrade moves everything forward.
