@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from app.api.auth import Authenticator
-from app.api.auth_throttle import AuthFailureThrottle
+from app.auth import Authenticator
+from app.auth_throttle import AuthFailureThrottle
 from app.cache import EmbeddingCache
 from app.embedder import Embedder
 from app.keys.limits import KeyLimits

@@ -20,11 +20,11 @@ from redis.asyncio import Redis
 
 from app.api import admin, embeddings, models, ops, usage
 from app.api.admission import IPLimit
-from app.api.auth import Authenticator
-from app.api.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
-from app.api.auth_throttle import AuthFailureThrottle
 from app.api.errors import install_error_handlers
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
+from app.auth import Authenticator
+from app.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
+from app.auth_throttle import AuthFailureThrottle
 from app.config_report import settings_summary
 from app.gateway import Gateway
 from app.keys.build import build_key_limits, build_keys
@@ -57,7 +57,7 @@ def build_gateway(
             settings.GATEWAY_API_KEYS,
             settings.GATEWAY_INTERNAL_TOKEN,
             keys,
-            admin_enabled=settings.GATEWAY_ADMIN_TOKEN is not None,
+            enabled=settings.auth_enabled,
         ),
         providers=providers,
         router=Router(registry, providers, clock=clock, rng=rng),

@@ -23,7 +23,14 @@ import numpy as np
 
 from app import metrics
 from app.balancing import order_routes
-from app.errors import GatewayError, invalid_request, upstream_failure, upstream_timeout
+from app.errors import (
+    DeadlineExceeded,
+    DomainError,
+    InputRejected,
+    RoutesCoolingDown,
+    UndecodableInput,
+    UpstreamsFailed,
+)
 from app.health import RouteHealth
 from app.hedging import HedgeBudget, hedge_delay
 from app.jobs import EmbeddingJob
@@ -109,10 +116,7 @@ class Router:
                     later = [r for r in routes[position + 1 :] if self._health[r.key].may_admit()]
                     await self._run_route(route, later, attempt, deadline)
         except TimeoutError:
-            raise upstream_timeout(
-                f"No upstream answered for model '{job.model.id}' within {timeout:g}s"
-                + attempt.tried_suffix()
-            ) from None
+            raise DeadlineExceeded(job.model.id, timeout, attempt.error_details()) from None
         if attempt.pending:
             raise attempt.final_error()
         return RoutedResult(attempt.vectors, attempt.upstream_tokens(), attempt.hedge_tokens)
@@ -149,7 +153,7 @@ class Router:
             async with asyncio.TaskGroup() as group:
                 for chunk in chunks:
                     group.create_task(run(chunk))
-        except* GatewayError as group_error:
+        except* DomainError as group_error:
             raise group_error.exceptions[0] from None
 
     async def _call_with_retries(
@@ -172,12 +176,7 @@ class Router:
             except UpstreamError as exc:
                 error = exc
                 if exc.failure is Failure.BAD_REQUEST:
-                    raise GatewayError(
-                        400,
-                        f"{self._display_name(exc.provider)} rejected the input: {exc.detail}",
-                        param="input",
-                        code="upstream_rejected_input",
-                    ) from None
+                    raise InputRejected(self._display_name(exc.provider), exc.detail) from None
                 if exc.failure is Failure.TIMEOUT and later:
                     break  # a hung upstream would hang again: give the time to the next route
                 if not exc.failure.retryable or number + 1 == policy.max_attempts:
@@ -379,7 +378,7 @@ def _inputs_for(route: Route, job: EmbeddingJob) -> Inputs:
     try:
         return job.as_text()
     except UndecodableTokens as exc:
-        raise invalid_request(str(exc), param="input") from None
+        raise UndecodableInput(str(exc)) from None
 
 
 class _JobAttempt:
@@ -406,30 +405,20 @@ class _JobAttempt:
     def upstream_tokens(self) -> int | None:
         return self._tokens
 
-    def tried_suffix(self) -> str:
-        details = [e.detail for e in _latest_per_provider(self.errors)]
-        return f" ({'; '.join(details)})" if details else ""
+    def error_details(self) -> list[str]:
+        """The latest failure of each provider tried, for the client's message."""
+        return [e.detail for e in _latest_per_provider(self.errors)]
 
-    def final_error(self) -> GatewayError:
+    def final_error(self) -> DomainError:
         model_id = self.job.model.id
         if not self.errors:
-            skipped = ", ".join(self.skipped) or "none"
-            return GatewayError(
-                503,
-                f"Every route for model '{model_id}' is cooling down after repeated failures "
-                f"({skipped}); try again shortly",
-                type="upstream_error",
-                code="routes_unavailable",
-                headers={"retry-after": "1"},
-            )
-        summary = "; ".join(e.detail for e in _latest_per_provider(self.errors))
-        message = f"Upstream failure for model '{model_id}': {summary}"
-        if all(e.failure is Failure.TIMEOUT for e in self.errors):
-            return upstream_timeout(message)
-        error = upstream_failure(message)
-        if all(e.failure is Failure.AUTH for e in self.errors):
-            error.headers["x-should-retry"] = "false"  # a retry cannot fix the gateway's keys
-        return error
+            return RoutesCoolingDown(model_id, self.skipped)
+        return UpstreamsFailed(
+            model_id,
+            self.error_details(),
+            timed_out=all(e.failure is Failure.TIMEOUT for e in self.errors),
+            auth=all(e.failure is Failure.AUTH for e in self.errors),
+        )
 
 
 def _latest_per_provider(errors: list[UpstreamError]) -> list[UpstreamError]:

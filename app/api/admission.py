@@ -11,13 +11,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
-from app.api.auth import Caller
-from app.api.auth_throttle import AuthFailureThrottle
+from app.api.auth import presented_key
 from app.api.middleware import api_route, extra_headers, send_error
 from app.api.record import record
 from app.api.retry_after import duration, too_many_requests
+from app.auth import Caller
+from app.auth_throttle import AuthFailureThrottle
 from app.clientip import client_ip
-from app.errors import GatewayError
+from app.errors import AuthenticationFailed, GatewayError
 from app.gateway import Gateway
 
 __all__ = ["IPLimit", "authenticate", "duration", "limit_by_ip"]
@@ -53,7 +54,7 @@ async def limit_by_ip(scope: Scope, gateway: Gateway) -> None:
     ip = client_ip(scope, gateway.settings.TRUSTED_PROXIES)
     record(scope).client_ip = ip
     limiter = gateway.limiter
-    if limiter is None or gateway.auth.presents_internal_token(Headers(scope=scope)):
+    if limiter is None or gateway.auth.is_internal_token(presented_key(Headers(scope=scope))):
         return
     decision = await limiter.check(ip)
     extra_headers(scope).update(
@@ -82,9 +83,9 @@ async def authenticate(
     if throttle is not None:
         throttle.check(trail.client_ip)  # blocked: not even a right key is looked at
     try:
-        caller = await gateway.auth.identify(headers, required=required)
-    except GatewayError as error:
-        if throttle is not None and error.status == 401:
+        caller = await gateway.auth.identify(presented_key(headers), required=required)
+    except AuthenticationFailed:
+        if throttle is not None:
             await throttle.failed(trail.client_ip)
         raise
     trail.key_id = caller.key_id

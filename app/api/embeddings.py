@@ -21,8 +21,7 @@ from app.api.policy import apply_policy, refund, settle
 from app.api.record import record
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
-from app.api.validation import parse_embedding_request
-from app.errors import GatewayError
+from app.api.validation import UnknownModel, parse_embedding_request
 from app.gateway import Gateway
 
 PATH = "/embeddings"
@@ -45,9 +44,8 @@ async def _create_embeddings(request: Request, send: Send) -> None:
         job = await parse_embedding_request(
             await request.body(), gateway.registry, request_id(scope), caller.policy.allows
         )
-    except GatewayError as error:
-        if error.code == "model_not_found":
-            trail.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
+    except UnknownModel:
+        trail.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
         raise
     trail.model = job.model.id
     charge = await apply_policy(scope, gateway, caller, job)

@@ -10,9 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import authenticate
-from app.api.auth import Caller
 from app.api.responses import json_response
 from app.api.schemas import MODEL_DETAILS_RESPONSES, MODEL_RESPONSES, MODELS_RESPONSES
+from app.auth import Caller
 from app.errors import GatewayError
 from app.gateway import Gateway
 from app.registry import Model

@@ -10,14 +10,15 @@ from starlette.types import Scope
 
 from app import metrics
 from app.api.admission import duration
-from app.api.auth import Caller, CallerKind
+from app.api.errors import NO_RETRY
 from app.api.middleware import extra_headers
+from app.auth import Caller, CallerKind
 from app.embedder import Embedded
 from app.errors import RATE_LIMIT, GatewayError
 from app.gateway import Gateway
 from app.jobs import EmbeddingJob
 from app.keys.model import ApiKeyRecord
-from app.keys.service import NO_RETRY, Charge
+from app.keys.service import Charge
 
 
 async def apply_policy(

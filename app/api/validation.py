@@ -21,6 +21,20 @@ ENCODING_FORMATS = ("float", "base64")
 # Retrieval models embed queries and documents differently; each provider maps these.
 INPUT_TYPES = ("query", "document")
 
+
+class UnknownModel(GatewayError):
+    """The request names a model this caller cannot use: not in the registry, or not allowed."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(
+            400,
+            f"The model '{_echo(model_id)}' does not exist. GET /v1/embedding-models lists the "
+            "models this gateway serves.",
+            param="model",
+            code="model_not_found",
+        )
+
+
 _INPUT_SHAPE = (
     "'input' must be a non-empty string, an array of non-empty strings, an array of token IDs, "
     "or an array of non-empty token-ID arrays"
@@ -71,12 +85,7 @@ def _parse(
     model = registry.get(model_id)
     # Checked before availability, so a key cannot tell a model it may not use from none.
     if model is None or (allows is not None and not allows(model_id)):
-        raise invalid_request(
-            f"The model '{_echo(model_id)}' does not exist. GET /v1/embedding-models lists the "
-            "models this gateway serves.",
-            param="model",
-            code="model_not_found",
-        )
+        raise UnknownModel(model_id)
     if not model.available:
         raise GatewayError(
             503,

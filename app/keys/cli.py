@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.errors import GatewayError
+from app.errors import DomainError
 from app.keys.build import build_keys
 from app.keys.model import KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey
@@ -50,7 +50,7 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: Any) -> i
         return 0
     except ValidationError as exc:
         print(f"embeddings-gateway keys: {_one_line(exc)}", file=sys.stderr)
-    except GatewayError as exc:
+    except DomainError as exc:
         print(f"embeddings-gateway keys: {exc.message}", file=sys.stderr)
     except UnknownKey as exc:
         print(f"embeddings-gateway keys: no API key has the id '{exc}'", file=sys.stderr)
