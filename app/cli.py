@@ -13,6 +13,7 @@ import tempfile
 import uvicorn
 from pydantic import ValidationError
 
+from app.config_errors import one_line
 from app.config_report import model_table, settings_summary
 from app.gateway import Gateway
 from app.keys.store import KeyStoreError
@@ -89,12 +90,7 @@ def serve(settings: Settings) -> None:
 
 
 def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False, include_input=False)
-        )
-    return str(exc)
+    return one_line(exc) if isinstance(exc, ValidationError) else str(exc)
 
 
 if __name__ == "__main__":

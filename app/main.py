@@ -32,7 +32,7 @@ from app.logs import configure_logging
 from app.providers import build_providers
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.redis_client import connect as connect_redis
-from app.registry import load_registry
+from app.registry_loader import load_registry
 from app.routing import Router
 from app.settings import Settings
 from app.tokens import warm_up
