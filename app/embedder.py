@@ -12,15 +12,17 @@ hit/miss batch cannot shuffle or duplicate vectors.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
 
 from app import metrics
 from app.cache import EmbeddingCache, item_digest, item_key
+from app.errors import DomainError
 from app.jobs import EmbeddingJob
 from app.routing import Router
+from app.trace import UpstreamTrace
 
 
 class CacheStatus(Enum):
@@ -36,6 +38,7 @@ class Embedded:
     upstream_tokens: int  # what was sent (and billed) upstream for this request
     cached_tokens: int  # tokens of the items the cache answered
     cache_status: CacheStatus | None  # None when the cache does not apply to this request
+    trace: UpstreamTrace  # what reaching the upstreams cost (empty when nothing was routed)
 
 
 class Embedder:
@@ -45,6 +48,9 @@ class Embedder:
         self._in_flight: dict[str, asyncio.Future[np.ndarray]] = {}
 
     async def embed(self, job: EmbeddingJob, timeout: float, *, read_cache: bool) -> Embedded:
+        """The job's vectors and what they cost. A DomainError from routing this request's own
+        items carries its `trace`; one shared from an identical in-flight request carries that
+        request's (the calls this one waited on)."""
         dims = job.expected_dims
         cache = self._cache if job.model.config.cache else None
         keys = [self._key(job, i, dims) for i in range(len(job))]
@@ -84,7 +90,9 @@ class Embedder:
         prompt_tokens = upstream.whole_job_tokens
         if prompt_tokens is None:
             prompt_tokens = job.prompt_tokens()
-        return Embedded(vectors, prompt_tokens, upstream.tokens, cached_tokens, status)
+        return Embedded(
+            vectors, prompt_tokens, upstream.tokens, cached_tokens, status, upstream.trace
+        )
 
     async def _fetch(
         self,
@@ -152,7 +160,14 @@ class Embedder:
         indices = [first[key] for key in keys]
         whole = len(indices) == len(job)
         part = job if whole else job.subset(indices)
-        result = await self._router.embed(part, timeout)
+        try:
+            result = await self._router.embed(part, timeout)
+        except DomainError as error:
+            if error.trace is not None:
+                upstream.trace.add(error.trace)
+            error.trace = upstream.trace  # with this request's earlier calls, if any
+            raise
+        upstream.trace.add(result.trace)
         tokens = result.upstream_tokens
         if whole:
             upstream.whole_job_tokens = tokens
@@ -171,6 +186,7 @@ class Embedder:
 class _Upstream:
     tokens: int = 0  # sent upstream by this request (upstream's count, else ours)
     whole_job_tokens: int | None = None  # the upstream's count when it saw the whole input
+    trace: UpstreamTrace = field(default_factory=UpstreamTrace)
 
 
 def _status(hits: int, unique: int) -> CacheStatus:

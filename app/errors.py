@@ -13,6 +13,8 @@ from typing import Literal
 
 import orjson
 
+from app.trace import UpstreamTrace
+
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
 RATE_LIMIT = "rate_limit_error"
@@ -62,6 +64,9 @@ def invalid_request(message: str, *, param: str | None = None, code: str | None 
 
 class DomainError(Exception):
     """Something the core knows went wrong for this request, with the facts; no status."""
+
+    # What reaching the upstreams cost before it went wrong (routing's errors carry it).
+    trace: UpstreamTrace | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

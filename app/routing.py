@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from app.providers import Failure, Provider, UpstreamCall, UpstreamError, Upstre
 from app.registry import Registry, Route
 from app.timeouts import call_timeout, estimated_tokens
 from app.tokens import UndecodableTokens
+from app.trace import UpstreamTrace
 from app.usage_check import checked_usage
 
 log = logging.getLogger("app.routing")
@@ -53,6 +54,7 @@ class RoutedResult:
     upstream_tokens: int | None  # summed upstream usage, or None if any call did not report it
     # Tokens of calls sent upstream whose answer was not used (hedges that lost): billed too.
     hedge_tokens: int = 0
+    trace: UpstreamTrace = field(default_factory=UpstreamTrace)
 
 
 @dataclass(slots=True)
@@ -101,8 +103,18 @@ class Router:
         )
 
     async def embed(self, job: EmbeddingJob, timeout: float) -> RoutedResult:
-        deadline = self._clock() + timeout
+        """The job's vectors, with what reaching the upstreams cost. A DomainError raised here
+        carries that cost too, as its `trace`."""
         attempt = _JobAttempt(job)
+        try:
+            return await self._embed(attempt, timeout)
+        except DomainError as error:
+            error.trace = attempt.trace
+            raise
+
+    async def _embed(self, attempt: _JobAttempt, timeout: float) -> RoutedResult:
+        job = attempt.job
+        deadline = self._clock() + timeout
         routes = self.route_order(job)
         try:
             async with asyncio.timeout(timeout):
@@ -119,13 +131,15 @@ class Router:
             raise DeadlineExceeded(job.model.id, timeout, attempt.error_details()) from None
         if attempt.pending:
             raise attempt.final_error()
-        return RoutedResult(attempt.vectors, attempt.upstream_tokens(), attempt.hedge_tokens)
+        return RoutedResult(
+            attempt.vectors, attempt.upstream_tokens(), attempt.hedge_tokens, attempt.trace
+        )
 
     async def _run_route(
         self, route: Route, later: list[Route], attempt: _JobAttempt, deadline: float
     ) -> None:
         job = attempt.job
-        job.trace.providers.append(route.provider)
+        attempt.trace.providers.append(route.provider)
         inputs = _inputs_for(route, job)
         chunks = _split(attempt.pending, route, job)
         gate = asyncio.Semaphore(route.policy.max_concurrency_per_request)
@@ -207,8 +221,8 @@ class Router:
             self._budgets[route.key].record_call()
         target = self._hedge_target(later, chunk, job) if delay is not None else None
         if target is None or delay is None or delay >= timeout:
-            return _Served(await self._call(route, inputs, job, timeout), route)
-        primary = asyncio.create_task(self._call(route, inputs, job, timeout))
+            return _Served(await self._call(route, inputs, attempt, timeout), route)
+        primary = asyncio.create_task(self._call(route, inputs, attempt, timeout))
         calls = {primary: route}
         try:
             done, _ = await asyncio.wait({primary}, timeout=delay)
@@ -219,8 +233,8 @@ class Router:
             hedge_inputs: Inputs = [_inputs_for(target, job)[i] for i in chunk]  # type: ignore[misc]
             left = deadline - self._clock()
             hedge_timeout = call_timeout(target.policy, estimated_tokens(hedge_inputs), left, 0)
-            job.trace.providers.append(target.provider)
-            hedge = asyncio.create_task(self._call(target, hedge_inputs, job, hedge_timeout))
+            attempt.trace.providers.append(target.provider)
+            hedge = asyncio.create_task(self._call(target, hedge_inputs, attempt, hedge_timeout))
             calls[hedge] = target
             return await self._first_valid(calls, primary, chunk, attempt)
         finally:
@@ -303,9 +317,10 @@ class Router:
         return None
 
     async def _call(
-        self, route: Route, inputs: Inputs, job: EmbeddingJob, timeout: float
+        self, route: Route, inputs: Inputs, attempt: _JobAttempt, timeout: float
     ) -> UpstreamResult:
         """One upstream call, with its metrics, latency and health; raises UpstreamError."""
+        job = attempt.job
         provider = self._providers[route.provider]
         health = self._health[route.key]
         local = shortens_locally(route, job)
@@ -325,7 +340,7 @@ class Router:
             async with self._provider_slots[route.provider]:
                 result = await provider.embed(call)
         except UpstreamError as exc:
-            elapsed = self._observe(route, job, started, exc.failure.name.lower())
+            elapsed = self._observe(route, attempt, started, exc.failure.name.lower())
             if exc.failure is Failure.BAD_REQUEST:
                 health.neutral()
                 raise
@@ -344,18 +359,18 @@ class Router:
             raise
         except asyncio.CancelledError:
             # Cut short (a hedge won, or the request ended): slow, but not proven broken.
-            self._latency[route.key].observe(self._observe(route, job, started, "cancelled"))
+            self._latency[route.key].observe(self._observe(route, attempt, started, "cancelled"))
             health.neutral()
             raise
-        self._latency[route.key].observe(self._observe(route, job, started, "ok"))
+        self._latency[route.key].observe(self._observe(route, attempt, started, "ok"))
         health.success()
         if local:
             result.vectors = shorten(result.vectors, job.expected_dims)
         return result
 
-    def _observe(self, route: Route, job: EmbeddingJob, started: float, outcome: str) -> float:
+    def _observe(self, route: Route, attempt: _JobAttempt, started: float, outcome: str) -> float:
         elapsed = self._clock() - started
-        job.trace.seconds += elapsed
+        attempt.trace.seconds += elapsed
         metrics.UPSTREAM_SECONDS.labels(route.provider).observe(elapsed)
         metrics.UPSTREAM_CALLS.labels(route.provider, route.model_id, outcome).inc()
         return elapsed
@@ -391,6 +406,7 @@ class _JobAttempt:
         self.skipped: list[str] = []
         self.errors: list[UpstreamError] = []
         self.hedge_tokens = 0
+        self.trace = UpstreamTrace()
         self._tokens: int | None = 0
 
     def record(self, chunk: list[int], outcome: UpstreamResult) -> None:

@@ -22,6 +22,7 @@ from app.api.record import record
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
 from app.api.validation import UnknownModel, parse_embedding_request
+from app.errors import DomainError
 from app.gateway import Gateway
 
 PATH = "/embeddings"
@@ -53,11 +54,12 @@ async def _create_embeddings(request: Request, send: Send) -> None:
         result = await gateway.embedder.embed(
             job, gateway.settings.REQUEST_TIMEOUT_SECONDS, read_cache=_may_read_cache(request)
         )
-    except BaseException:
+    except BaseException as error:
         await refund(gateway, charge)
+        if isinstance(error, DomainError) and error.trace is not None:
+            trail.upstream(error.trace)
         raise
-    finally:
-        trail.providers, trail.upstream_seconds = job.trace.providers, job.trace.seconds
+    trail.upstream(result.trace)
     await settle(gateway, charge, job, result)
     trail.prompt_tokens, trail.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)

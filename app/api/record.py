@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
+from app.trace import UpstreamTrace
+
 
 @dataclass(slots=True)
 class RequestRecord:
@@ -16,6 +18,9 @@ class RequestRecord:
     upstream_seconds: float = 0.0
     prompt_tokens: int | None = None
     upstream_tokens: int | None = None
+
+    def upstream(self, trace: UpstreamTrace) -> None:
+        self.providers, self.upstream_seconds = trace.providers, trace.seconds
 
 
 def record(scope: Scope) -> RequestRecord:
