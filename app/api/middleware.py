@@ -38,12 +38,11 @@ def _new_request_id() -> str:
 
 def extra_headers(scope: Scope) -> dict[str, str]:
     """Headers a handler wants on whatever response ends up being sent (errors included)."""
-    state = scope.setdefault("state", {})
-    return state.setdefault("response_headers", {})
+    return record(scope).response_headers
 
 
 def request_id(scope: Scope) -> str:
-    return scope.get("state", {}).get("request_id", "")
+    return record(scope).request_id
 
 
 class BodyTooLarge(GatewayError):
@@ -66,9 +65,8 @@ class GatewayMiddleware:
             return
         incoming = _header(scope, b"x-request-id")
         rid = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
-        state = scope.setdefault("state", {})
-        state["request_id"] = rid
         headers = extra_headers(scope)
+        record(scope).request_id = rid
         started = False
         status = 500
         route = api_route(scope["path"])

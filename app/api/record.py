@@ -1,4 +1,6 @@
-"""What one request did, filled in as it goes and read once at the end for metrics and the log."""
+"""The one typed per-request object: who and what one request is, filled in as it goes and read
+once at the end for metrics and the log. It is the only thing the gateway keeps in
+`scope["state"]`."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from app.trace import UpstreamTrace
 
 @dataclass(slots=True)
 class RequestRecord:
+    request_id: str = ""
+    # Headers for whatever response the request ends with, errors included (x-ratelimit-*).
+    response_headers: dict[str, str] = field(default_factory=dict)
     client_ip: str = ""
     key_id: str | None = None
     model: str | None = None  # a registry ID, or metrics.UNKNOWN once validation saw a model
