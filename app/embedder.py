@@ -53,7 +53,10 @@ class Embedder:
         request's (the calls this one waited on)."""
         dims = job.expected_dims
         cache = self._cache if job.model.config.cache else None
-        keys = [self._key(job, i, dims) for i in range(len(job))]
+        keys = [
+            item_key(job.model, dims, item_digest(job.item(i)), job.input_type)
+            for i in range(len(job))
+        ]
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
@@ -79,17 +82,14 @@ class Embedder:
             vectors[index] = found[key]
         cached_tokens = 0
         if hits:
-            counts = job.token_counts()
-            cached_tokens = sum(counts[i] for i, key in enumerate(keys) if key in hits)
+            cached_tokens = job.tokens_of([i for i, key in enumerate(keys) if key in hits])
         status = None
         if cache is not None:
             metrics.CACHE_LOOKUPS.labels(job.model.id, "hit").inc(len(hits))
             metrics.CACHE_LOOKUPS.labels(job.model.id, "miss").inc(len(first) - len(hits))
             status = _status(len(hits), len(first))
         # The upstream's own count when it saw exactly the client's input, else ours.
-        prompt_tokens = upstream.whole_job_tokens
-        if prompt_tokens is None:
-            prompt_tokens = job.prompt_tokens()
+        prompt_tokens = job.billed_tokens(upstream.whole_job_tokens)
         return Embedded(
             vectors, prompt_tokens, upstream.tokens, cached_tokens, status, upstream.trace
         )
@@ -171,15 +171,9 @@ class Embedder:
         tokens = result.upstream_tokens
         if whole:
             upstream.whole_job_tokens = tokens
-        upstream.tokens += tokens if tokens is not None else part.prompt_tokens()
+        upstream.tokens += part.billed_tokens(tokens)
         upstream.tokens += result.hedge_tokens  # hedges that lost were sent, so may be billed
         return dict(zip(keys, result.vectors, strict=True))
-
-    def _key(self, job: EmbeddingJob, index: int, dims: int) -> str:
-        digest = item_digest(job.item(index))
-        if self._cache is not None:
-            return self._cache.key(job.model, dims, digest, job.input_type)
-        return item_key(job.model, dims, digest, job.input_type)
 
 
 @dataclass(slots=True)

@@ -48,6 +48,18 @@ class EmbeddingJob:
     def prompt_tokens(self) -> int:
         return sum(self.token_counts())
 
+    def tokens_of(self, indices: list[int]) -> int:
+        """Our count (cl100k_base) for some of the items."""
+        counts = self.token_counts()
+        return sum(counts[i] for i in indices)
+
+    def billed_tokens(self, reported: int | None, indices: list[int] | None = None) -> int:
+        """What a call is counted at: the upstream's own count when it reported one, else ours
+        for the items it carried (all of them when `indices` is None)."""
+        if reported is not None:
+            return reported
+        return self.prompt_tokens() if indices is None else self.tokens_of(indices)
+
     def subset(self, indices: list[int]) -> EmbeddingJob:
         """The same request for some of its items only."""
         counts = self._token_counts

@@ -23,6 +23,11 @@ class RegistryError(Exception):
     """A registry that cannot be used; the message names the file, the entry and the field."""
 
 
+# OpenAI's limit of inputs per embeddings request: what a client may send, and so the most any
+# one upstream call can need to carry.
+MAX_INPUTS = 2048
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,7 +54,7 @@ class RoutePolicy(_Strict):
     backoff_base_seconds: float = Field(default=0.2, ge=0)
     cooldown_failures: int = Field(default=5, ge=1)
     cooldown_seconds: float = Field(default=30.0, ge=0)
-    max_batch_size: int = Field(default=2048, ge=1, le=2048)
+    max_batch_size: int = Field(default=MAX_INPUTS, ge=1, le=MAX_INPUTS)
     max_tokens_per_call: int | None = Field(default=None, ge=1)
     max_concurrency_per_request: int = Field(default=4, ge=1)
     # Routing resilience (README, "Resilience"): a call's timeout grows with its work; hedging.
@@ -89,7 +94,7 @@ class RouteOverrides(_Strict):
     backoff_base_seconds: float | None = Field(default=None, ge=0)
     cooldown_failures: int | None = Field(default=None, ge=1)
     cooldown_seconds: float | None = Field(default=None, ge=0)
-    max_batch_size: int | None = Field(default=None, ge=1, le=2048)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_INPUTS)
     max_tokens_per_call: int | None = Field(default=None, ge=1)
     max_concurrency_per_request: int | None = Field(default=None, ge=1)
     timeout_per_1k_tokens_seconds: float | None = Field(default=None, ge=0)

@@ -154,10 +154,7 @@ class Router:
                 return
             result = checked_usage(outcome.result, job, chunk, outcome.route.provider)
             attempt.record(chunk, result)
-            tokens = result.prompt_tokens
-            if tokens is None:
-                counts = job.token_counts()
-                tokens = sum(counts[i] for i in chunk)
+            tokens = job.billed_tokens(result.prompt_tokens, chunk)
             metrics.TOKENS.labels(job.model.id, outcome.route.provider).inc(tokens)
 
         if len(chunks) == 1:  # the common case: no tasks to spawn
@@ -275,16 +272,11 @@ class Router:
                 task.cancel()
                 outcome = "cancelled"
                 # Sent, so possibly billed: counted at our own token count (it reported none).
-                counts = job.token_counts()
-                self._count_unused(route, job, attempt, sum(counts[i] for i in chunk))
+                self._count_unused(route, job, attempt, job.tokens_of(chunk))
             else:
                 outcome = "lost"
                 if not task.cancelled() and task.exception() is None:
-                    result = task.result()
-                    counts = job.token_counts()
-                    tokens = result.prompt_tokens
-                    if tokens is None:
-                        tokens = sum(counts[i] for i in chunk)
+                    tokens = job.billed_tokens(task.result().prompt_tokens, chunk)
                     self._count_unused(route, job, attempt, tokens)
             metrics.HEDGED_CALLS.labels(job.model.id, route.provider, outcome).inc()
         if winner is not None:
@@ -309,10 +301,9 @@ class Router:
             policy = route.policy
             if self._health[route.key].is_open or len(chunk) > policy.max_batch_size:
                 continue
-            if policy.max_tokens_per_call is not None:
-                counts = job.token_counts()
-                if sum(counts[i] for i in chunk) > policy.max_tokens_per_call:
-                    continue
+            cap = policy.max_tokens_per_call
+            if cap is not None and job.tokens_of(chunk) > cap:
+                continue
             return route
         return None
 

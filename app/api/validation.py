@@ -10,10 +10,9 @@ import orjson
 
 from app.errors import SERVER, GatewayError, invalid_request
 from app.jobs import EmbeddingJob
-from app.registry import Registry
+from app.registry import MAX_INPUTS, Registry
 from app.tokens import vocabulary_size
 
-MAX_ITEMS = 2048
 # tiktoken runs at a few MB/s: past this many bytes of text, count in a worker thread.
 TOKENISE_OFF_LOOP_BYTES = 64 * 1024
 MAX_TOTAL_TOKENS = 300_000
@@ -182,9 +181,9 @@ def _normalise_input(raw: Any) -> tuple[list[str] | None, list[list[int]] | None
 
 
 def _check_count(items: list[Any]) -> None:
-    if len(items) > MAX_ITEMS:
+    if len(items) > MAX_INPUTS:
         raise invalid_request(
-            f"'input' has {len(items)} items; at most {MAX_ITEMS} are allowed per request.",
+            f"'input' has {len(items)} items; at most {MAX_INPUTS} are allowed per request.",
             param="input",
         )
 
