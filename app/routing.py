@@ -87,12 +87,6 @@ class Router:
             for name, config in registry.providers.items()
         }
 
-    def health(self, route: Route) -> RouteHealth:
-        return self._health[route.key]
-
-    def latency(self, route: Route) -> RouteLatency:
-        return self._latency[route.key]
-
     def route_order(self, job: EmbeddingJob) -> list[Route]:
         return order_routes(
             job.model.config.strategy,

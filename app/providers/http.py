@@ -224,7 +224,7 @@ def error_from_response(
     else:
         detail = f"{display_name} answered HTTP {status}" + (f": {message}" if message else "")
     return UpstreamError(
-        provider, failure, detail, status=status, retry_after=retry_after_seconds(response.headers)
+        provider, failure, detail, retry_after=retry_after_seconds(response.headers)
     )
 
 
