@@ -6,8 +6,9 @@ the same route with backoff (or after the upstream's Retry-After, if that fits t
 and whatever still fails moves to the next route. A call that timed out is not retried while
 another route remains: a hung upstream would only hang again. Every call's timeout grows with
 its work and is capped at a fair share of the deadline (app/timeouts.py). A call that is slow
-to answer may be hedged on the next route (app/hedging.py). Only when every item has a vector
-does the job succeed: there is no partial answer.
+to answer may be hedged on the next route (app/hedging.py, which also runs the race). Only when
+every item has a vector does the job succeed: there is no partial answer. What is done, pending
+and failed, and how items are chunked per route, is app/job_progress.py.
 """
 
 from __future__ import annotations
@@ -27,25 +28,20 @@ from app.errors import (
     DeadlineExceeded,
     DomainError,
     InputRejected,
-    RoutesCoolingDown,
-    UndecodableInput,
-    UpstreamsFailed,
 )
 from app.health import RouteHealth
-from app.hedging import HedgeBudget, hedge_delay
+from app.hedging import HedgeBudget, first_valid, hedge_delay
+from app.job_progress import Inputs, JobProgress, inputs_for, split
 from app.jobs import EmbeddingJob
 from app.latency import RouteLatency
 from app.matryoshka import shorten, shortens_locally
 from app.providers import Failure, Provider, UpstreamCall, UpstreamError, UpstreamResult
 from app.registry import Registry, Route
 from app.timeouts import call_timeout, estimated_tokens
-from app.tokens import UndecodableTokens
 from app.trace import UpstreamTrace
 from app.usage_check import checked_usage
 
 log = logging.getLogger("app.routing")
-
-Inputs = list[str] | list[list[int]]
 
 
 @dataclass(slots=True)
@@ -99,14 +95,14 @@ class Router:
     async def embed(self, job: EmbeddingJob, timeout: float) -> RoutedResult:
         """The job's vectors, with what reaching the upstreams cost. A DomainError raised here
         carries that cost too, as its `trace`."""
-        attempt = _JobAttempt(job)
+        attempt = JobProgress(job)
         try:
             return await self._embed(attempt, timeout)
         except DomainError as error:
             error.trace = attempt.trace
             raise
 
-    async def _embed(self, attempt: _JobAttempt, timeout: float) -> RoutedResult:
+    async def _embed(self, attempt: JobProgress, timeout: float) -> RoutedResult:
         job = attempt.job
         deadline = self._clock() + timeout
         routes = self.route_order(job)
@@ -130,12 +126,12 @@ class Router:
         )
 
     async def _run_route(
-        self, route: Route, later: list[Route], attempt: _JobAttempt, deadline: float
+        self, route: Route, later: list[Route], attempt: JobProgress, deadline: float
     ) -> None:
         job = attempt.job
         attempt.trace.providers.append(route.provider)
-        inputs = _inputs_for(route, job)
-        chunks = _split(attempt.pending, route, job)
+        inputs = inputs_for(route, job)
+        chunks = split(attempt.pending, route, job)
         gate = asyncio.Semaphore(route.policy.max_concurrency_per_request)
 
         async def run(chunk: list[int]) -> None:
@@ -167,7 +163,7 @@ class Router:
         later: list[Route],
         chunk: list[int],
         inputs: Inputs,
-        attempt: _JobAttempt,
+        attempt: JobProgress,
         deadline: float,
     ) -> _Served | UpstreamError:
         policy = route.policy
@@ -201,7 +197,7 @@ class Router:
         later: list[Route],
         chunk: list[int],
         inputs: Inputs,
-        attempt: _JobAttempt,
+        attempt: JobProgress,
         timeout: float,
         deadline: float,
     ) -> _Served:
@@ -221,71 +217,18 @@ class Router:
                 return _Served(await primary, route)
             if not self._budgets[route.key].try_hedge():
                 return _Served(await primary, route)
-            hedge_inputs: Inputs = [_inputs_for(target, job)[i] for i in chunk]  # type: ignore[misc]
+            hedge_inputs: Inputs = [inputs_for(target, job)[i] for i in chunk]  # type: ignore[misc]
             left = deadline - self._clock()
             hedge_timeout = call_timeout(target.policy, estimated_tokens(hedge_inputs), left, 0)
             attempt.trace.providers.append(target.provider)
             hedge = asyncio.create_task(self._call(target, hedge_inputs, attempt, hedge_timeout))
             calls[hedge] = target
-            return await self._first_valid(calls, primary, chunk, attempt)
+            result, winner = await first_valid(calls, primary, chunk, attempt)
+            return _Served(result, winner)
         finally:
             for task in calls:
                 task.cancel()
             await asyncio.gather(*calls, return_exceptions=True)
-
-    async def _first_valid(
-        self,
-        calls: dict[asyncio.Task[UpstreamResult], Route],
-        primary: asyncio.Task[UpstreamResult],
-        chunk: list[int],
-        attempt: _JobAttempt,
-    ) -> _Served:
-        """The first call of a hedged pair to answer validly wins; the other is cancelled."""
-        pending = set(calls)
-        winner: asyncio.Task[UpstreamResult] | None = None
-        errors: dict[asyncio.Task[UpstreamResult], UpstreamError] = {}
-        rejected: UpstreamError | None = None
-        while pending and winner is None and rejected is None:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in sorted(done, key=lambda t: t is not primary):
-                exc = task.exception()
-                if exc is None:
-                    winner = task
-                    break
-                if not isinstance(exc, UpstreamError):
-                    raise exc
-                errors[task] = exc
-                if exc.failure is Failure.BAD_REQUEST:
-                    rejected = exc  # the input is at fault: no other call can fix that
-                    break
-        job = attempt.job
-        for task, route in calls.items():
-            if task is winner:
-                outcome = "won"
-            elif not task.done():
-                task.cancel()
-                outcome = "cancelled"
-                # Sent, so possibly billed: counted at our own token count (it reported none).
-                self._count_unused(route, job, attempt, job.tokens_of(chunk))
-            else:
-                outcome = "lost"
-                if not task.cancelled() and task.exception() is None:
-                    tokens = job.billed_tokens(task.result().prompt_tokens, chunk)
-                    self._count_unused(route, job, attempt, tokens)
-            metrics.HEDGED_CALLS.labels(job.model.id, route.provider, outcome).inc()
-        if winner is not None:
-            return _Served(winner.result(), calls[winner])
-        if rejected is not None:
-            raise rejected
-        for task, error in errors.items():
-            if task is not primary:
-                attempt.errors.append(error)  # the primary's error goes back to the retry loop
-        raise errors.get(primary) or next(iter(errors.values()))
-
-    @staticmethod
-    def _count_unused(route: Route, job: EmbeddingJob, attempt: _JobAttempt, tokens: int) -> None:
-        attempt.hedge_tokens += tokens
-        metrics.TOKENS.labels(job.model.id, route.provider).inc(tokens)
 
     def _hedge_target(
         self, later: list[Route], chunk: list[int], job: EmbeddingJob
@@ -302,7 +245,7 @@ class Router:
         return None
 
     async def _call(
-        self, route: Route, inputs: Inputs, attempt: _JobAttempt, timeout: float
+        self, route: Route, inputs: Inputs, attempt: JobProgress, timeout: float
     ) -> UpstreamResult:
         """One upstream call, with its metrics, latency and health; raises UpstreamError."""
         job = attempt.job
@@ -353,7 +296,7 @@ class Router:
             result.vectors = shorten(result.vectors, job.expected_dims)
         return result
 
-    def _observe(self, route: Route, attempt: _JobAttempt, started: float, outcome: str) -> float:
+    def _observe(self, route: Route, attempt: JobProgress, started: float, outcome: str) -> float:
         elapsed = self._clock() - started
         attempt.trace.seconds += elapsed
         metrics.UPSTREAM_SECONDS.labels(route.provider).observe(elapsed)
@@ -370,82 +313,3 @@ class Router:
             return error.retry_after
         ceiling = base * (2**number)
         return random.uniform(ceiling / 2, ceiling)  # exponential backoff, "equal jitter"
-
-
-def _inputs_for(route: Route, job: EmbeddingJob) -> Inputs:
-    if route.accepts_token_ids and job.token_ids is not None:
-        return job.token_ids  # a route that takes token IDs takes text too
-    try:
-        return job.as_text()
-    except UndecodableTokens as exc:
-        raise UndecodableInput(str(exc)) from None
-
-
-class _JobAttempt:
-    """What is done and what is pending for one job as it moves across routes."""
-
-    def __init__(self, job: EmbeddingJob) -> None:
-        self.job = job
-        self.pending: list[int] = list(range(len(job)))
-        self.vectors = np.empty((len(job), job.expected_dims), dtype=np.float32)
-        self.skipped: list[str] = []
-        self.errors: list[UpstreamError] = []
-        self.hedge_tokens = 0
-        self.trace = UpstreamTrace()
-        self._tokens: int | None = 0
-
-    def record(self, chunk: list[int], outcome: UpstreamResult) -> None:
-        self.vectors[chunk] = outcome.vectors
-        done = set(chunk)
-        self.pending = [i for i in self.pending if i not in done]
-        if self._tokens is not None and outcome.prompt_tokens is not None:
-            self._tokens += outcome.prompt_tokens
-        else:
-            self._tokens = None
-
-    def upstream_tokens(self) -> int | None:
-        return self._tokens
-
-    def error_details(self) -> list[str]:
-        """The latest failure of each provider tried, for the client's message."""
-        return [e.detail for e in _latest_per_provider(self.errors)]
-
-    def final_error(self) -> DomainError:
-        model_id = self.job.model.id
-        if not self.errors:
-            return RoutesCoolingDown(model_id, self.skipped)
-        return UpstreamsFailed(
-            model_id,
-            self.error_details(),
-            timed_out=all(e.failure is Failure.TIMEOUT for e in self.errors),
-            auth=all(e.failure is Failure.AUTH for e in self.errors),
-        )
-
-
-def _latest_per_provider(errors: list[UpstreamError]) -> list[UpstreamError]:
-    latest: dict[str, UpstreamError] = {}
-    for error in errors:
-        latest.pop(error.provider, None)
-        latest[error.provider] = error
-    return list(latest.values())
-
-
-def _split(pending: list[int], route: Route, job: EmbeddingJob) -> list[list[int]]:
-    """Chunks of at most max_batch_size items and, if set, max_tokens_per_call tokens."""
-    size = route.policy.max_batch_size
-    token_cap = route.policy.max_tokens_per_call
-    if token_cap is None:
-        return [pending[i : i + size] for i in range(0, len(pending), size)]
-    counts = job.token_counts()
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    tokens = 0
-    for index in pending:
-        if current and (len(current) == size or tokens + counts[index] > token_cap):
-            chunks.append(current)
-            current, tokens = [], 0
-        current.append(index)
-        tokens += counts[index]
-    if current:
-        chunks.append(current)
-    return chunks
