@@ -1,5 +1,9 @@
 """What every HTTP provider type shares: its config fields, the pooled client, the request cycle
-and the mapping of upstream errors."""
+and the mapping of upstream errors.
+
+Longer than most modules (~350 lines) on purpose: these are the one contract each provider
+type's ten-line adapter relies on, and reading them together is how a new type gets written.
+"""
 
 from __future__ import annotations
 
