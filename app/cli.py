@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from app.config_errors import one_line
 from app.config_report import model_table, settings_summary
-from app.gateway import Gateway
+from app.gateway import Services
 from app.keys.store import KeyStoreError
 from app.logs import uvicorn_log_config
 from app.main import build_gateway
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _open_key_store(gateway: Gateway) -> str | None:
+async def _open_key_store(gateway: Services) -> str | None:
     """An SQLite key store that cannot be opened (say, an unwritable KEYS_DB) stops start-up
     with one line. Redis is not checked here: an outage at start-up is not a config error."""
     try:

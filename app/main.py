@@ -26,7 +26,7 @@ from app.auth import Authenticator
 from app.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
 from app.auth_throttle import AuthFailureThrottle
 from app.config_report import settings_summary
-from app.gateway import Gateway
+from app.gateway import Services
 from app.keys.build import build_key_limits, build_keys
 from app.logs import configure_logging
 from app.providers import build_providers
@@ -44,13 +44,13 @@ def build_gateway(
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
-) -> Gateway:
+) -> Services:
     registry = load_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = build_providers(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
     redis = connect_redis(settings.REDIS_URL, timeout) if settings.REDIS_URL else None
     keys = build_keys(settings, redis, registry)
-    return Gateway(
+    return Services(
         settings=settings,
         registry=registry,
         auth=Authenticator(

@@ -19,7 +19,7 @@ from app.auth import Caller
 from app.auth_throttle import AuthFailureThrottle
 from app.clientip import client_ip
 from app.errors import AuthenticationFailed, GatewayError
-from app.gateway import Gateway
+from app.gateway import Services
 
 __all__ = ["IPLimit", "authenticate", "duration", "limit_by_ip"]
 
@@ -45,7 +45,7 @@ class IPLimit:
         await self.app(scope, receive, send)
 
 
-async def limit_by_ip(scope: Scope, gateway: Gateway) -> None:
+async def limit_by_ip(scope: Scope, gateway: Services) -> None:
     """Count the request against its client IP; raise a 429 when the IP is over its limit.
 
     The x-ratelimit-* headers go into the middleware's extra headers, so they reach the client
@@ -75,7 +75,7 @@ async def limit_by_ip(scope: Scope, gateway: Gateway) -> None:
 
 
 async def authenticate(
-    scope: Scope, gateway: Gateway, headers: Headers, *, required: bool
+    scope: Scope, gateway: Services, headers: Headers, *, required: bool
 ) -> Caller:
     """Who is calling; a 401 for a missing or wrong key, a 429 once an IP fails too often."""
     trail = record(scope)

@@ -23,7 +23,7 @@ from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
 from app.api.validation import UnknownModel, parse_embedding_request
 from app.errors import DomainError
-from app.gateway import Gateway
+from app.gateway import Services
 
 PATH = "/embeddings"
 
@@ -37,7 +37,7 @@ class CreateEmbeddings:
 
 async def _create_embeddings(request: Request, send: Send) -> None:
     scope = request.scope
-    gateway: Gateway = request.app.state.gateway
+    gateway: Services = request.app.state.gateway
     trail = record(scope)
     # The per-IP limit has run already (admission.IPLimit), before anything read the request.
     caller = await authenticate(scope, gateway, request.headers, required=True)
