@@ -38,7 +38,7 @@ class Caller:
         return self.kind is CallerKind.INTERNAL
 
 
-ANONYMOUS = Caller(CallerKind.ANONYMOUS, None)
+ANONYMOUS_CALLER = Caller(CallerKind.ANONYMOUS, None)
 
 
 def _digest(key: str) -> bytes:
@@ -87,7 +87,7 @@ class Authenticator:
         if key is None:
             if self.enabled and required:
                 raise MissingApiKey()
-            return ANONYMOUS
+            return ANONYMOUS_CALLER
         digest = _digest(key)
         # Compare against every key, without stopping early, so timing reveals nothing.
         internal = self._internal_digest is not None and hmac.compare_digest(
@@ -101,5 +101,6 @@ class Authenticator:
         if client:
             return Caller(CallerKind.CLIENT, key_id(key))
         if not self.enabled:
-            return ANONYMOUS  # auth is off: SDKs always send some key, so any key is accepted
+            # Auth is off: SDKs always send some key, so any key is accepted.
+            return ANONYMOUS_CALLER
         raise InvalidApiKey()

@@ -70,7 +70,7 @@ class Embedder:
         hits = set(found)
         missing = [key for key in first if key not in found]
 
-        upstream = _Upstream()
+        upstream = _UpstreamCost()
         if missing:
             fetched = await self._fetch(job, missing, first, timeout, upstream)
             found.update(fetched)
@@ -100,7 +100,7 @@ class Embedder:
         missing: list[str],
         first: dict[str, int],
         timeout: float,
-        upstream: _Upstream,
+        upstream: _UpstreamCost,
     ) -> dict[str, np.ndarray]:
         """Vectors for `missing` keys: joined to identical in-flight work, or routed upstream."""
         loop = asyncio.get_running_loop()
@@ -110,7 +110,7 @@ class Embedder:
             future = self._in_flight.get(key)
             if future is None:
                 future = loop.create_future()
-                future.add_done_callback(_observe)
+                future.add_done_callback(_retrieve_exception)
                 self._in_flight[key] = future
                 owned.append(key)
             else:
@@ -155,7 +155,7 @@ class Embedder:
         keys: list[str],
         first: dict[str, int],
         timeout: float,
-        upstream: _Upstream,
+        upstream: _UpstreamCost,
     ) -> dict[str, np.ndarray]:
         indices = [first[key] for key in keys]
         whole = len(indices) == len(job)
@@ -177,7 +177,7 @@ class Embedder:
 
 
 @dataclass(slots=True)
-class _Upstream:
+class _UpstreamCost:
     tokens: int = 0  # sent upstream by this request (upstream's count, else ours)
     whole_job_tokens: int | None = None  # the upstream's count when it saw the whole input
     trace: UpstreamTrace = field(default_factory=UpstreamTrace)
@@ -189,7 +189,7 @@ def _status(hits: int, unique: int) -> CacheStatus:
     return CacheStatus.HIT if hits == unique else CacheStatus.PARTIAL
 
 
-def _observe(future: asyncio.Future[np.ndarray]) -> None:
+def _retrieve_exception(future: asyncio.Future[np.ndarray]) -> None:
     # A failure nobody joined must not be reported as "exception never retrieved".
     if not future.cancelled():
         future.exception()

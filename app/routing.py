@@ -268,7 +268,7 @@ class Router:
             async with self._provider_slots[route.provider]:
                 result = await provider.embed(call)
         except UpstreamError as exc:
-            elapsed = self._observe(route, attempt, started, exc.failure.name.lower())
+            elapsed = self._record_call(route, attempt, started, exc.failure.name.lower())
             if exc.failure is Failure.BAD_REQUEST:
                 health.neutral()
                 raise
@@ -287,16 +287,19 @@ class Router:
             raise
         except asyncio.CancelledError:
             # Cut short (a hedge won, or the request ended): slow, but not proven broken.
-            self._latency[route.key].observe(self._observe(route, attempt, started, "cancelled"))
+            elapsed = self._record_call(route, attempt, started, "cancelled")
+            self._latency[route.key].observe(elapsed)
             health.neutral()
             raise
-        self._latency[route.key].observe(self._observe(route, attempt, started, "ok"))
+        self._latency[route.key].observe(self._record_call(route, attempt, started, "ok"))
         health.success()
         if local:
             result.vectors = shorten(result.vectors, job.expected_dims)
         return result
 
-    def _observe(self, route: Route, attempt: JobProgress, started: float, outcome: str) -> float:
+    def _record_call(
+        self, route: Route, attempt: JobProgress, started: float, outcome: str
+    ) -> float:
         elapsed = self._clock() - started
         attempt.trace.seconds += elapsed
         metrics.UPSTREAM_SECONDS.labels(route.provider).observe(elapsed)
