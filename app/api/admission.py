@@ -12,8 +12,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
 from app.api.auth import presented_key
+from app.api.context import request_context
 from app.api.middleware import api_route, extra_headers, send_error
-from app.api.record import record
 from app.api.retry_after import duration, too_many_requests
 from app.auth import Caller
 from app.auth_throttle import AuthFailureThrottle
@@ -52,7 +52,7 @@ async def limit_by_ip(scope: Scope, gateway: Services) -> None:
     on whatever response this request ends with, errors included.
     """
     ip = client_ip(scope, gateway.settings.TRUSTED_PROXIES)
-    record(scope).client_ip = ip
+    request_context(scope).client_ip = ip
     limiter = gateway.limiter
     if limiter is None or gateway.auth.is_internal_token(presented_key(Headers(scope=scope))):
         return
@@ -78,15 +78,15 @@ async def authenticate(
     scope: Scope, gateway: Services, headers: Headers, *, required: bool
 ) -> Caller:
     """Who is calling; a 401 for a missing or wrong key, a 429 once an IP fails too often."""
-    trail = record(scope)
+    context = request_context(scope)
     throttle: AuthFailureThrottle | None = gateway.auth_failures
     if throttle is not None:
-        throttle.check(trail.client_ip)  # blocked: not even a right key is looked at
+        throttle.check(context.client_ip)  # blocked: not even a right key is looked at
     try:
         caller = await gateway.auth.identify(presented_key(headers), required=required)
     except AuthenticationFailed:
         if throttle is not None:
-            await throttle.failed(trail.client_ip)
+            await throttle.failed(context.client_ip)
         raise
-    trail.key_id = caller.key_id
+    context.key_id = caller.key_id
     return caller

@@ -16,9 +16,9 @@ from starlette.types import Receive, Scope, Send
 
 from app import metrics
 from app.api.admission import authenticate
+from app.api.context import request_context
 from app.api.middleware import request_id
 from app.api.policy import apply_policy, refund, settle
-from app.api.record import record
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
 from app.api.validation import UnknownModel, parse_embedding_request
@@ -38,7 +38,7 @@ class CreateEmbeddings:
 async def _create_embeddings(request: Request, send: Send) -> None:
     scope = request.scope
     gateway: Services = request.app.state.gateway
-    trail = record(scope)
+    context = request_context(scope)
     # The per-IP limit has run already (admission.IPLimit), before anything read the request.
     caller = await authenticate(scope, gateway, request.headers, required=True)
     try:
@@ -46,9 +46,9 @@ async def _create_embeddings(request: Request, send: Send) -> None:
             await request.body(), gateway.registry, request_id(scope), caller.policy.allows
         )
     except UnknownModel:
-        trail.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
+        context.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
         raise
-    trail.model = job.model.id
+    context.model = job.model.id
     charge = await apply_policy(scope, gateway, caller, job)
     try:
         result = await gateway.embedder.embed(
@@ -57,11 +57,11 @@ async def _create_embeddings(request: Request, send: Send) -> None:
     except BaseException as error:
         await refund(gateway, charge)
         if isinstance(error, DomainError) and error.trace is not None:
-            trail.upstream(error.trace)
+            context.upstream(error.trace)
         raise
-    trail.upstream(result.trace)
+    context.upstream(result.trace)
     await settle(gateway, charge, job, result)
-    trail.prompt_tokens, trail.upstream_tokens = result.prompt_tokens, result.upstream_tokens
+    context.prompt_tokens, context.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)
     gateway.usage.record(
         caller.key_id,

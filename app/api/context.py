@@ -12,7 +12,7 @@ from app.trace import UpstreamTrace
 
 
 @dataclass(slots=True)
-class RequestRecord:
+class RequestContext:
     request_id: str = ""
     # Headers for whatever response the request ends with, errors included (x-ratelimit-*).
     response_headers: dict[str, str] = field(default_factory=dict)
@@ -28,9 +28,9 @@ class RequestRecord:
         self.providers, self.upstream_seconds = trace.providers, trace.seconds
 
 
-def record(scope: Scope) -> RequestRecord:
+def request_context(scope: Scope) -> RequestContext:
     state = scope.setdefault("state", {})
-    existing = state.get("record")
+    existing = state.get("context")
     if existing is None:
-        existing = state["record"] = RequestRecord()
+        existing = state["context"] = RequestContext()
     return existing
