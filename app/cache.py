@@ -37,8 +37,10 @@ def item_digest(item: str | list[int]) -> str:
 
 
 def item_key(model: Model, dims: int, digest: str, input_type: str | None) -> str:
-    """A query and a document embed differently, so `input_type` is part of the key; without
-    one the key keeps the form it always had, so vectors cached before stay valid."""
+    """The one identity of an input item, for the cache (which adds its prefix) and for
+    coalescing identical items in flight. A query and a document embed differently, so
+    `input_type` is part of the key; without one the key keeps the form it always had, so
+    vectors cached before stay valid."""
     kind = f"{input_type}:" if input_type else ""
     return f"{model.id}:{model.fingerprint}:{dims}:{kind}{digest}"
 
@@ -51,15 +53,13 @@ class EmbeddingCache:
         self._timeout = timeout
         self._bypass_until = 0.0
 
-    def key(self, model: Model, dims: int, digest: str, input_type: str | None = None) -> str:
-        return f"{self._prefix}{item_key(model, dims, digest, input_type)}"
-
     async def get_many(self, keys: list[str], dims: int) -> list[np.ndarray | None]:
+        """Vectors for `item_key`s (None where there is none); the prefix is added here."""
         if not keys or self._bypassed():
             return [None] * len(keys)
         try:
             async with asyncio.timeout(self._timeout):
-                values = await self._redis.mget(keys)
+                values = await self._redis.mget([self._prefix + key for key in keys])
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("read", exc)
             return [None] * len(keys)
@@ -76,9 +76,8 @@ class EmbeddingCache:
             async with asyncio.timeout(self._timeout):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key, vector in entries.items():
-                        pipe.set(
-                            key, np.ascontiguousarray(vector, FLOAT32_LE).tobytes(), ex=self._ttl
-                        )
+                        value = np.ascontiguousarray(vector, FLOAT32_LE).tobytes()
+                        pipe.set(self._prefix + key, value, ex=self._ttl)
                     await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("write", exc)

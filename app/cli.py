@@ -13,8 +13,9 @@ import tempfile
 import uvicorn
 from pydantic import ValidationError
 
+from app.config_errors import one_line
 from app.config_report import model_table, settings_summary
-from app.gateway import Gateway
+from app.gateway import Services
 from app.keys.store import KeyStoreError
 from app.logs import uvicorn_log_config
 from app.main import build_gateway
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _open_key_store(gateway: Gateway) -> str | None:
+async def _open_key_store(gateway: Services) -> str | None:
     """An SQLite key store that cannot be opened (say, an unwritable KEYS_DB) stops start-up
     with one line. Redis is not checked here: an outage at start-up is not a config error."""
     try:
@@ -89,12 +90,7 @@ def serve(settings: Settings) -> None:
 
 
 def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False, include_input=False)
-        )
-    return str(exc)
+    return one_line(exc) if isinstance(exc, ValidationError) else str(exc)
 
 
 if __name__ == "__main__":

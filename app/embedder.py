@@ -12,15 +12,17 @@ hit/miss batch cannot shuffle or duplicate vectors.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
 
 from app import metrics
 from app.cache import EmbeddingCache, item_digest, item_key
+from app.errors import DomainError
 from app.jobs import EmbeddingJob
 from app.routing import Router
+from app.trace import UpstreamTrace
 
 
 class CacheStatus(Enum):
@@ -36,6 +38,7 @@ class Embedded:
     upstream_tokens: int  # what was sent (and billed) upstream for this request
     cached_tokens: int  # tokens of the items the cache answered
     cache_status: CacheStatus | None  # None when the cache does not apply to this request
+    trace: UpstreamTrace  # what reaching the upstreams cost (empty when nothing was routed)
 
 
 class Embedder:
@@ -45,9 +48,15 @@ class Embedder:
         self._in_flight: dict[str, asyncio.Future[np.ndarray]] = {}
 
     async def embed(self, job: EmbeddingJob, timeout: float, *, read_cache: bool) -> Embedded:
+        """The job's vectors and what they cost. A DomainError from routing this request's own
+        items carries its `trace`; one shared from an identical in-flight request carries that
+        request's (the calls this one waited on)."""
         dims = job.expected_dims
         cache = self._cache if job.model.config.cache else None
-        keys = [self._key(job, i, dims) for i in range(len(job))]
+        keys = [
+            item_key(job.model, dims, item_digest(job.item(i)), job.input_type)
+            for i in range(len(job))
+        ]
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
@@ -61,7 +70,7 @@ class Embedder:
         hits = set(found)
         missing = [key for key in first if key not in found]
 
-        upstream = _Upstream()
+        upstream = _UpstreamCost()
         if missing:
             fetched = await self._fetch(job, missing, first, timeout, upstream)
             found.update(fetched)
@@ -73,18 +82,17 @@ class Embedder:
             vectors[index] = found[key]
         cached_tokens = 0
         if hits:
-            counts = job.token_counts()
-            cached_tokens = sum(counts[i] for i, key in enumerate(keys) if key in hits)
+            cached_tokens = job.tokens_of([i for i, key in enumerate(keys) if key in hits])
         status = None
         if cache is not None:
             metrics.CACHE_LOOKUPS.labels(job.model.id, "hit").inc(len(hits))
             metrics.CACHE_LOOKUPS.labels(job.model.id, "miss").inc(len(first) - len(hits))
             status = _status(len(hits), len(first))
         # The upstream's own count when it saw exactly the client's input, else ours.
-        prompt_tokens = upstream.whole_job_tokens
-        if prompt_tokens is None:
-            prompt_tokens = job.prompt_tokens()
-        return Embedded(vectors, prompt_tokens, upstream.tokens, cached_tokens, status)
+        prompt_tokens = job.billed_tokens(upstream.whole_job_tokens)
+        return Embedded(
+            vectors, prompt_tokens, upstream.tokens, cached_tokens, status, upstream.trace
+        )
 
     async def _fetch(
         self,
@@ -92,7 +100,7 @@ class Embedder:
         missing: list[str],
         first: dict[str, int],
         timeout: float,
-        upstream: _Upstream,
+        upstream: _UpstreamCost,
     ) -> dict[str, np.ndarray]:
         """Vectors for `missing` keys: joined to identical in-flight work, or routed upstream."""
         loop = asyncio.get_running_loop()
@@ -102,7 +110,7 @@ class Embedder:
             future = self._in_flight.get(key)
             if future is None:
                 future = loop.create_future()
-                future.add_done_callback(_observe)
+                future.add_done_callback(_retrieve_exception)
                 self._in_flight[key] = future
                 owned.append(key)
             else:
@@ -147,30 +155,32 @@ class Embedder:
         keys: list[str],
         first: dict[str, int],
         timeout: float,
-        upstream: _Upstream,
+        upstream: _UpstreamCost,
     ) -> dict[str, np.ndarray]:
         indices = [first[key] for key in keys]
         whole = len(indices) == len(job)
         part = job if whole else job.subset(indices)
-        result = await self._router.embed(part, timeout)
+        try:
+            result = await self._router.embed(part, timeout)
+        except DomainError as error:
+            if error.trace is not None:
+                upstream.trace.add(error.trace)
+            error.trace = upstream.trace  # with this request's earlier calls, if any
+            raise
+        upstream.trace.add(result.trace)
         tokens = result.upstream_tokens
         if whole:
             upstream.whole_job_tokens = tokens
-        upstream.tokens += tokens if tokens is not None else part.prompt_tokens()
+        upstream.tokens += part.billed_tokens(tokens)
         upstream.tokens += result.hedge_tokens  # hedges that lost were sent, so may be billed
         return dict(zip(keys, result.vectors, strict=True))
 
-    def _key(self, job: EmbeddingJob, index: int, dims: int) -> str:
-        digest = item_digest(job.item(index))
-        if self._cache is not None:
-            return self._cache.key(job.model, dims, digest, job.input_type)
-        return item_key(job.model, dims, digest, job.input_type)
-
 
 @dataclass(slots=True)
-class _Upstream:
+class _UpstreamCost:
     tokens: int = 0  # sent upstream by this request (upstream's count, else ours)
     whole_job_tokens: int | None = None  # the upstream's count when it saw the whole input
+    trace: UpstreamTrace = field(default_factory=UpstreamTrace)
 
 
 def _status(hits: int, unique: int) -> CacheStatus:
@@ -179,7 +189,7 @@ def _status(hits: int, unique: int) -> CacheStatus:
     return CacheStatus.HIT if hits == unique else CacheStatus.PARTIAL
 
 
-def _observe(future: asyncio.Future[np.ndarray]) -> None:
+def _retrieve_exception(future: asyncio.Future[np.ndarray]) -> None:
     # A failure nobody joined must not be reported as "exception never retrieved".
     if not future.cancelled():
         future.exception()

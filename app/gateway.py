@@ -1,4 +1,5 @@
-"""The long-lived parts one process serves with, built from settings and the registry."""
+"""The long-lived services one process serves with (a container, built from settings and the
+registry by app/main.py), which the HTTP layer reaches as `app.state.gateway`."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from app.api.auth import Authenticator
-from app.api.auth_throttle import AuthFailureThrottle
+from app.auth import Authenticator
+from app.auth_throttle import AuthFailureThrottle
 from app.cache import EmbeddingCache
 from app.embedder import Embedder
 from app.keys.limits import KeyLimits
@@ -21,7 +22,7 @@ from app.usage import UsageLedger
 
 
 @dataclass
-class Gateway:
+class Services:
     settings: Settings
     registry: Registry
     auth: Authenticator

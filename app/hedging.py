@@ -1,4 +1,4 @@
-"""When to hedge a call, and how many hedges a route may send.
+"""When to hedge a call, how many hedges a route may send, and the race between the two calls.
 
 A hedge sends a chunk whose call has not answered within `hedge_after_ms` to the next healthy
 route as well; the first valid answer wins and the other call is cancelled. The budget keeps
@@ -9,10 +9,14 @@ process: with several workers each one keeps the ratio, so the total keeps it to
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
+from app import metrics
+from app.job_progress import JobProgress
 from app.latency import RouteLatency
-from app.registry import RoutePolicy
+from app.providers import Failure, UpstreamError, UpstreamResult
+from app.registry import Route, RoutePolicy
 
 AUTO_FLOOR_SECONDS = 0.05  # below this a p95 is noise, and hedges would fire on healthy calls
 AUTO_CEILING_SECONDS = 2.0  # also the delay while too few samples exist to know the p95
@@ -73,3 +77,54 @@ class HedgeBudget:
             return False
         self._hedges[slot] += 1
         return True
+
+
+async def first_valid(
+    calls: dict[asyncio.Task[UpstreamResult], Route],
+    primary: asyncio.Task[UpstreamResult],
+    chunk: list[int],
+    progress: JobProgress,
+) -> tuple[UpstreamResult, Route]:
+    """The first call of a hedged pair to answer validly wins (its result and route); the other
+    is cancelled. An input the upstream rejected is raised at once; if both calls fail, the
+    primary's error is raised and the hedge's goes to `progress`."""
+    pending = set(calls)
+    winner: asyncio.Task[UpstreamResult] | None = None
+    errors: dict[asyncio.Task[UpstreamResult], UpstreamError] = {}
+    rejected: UpstreamError | None = None
+    while pending and winner is None and rejected is None:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in sorted(done, key=lambda t: t is not primary):
+            exc = task.exception()
+            if exc is None:
+                winner = task
+                break
+            if not isinstance(exc, UpstreamError):
+                raise exc
+            errors[task] = exc
+            if exc.failure is Failure.BAD_REQUEST:
+                rejected = exc  # the input is at fault: no other call can fix that
+                break
+    job = progress.job
+    for task, route in calls.items():
+        if task is winner:
+            outcome = "won"
+        elif not task.done():
+            task.cancel()
+            outcome = "cancelled"
+            # Sent, so possibly billed: counted at our own token count (it reported none).
+            progress.count_unused(route, job.tokens_of(chunk))
+        else:
+            outcome = "lost"
+            if not task.cancelled() and task.exception() is None:
+                tokens = job.billed_tokens(task.result().prompt_tokens, chunk)
+                progress.count_unused(route, tokens)
+        metrics.HEDGED_CALLS.labels(job.model.id, route.provider, outcome).inc()
+    if winner is not None:
+        return winner.result(), calls[winner]
+    if rejected is not None:
+        raise rejected
+    for task, error in errors.items():
+        if task is not primary:
+            progress.errors.append(error)  # the primary's error goes back to the retry loop
+    raise errors.get(primary) or next(iter(errors.values()))

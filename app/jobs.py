@@ -9,14 +9,6 @@ from app.tokens import count_tokens, count_tokens_off_loop, decode_tokens
 
 
 @dataclass(slots=True)
-class UpstreamTrace:
-    """What reaching the upstreams cost this job, for the request log and metrics."""
-
-    providers: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-@dataclass(slots=True)
 class EmbeddingJob:
     model: Model
     # Exactly one of these holds the client's items, in input order.
@@ -28,7 +20,6 @@ class EmbeddingJob:
     request_id: str
     # "query" or "document" as the client said; None lets each route's default apply.
     input_type: str | None = None
-    trace: UpstreamTrace = field(default_factory=UpstreamTrace)
     _token_counts: list[int] | None = field(default=None, repr=False)
     _decoded: list[str] | None = field(default=None, repr=False)
 
@@ -57,8 +48,20 @@ class EmbeddingJob:
     def prompt_tokens(self) -> int:
         return sum(self.token_counts())
 
+    def tokens_of(self, indices: list[int]) -> int:
+        """Our count (cl100k_base) for some of the items."""
+        counts = self.token_counts()
+        return sum(counts[i] for i in indices)
+
+    def billed_tokens(self, reported: int | None, indices: list[int] | None = None) -> int:
+        """What a call is counted at: the upstream's own count when it reported one, else ours
+        for the items it carried (all of them when `indices` is None)."""
+        if reported is not None:
+            return reported
+        return self.prompt_tokens() if indices is None else self.tokens_of(indices)
+
     def subset(self, indices: list[int]) -> EmbeddingJob:
-        """The same request for some of its items only, sharing this job's trace."""
+        """The same request for some of its items only."""
         counts = self._token_counts
         return EmbeddingJob(
             model=self.model,
@@ -69,7 +72,6 @@ class EmbeddingJob:
             want_base64=self.want_base64,
             request_id=self.request_id,
             input_type=self.input_type,
-            trace=self.trace,
             _token_counts=[counts[i] for i in indices] if counts is not None else None,
         )
 

@@ -20,19 +20,19 @@ from redis.asyncio import Redis
 
 from app.api import admin, embeddings, models, ops, usage
 from app.api.admission import IPLimit
-from app.api.auth import Authenticator
-from app.api.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
-from app.api.auth_throttle import AuthFailureThrottle
 from app.api.errors import install_error_handlers
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
+from app.auth import Authenticator
+from app.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
+from app.auth_throttle import AuthFailureThrottle
 from app.config_report import settings_summary
-from app.gateway import Gateway
+from app.gateway import Services
 from app.keys.build import build_key_limits, build_keys
 from app.logs import configure_logging
 from app.providers import build_providers
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.redis_client import connect as connect_redis
-from app.registry import load_registry
+from app.registry_loader import load_registry
 from app.routing import Router
 from app.settings import Settings
 from app.tokens import warm_up
@@ -44,20 +44,20 @@ def build_gateway(
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
-) -> Gateway:
+) -> Services:
     registry = load_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = build_providers(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
     redis = connect_redis(settings.REDIS_URL, timeout) if settings.REDIS_URL else None
     keys = build_keys(settings, redis, registry)
-    return Gateway(
+    return Services(
         settings=settings,
         registry=registry,
         auth=Authenticator(
             settings.GATEWAY_API_KEYS,
             settings.GATEWAY_INTERNAL_TOKEN,
             keys,
-            admin_enabled=settings.GATEWAY_ADMIN_TOKEN is not None,
+            enabled=settings.auth_enabled,
         ),
         providers=providers,
         router=Router(registry, providers, clock=clock, rng=rng),

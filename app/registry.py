@@ -1,40 +1,31 @@
-"""The model registry: YAML → typed providers, models and routes, validated once at start-up."""
+"""The model registry's types: providers, models and routes, as validated once at start-up.
+
+Reading the YAML file (interpolation, provider types, error messages) is app/registry_loader.py;
+this module is what the rest of the gateway, the provider types included, builds on.
+"""
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import re
-import time
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PlainValidator,
-    TypeAdapter,
-    ValidationError,
     model_validator,
 )
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class RegistryError(Exception):
     """A registry that cannot be used; the message names the file, the entry and the field."""
 
 
-class FieldError(ValueError):
-    """A model-level check that blames one field, so the message names it like pydantic's own."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+# OpenAI's limit of inputs per embeddings request: what a client may send, and so the most any
+# one upstream call can need to carry.
+MAX_INPUTS = 2048
 
 
 class _Strict(BaseModel):
@@ -63,7 +54,7 @@ class RoutePolicy(_Strict):
     backoff_base_seconds: float = Field(default=0.2, ge=0)
     cooldown_failures: int = Field(default=5, ge=1)
     cooldown_seconds: float = Field(default=30.0, ge=0)
-    max_batch_size: int = Field(default=2048, ge=1, le=2048)
+    max_batch_size: int = Field(default=MAX_INPUTS, ge=1, le=MAX_INPUTS)
     max_tokens_per_call: int | None = Field(default=None, ge=1)
     max_concurrency_per_request: int = Field(default=4, ge=1)
     # Routing resilience (README, "Resilience"): a call's timeout grows with its work; hedging.
@@ -103,7 +94,7 @@ class RouteOverrides(_Strict):
     backoff_base_seconds: float | None = Field(default=None, ge=0)
     cooldown_failures: int | None = Field(default=None, ge=1)
     cooldown_seconds: float | None = Field(default=None, ge=0)
-    max_batch_size: int | None = Field(default=None, ge=1, le=2048)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_INPUTS)
     max_tokens_per_call: int | None = Field(default=None, ge=1)
     max_concurrency_per_request: int | None = Field(default=None, ge=1)
     timeout_per_1k_tokens_seconds: float | None = Field(default=None, ge=0)
@@ -256,140 +247,3 @@ class Registry:
     def available(self) -> list[Model]:
         """The models a client is offered: those with at least one route that can be called."""
         return [model for model in self.models.values() if model.available]
-
-
-def load_registry(
-    path: str | Path,
-    environ: Mapping[str, str],
-    provider_types: Mapping[str, type[ProviderConfig]] | None = None,
-) -> Registry:
-    """Read, interpolate and validate a registry file; `provider_types` maps each `type` name
-    to its config model (by default the table in app/providers/, which owns them)."""
-    source = str(path)
-    if provider_types is None:
-        # Imported here, not at the top: the provider modules import this one for their base.
-        from app.providers.catalog import config_types
-
-        provider_types = config_types()
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise RegistryError(f"{source}: file not found") from exc
-    except (OSError, yaml.YAMLError) as exc:
-        where = getattr(exc, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise RegistryError(f"{source}: cannot be read as YAML{at}: {problem}") from None
-    if not isinstance(raw, dict):
-        raise RegistryError(f"{source}: expected a mapping with 'providers' and 'models'")
-    env = {**_env_defaults(provider_types), **environ}
-    interpolated = _interpolate(raw, env, source, ())
-    _remember_key_env(raw, interpolated, provider_types)
-    try:
-        parsed = RegistryFile.model_validate(
-            {**interpolated, "providers": _parse_providers(interpolated, provider_types)}
-        )
-    except ValidationError as exc:
-        raise RegistryError(f"{source}: {_describe(exc, provider_types)}") from None
-    created = int(time.time())
-    models = {
-        model_id: Model(
-            model_id,
-            config,
-            [
-                Route(model_id, index, route.provider, route, parsed.providers[route.provider])
-                for index, route in enumerate(config.routes)
-            ],
-            created,
-            parsed.providers,
-        )
-        for model_id, config in parsed.models.items()
-    }
-    return Registry(source, dict(parsed.providers), models)
-
-
-def _env_defaults(provider_types: Mapping[str, type[ProviderConfig]]) -> dict[str, str]:
-    """Each type's documented defaults (e.g. its public base URL) for `${VAR}` to fall back on."""
-    defaults: dict[str, str] = {}
-    for config_type in provider_types.values():
-        defaults.update(getattr(config_type, "env_defaults", {}))
-    return defaults
-
-
-@functools.cache
-def _providers_adapter(types: tuple[type[ProviderConfig], ...]) -> TypeAdapter[Any]:
-    union = Annotated[Union[types], Field(discriminator="type")]  # noqa: UP007
-    # Keyed by "providers" so that errors are located from the top of the file.
-    return TypeAdapter(dict[Literal["providers"], dict[str, union]])
-
-
-def _parse_providers(
-    interpolated: dict[str, Any], provider_types: Mapping[str, type[ProviderConfig]]
-) -> Any:
-    """The `providers` mapping, each entry validated by the model its `type` names."""
-    providers = interpolated.get("providers")
-    if not isinstance(providers, dict):
-        return providers  # RegistryFile reports the shape
-    adapter = _providers_adapter(tuple(provider_types.values()))
-    return adapter.validate_python({"providers": providers})["providers"]
-
-
-def _interpolate(node: Any, environ: Mapping[str, str], source: str, path: tuple[str, ...]) -> Any:
-    if isinstance(node, dict):
-        return {k: _interpolate(v, environ, source, (*path, str(k))) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_interpolate(v, environ, source, (*path, str(i))) for i, v in enumerate(node)]
-    if not isinstance(node, str):
-        return node
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in environ and (environ[name] != "" or default is None):
-            return environ[name]
-        if default is not None:
-            return default
-        where = ".".join(path)
-        raise RegistryError(
-            f"{source}: {where}: environment variable {name} is not set "
-            f"(write ${{{name}:-}} to allow it to be empty)"
-        )
-
-    return _VAR.sub(substitute, node)
-
-
-def _remember_key_env(
-    raw: dict[str, Any],
-    interpolated: dict[str, Any],
-    provider_types: Mapping[str, type[ProviderConfig]],
-) -> None:
-    """Note which env var each key came from (`api_key_env`), for types that take a key."""
-    providers = raw.get("providers")
-    if not isinstance(providers, dict):
-        return
-    for name, entry in providers.items():
-        if isinstance(entry, dict) and isinstance(entry.get("api_key"), str):
-            config_type = provider_types.get(str(entry.get("type")))
-            if config_type is None or "api_key_env" not in config_type.model_fields:
-                continue  # validation reports the stray api_key itself
-            match = _VAR.search(entry["api_key"])
-            target = interpolated["providers"][name]
-            if match and isinstance(target, dict) and "api_key_env" not in target:
-                target["api_key_env"] = match.group(1)
-
-
-def _describe(exc: ValidationError, provider_types: Mapping[str, Any]) -> str:
-    parts = []
-    for error in exc.errors(include_url=False, include_input=False):
-        loc = list(error["loc"])
-        if len(loc) > 2 and loc[0] == "providers" and loc[2] in provider_types:
-            del loc[2]  # the union's tag: `providers.up.nanogpt.base_url` names the field twice
-        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            loc.append("type")
-        where = ".".join(str(part) for part in loc)
-        message = error["msg"].removeprefix("Value error, ")
-        cause = (error.get("ctx") or {}).get("error")
-        if isinstance(cause, FieldError):
-            where = f"{where}.{cause.field}" if where else cause.field
-            message = cause.message
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)

@@ -6,8 +6,9 @@ the same route with backoff (or after the upstream's Retry-After, if that fits t
 and whatever still fails moves to the next route. A call that timed out is not retried while
 another route remains: a hung upstream would only hang again. Every call's timeout grows with
 its work and is capped at a fair share of the deadline (app/timeouts.py). A call that is slow
-to answer may be hedged on the next route (app/hedging.py). Only when every item has a vector
-does the job succeed: there is no partial answer.
+to answer may be hedged on the next route (app/hedging.py, which also runs the race). Only when
+every item has a vector does the job succeed: there is no partial answer. What is done, pending
+and failed, and how items are chunked per route, is app/job_progress.py.
 """
 
 from __future__ import annotations
@@ -17,27 +18,30 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from app import metrics
 from app.balancing import order_routes
-from app.errors import GatewayError, invalid_request, upstream_failure, upstream_timeout
+from app.errors import (
+    DeadlineExceeded,
+    DomainError,
+    InputRejected,
+)
 from app.health import RouteHealth
-from app.hedging import HedgeBudget, hedge_delay
+from app.hedging import HedgeBudget, first_valid, hedge_delay
+from app.job_progress import Inputs, JobProgress, inputs_for, split
 from app.jobs import EmbeddingJob
 from app.latency import RouteLatency
 from app.matryoshka import shorten, shortens_locally
 from app.providers import Failure, Provider, UpstreamCall, UpstreamError, UpstreamResult
 from app.registry import Registry, Route
 from app.timeouts import call_timeout, estimated_tokens
-from app.tokens import UndecodableTokens
+from app.trace import UpstreamTrace
 from app.usage_check import checked_usage
 
 log = logging.getLogger("app.routing")
-
-Inputs = list[str] | list[list[int]]
 
 
 @dataclass(slots=True)
@@ -46,6 +50,7 @@ class RoutedResult:
     upstream_tokens: int | None  # summed upstream usage, or None if any call did not report it
     # Tokens of calls sent upstream whose answer was not used (hedges that lost): billed too.
     hedge_tokens: int = 0
+    trace: UpstreamTrace = field(default_factory=UpstreamTrace)
 
 
 @dataclass(slots=True)
@@ -78,12 +83,6 @@ class Router:
             for name, config in registry.providers.items()
         }
 
-    def health(self, route: Route) -> RouteHealth:
-        return self._health[route.key]
-
-    def latency(self, route: Route) -> RouteLatency:
-        return self._latency[route.key]
-
     def route_order(self, job: EmbeddingJob) -> list[Route]:
         return order_routes(
             job.model.config.strategy,
@@ -94,8 +93,18 @@ class Router:
         )
 
     async def embed(self, job: EmbeddingJob, timeout: float) -> RoutedResult:
+        """The job's vectors, with what reaching the upstreams cost. A DomainError raised here
+        carries that cost too, as its `trace`."""
+        attempt = JobProgress(job)
+        try:
+            return await self._embed(attempt, timeout)
+        except DomainError as error:
+            error.trace = attempt.trace
+            raise
+
+    async def _embed(self, attempt: JobProgress, timeout: float) -> RoutedResult:
+        job = attempt.job
         deadline = self._clock() + timeout
-        attempt = _JobAttempt(job)
         routes = self.route_order(job)
         try:
             async with asyncio.timeout(timeout):
@@ -109,21 +118,20 @@ class Router:
                     later = [r for r in routes[position + 1 :] if self._health[r.key].may_admit()]
                     await self._run_route(route, later, attempt, deadline)
         except TimeoutError:
-            raise upstream_timeout(
-                f"No upstream answered for model '{job.model.id}' within {timeout:g}s"
-                + attempt.tried_suffix()
-            ) from None
+            raise DeadlineExceeded(job.model.id, timeout, attempt.error_details()) from None
         if attempt.pending:
             raise attempt.final_error()
-        return RoutedResult(attempt.vectors, attempt.upstream_tokens(), attempt.hedge_tokens)
+        return RoutedResult(
+            attempt.vectors, attempt.upstream_tokens(), attempt.hedge_tokens, attempt.trace
+        )
 
     async def _run_route(
-        self, route: Route, later: list[Route], attempt: _JobAttempt, deadline: float
+        self, route: Route, later: list[Route], attempt: JobProgress, deadline: float
     ) -> None:
         job = attempt.job
-        job.trace.providers.append(route.provider)
-        inputs = _inputs_for(route, job)
-        chunks = _split(attempt.pending, route, job)
+        attempt.trace.providers.append(route.provider)
+        inputs = inputs_for(route, job)
+        chunks = split(attempt.pending, route, job)
         gate = asyncio.Semaphore(route.policy.max_concurrency_per_request)
 
         async def run(chunk: list[int]) -> None:
@@ -136,10 +144,7 @@ class Router:
                 return
             result = checked_usage(outcome.result, job, chunk, outcome.route.provider)
             attempt.record(chunk, result)
-            tokens = result.prompt_tokens
-            if tokens is None:
-                counts = job.token_counts()
-                tokens = sum(counts[i] for i in chunk)
+            tokens = job.billed_tokens(result.prompt_tokens, chunk)
             metrics.TOKENS.labels(job.model.id, outcome.route.provider).inc(tokens)
 
         if len(chunks) == 1:  # the common case: no tasks to spawn
@@ -149,7 +154,7 @@ class Router:
             async with asyncio.TaskGroup() as group:
                 for chunk in chunks:
                     group.create_task(run(chunk))
-        except* GatewayError as group_error:
+        except* DomainError as group_error:
             raise group_error.exceptions[0] from None
 
     async def _call_with_retries(
@@ -158,7 +163,7 @@ class Router:
         later: list[Route],
         chunk: list[int],
         inputs: Inputs,
-        attempt: _JobAttempt,
+        attempt: JobProgress,
         deadline: float,
     ) -> _Served | UpstreamError:
         policy = route.policy
@@ -172,12 +177,7 @@ class Router:
             except UpstreamError as exc:
                 error = exc
                 if exc.failure is Failure.BAD_REQUEST:
-                    raise GatewayError(
-                        400,
-                        f"{self._display_name(exc.provider)} rejected the input: {exc.detail}",
-                        param="input",
-                        code="upstream_rejected_input",
-                    ) from None
+                    raise InputRejected(self._display_name(exc.provider), exc.detail) from None
                 if exc.failure is Failure.TIMEOUT and later:
                     break  # a hung upstream would hang again: give the time to the next route
                 if not exc.failure.retryable or number + 1 == policy.max_attempts:
@@ -197,7 +197,7 @@ class Router:
         later: list[Route],
         chunk: list[int],
         inputs: Inputs,
-        attempt: _JobAttempt,
+        attempt: JobProgress,
         timeout: float,
         deadline: float,
     ) -> _Served:
@@ -208,8 +208,8 @@ class Router:
             self._budgets[route.key].record_call()
         target = self._hedge_target(later, chunk, job) if delay is not None else None
         if target is None or delay is None or delay >= timeout:
-            return _Served(await self._call(route, inputs, job, timeout), route)
-        primary = asyncio.create_task(self._call(route, inputs, job, timeout))
+            return _Served(await self._call(route, inputs, attempt, timeout), route)
+        primary = asyncio.create_task(self._call(route, inputs, attempt, timeout))
         calls = {primary: route}
         try:
             done, _ = await asyncio.wait({primary}, timeout=delay)
@@ -217,76 +217,18 @@ class Router:
                 return _Served(await primary, route)
             if not self._budgets[route.key].try_hedge():
                 return _Served(await primary, route)
-            hedge_inputs: Inputs = [_inputs_for(target, job)[i] for i in chunk]  # type: ignore[misc]
+            hedge_inputs: Inputs = [inputs_for(target, job)[i] for i in chunk]  # type: ignore[misc]
             left = deadline - self._clock()
             hedge_timeout = call_timeout(target.policy, estimated_tokens(hedge_inputs), left, 0)
-            job.trace.providers.append(target.provider)
-            hedge = asyncio.create_task(self._call(target, hedge_inputs, job, hedge_timeout))
+            attempt.trace.providers.append(target.provider)
+            hedge = asyncio.create_task(self._call(target, hedge_inputs, attempt, hedge_timeout))
             calls[hedge] = target
-            return await self._first_valid(calls, primary, chunk, attempt)
+            result, winner = await first_valid(calls, primary, chunk, attempt)
+            return _Served(result, winner)
         finally:
             for task in calls:
                 task.cancel()
             await asyncio.gather(*calls, return_exceptions=True)
-
-    async def _first_valid(
-        self,
-        calls: dict[asyncio.Task[UpstreamResult], Route],
-        primary: asyncio.Task[UpstreamResult],
-        chunk: list[int],
-        attempt: _JobAttempt,
-    ) -> _Served:
-        """The first call of a hedged pair to answer validly wins; the other is cancelled."""
-        pending = set(calls)
-        winner: asyncio.Task[UpstreamResult] | None = None
-        errors: dict[asyncio.Task[UpstreamResult], UpstreamError] = {}
-        rejected: UpstreamError | None = None
-        while pending and winner is None and rejected is None:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in sorted(done, key=lambda t: t is not primary):
-                exc = task.exception()
-                if exc is None:
-                    winner = task
-                    break
-                if not isinstance(exc, UpstreamError):
-                    raise exc
-                errors[task] = exc
-                if exc.failure is Failure.BAD_REQUEST:
-                    rejected = exc  # the input is at fault: no other call can fix that
-                    break
-        job = attempt.job
-        for task, route in calls.items():
-            if task is winner:
-                outcome = "won"
-            elif not task.done():
-                task.cancel()
-                outcome = "cancelled"
-                # Sent, so possibly billed: counted at our own token count (it reported none).
-                counts = job.token_counts()
-                self._count_unused(route, job, attempt, sum(counts[i] for i in chunk))
-            else:
-                outcome = "lost"
-                if not task.cancelled() and task.exception() is None:
-                    result = task.result()
-                    counts = job.token_counts()
-                    tokens = result.prompt_tokens
-                    if tokens is None:
-                        tokens = sum(counts[i] for i in chunk)
-                    self._count_unused(route, job, attempt, tokens)
-            metrics.HEDGED_CALLS.labels(job.model.id, route.provider, outcome).inc()
-        if winner is not None:
-            return _Served(winner.result(), calls[winner])
-        if rejected is not None:
-            raise rejected
-        for task, error in errors.items():
-            if task is not primary:
-                attempt.errors.append(error)  # the primary's error goes back to the retry loop
-        raise errors.get(primary) or next(iter(errors.values()))
-
-    @staticmethod
-    def _count_unused(route: Route, job: EmbeddingJob, attempt: _JobAttempt, tokens: int) -> None:
-        attempt.hedge_tokens += tokens
-        metrics.TOKENS.labels(job.model.id, route.provider).inc(tokens)
 
     def _hedge_target(
         self, later: list[Route], chunk: list[int], job: EmbeddingJob
@@ -296,17 +238,17 @@ class Router:
             policy = route.policy
             if self._health[route.key].is_open or len(chunk) > policy.max_batch_size:
                 continue
-            if policy.max_tokens_per_call is not None:
-                counts = job.token_counts()
-                if sum(counts[i] for i in chunk) > policy.max_tokens_per_call:
-                    continue
+            cap = policy.max_tokens_per_call
+            if cap is not None and job.tokens_of(chunk) > cap:
+                continue
             return route
         return None
 
     async def _call(
-        self, route: Route, inputs: Inputs, job: EmbeddingJob, timeout: float
+        self, route: Route, inputs: Inputs, attempt: JobProgress, timeout: float
     ) -> UpstreamResult:
         """One upstream call, with its metrics, latency and health; raises UpstreamError."""
+        job = attempt.job
         provider = self._providers[route.provider]
         health = self._health[route.key]
         local = shortens_locally(route, job)
@@ -326,7 +268,7 @@ class Router:
             async with self._provider_slots[route.provider]:
                 result = await provider.embed(call)
         except UpstreamError as exc:
-            elapsed = self._observe(route, job, started, exc.failure.name.lower())
+            elapsed = self._record_call(route, attempt, started, exc.failure.name.lower())
             if exc.failure is Failure.BAD_REQUEST:
                 health.neutral()
                 raise
@@ -345,18 +287,21 @@ class Router:
             raise
         except asyncio.CancelledError:
             # Cut short (a hedge won, or the request ended): slow, but not proven broken.
-            self._latency[route.key].observe(self._observe(route, job, started, "cancelled"))
+            elapsed = self._record_call(route, attempt, started, "cancelled")
+            self._latency[route.key].observe(elapsed)
             health.neutral()
             raise
-        self._latency[route.key].observe(self._observe(route, job, started, "ok"))
+        self._latency[route.key].observe(self._record_call(route, attempt, started, "ok"))
         health.success()
         if local:
             result.vectors = shorten(result.vectors, job.expected_dims)
         return result
 
-    def _observe(self, route: Route, job: EmbeddingJob, started: float, outcome: str) -> float:
+    def _record_call(
+        self, route: Route, attempt: JobProgress, started: float, outcome: str
+    ) -> float:
         elapsed = self._clock() - started
-        job.trace.seconds += elapsed
+        attempt.trace.seconds += elapsed
         metrics.UPSTREAM_SECONDS.labels(route.provider).observe(elapsed)
         metrics.UPSTREAM_CALLS.labels(route.provider, route.model_id, outcome).inc()
         return elapsed
@@ -371,91 +316,3 @@ class Router:
             return error.retry_after
         ceiling = base * (2**number)
         return random.uniform(ceiling / 2, ceiling)  # exponential backoff, "equal jitter"
-
-
-def _inputs_for(route: Route, job: EmbeddingJob) -> Inputs:
-    if route.accepts_token_ids and job.token_ids is not None:
-        return job.token_ids  # a route that takes token IDs takes text too
-    try:
-        return job.as_text()
-    except UndecodableTokens as exc:
-        raise invalid_request(str(exc), param="input") from None
-
-
-class _JobAttempt:
-    """What is done and what is pending for one job as it moves across routes."""
-
-    def __init__(self, job: EmbeddingJob) -> None:
-        self.job = job
-        self.pending: list[int] = list(range(len(job)))
-        self.vectors = np.empty((len(job), job.expected_dims), dtype=np.float32)
-        self.skipped: list[str] = []
-        self.errors: list[UpstreamError] = []
-        self.hedge_tokens = 0
-        self._tokens: int | None = 0
-
-    def record(self, chunk: list[int], outcome: UpstreamResult) -> None:
-        self.vectors[chunk] = outcome.vectors
-        done = set(chunk)
-        self.pending = [i for i in self.pending if i not in done]
-        if self._tokens is not None and outcome.prompt_tokens is not None:
-            self._tokens += outcome.prompt_tokens
-        else:
-            self._tokens = None
-
-    def upstream_tokens(self) -> int | None:
-        return self._tokens
-
-    def tried_suffix(self) -> str:
-        details = [e.detail for e in _latest_per_provider(self.errors)]
-        return f" ({'; '.join(details)})" if details else ""
-
-    def final_error(self) -> GatewayError:
-        model_id = self.job.model.id
-        if not self.errors:
-            skipped = ", ".join(self.skipped) or "none"
-            return GatewayError(
-                503,
-                f"Every route for model '{model_id}' is cooling down after repeated failures "
-                f"({skipped}); try again shortly",
-                type="upstream_error",
-                code="routes_unavailable",
-                headers={"retry-after": "1"},
-            )
-        summary = "; ".join(e.detail for e in _latest_per_provider(self.errors))
-        message = f"Upstream failure for model '{model_id}': {summary}"
-        if all(e.failure is Failure.TIMEOUT for e in self.errors):
-            return upstream_timeout(message)
-        error = upstream_failure(message)
-        if all(e.failure is Failure.AUTH for e in self.errors):
-            error.headers["x-should-retry"] = "false"  # a retry cannot fix the gateway's keys
-        return error
-
-
-def _latest_per_provider(errors: list[UpstreamError]) -> list[UpstreamError]:
-    latest: dict[str, UpstreamError] = {}
-    for error in errors:
-        latest.pop(error.provider, None)
-        latest[error.provider] = error
-    return list(latest.values())
-
-
-def _split(pending: list[int], route: Route, job: EmbeddingJob) -> list[list[int]]:
-    """Chunks of at most max_batch_size items and, if set, max_tokens_per_call tokens."""
-    size = route.policy.max_batch_size
-    token_cap = route.policy.max_tokens_per_call
-    if token_cap is None:
-        return [pending[i : i + size] for i in range(0, len(pending), size)]
-    counts = job.token_counts()
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    tokens = 0
-    for index in pending:
-        if current and (len(current) == size or tokens + counts[index] > token_cap):
-            chunks.append(current)
-            current, tokens = [], 0
-        current.append(index)
-        tokens += counts[index]
-    if current:
-        chunks.append(current)
-    return chunks

@@ -37,8 +37,7 @@ def checked_usage(
     """The call's result, with an implausible upstream count replaced by the gateway's own."""
     if outcome.prompt_tokens is None:
         return outcome
-    counts = job.token_counts()
-    own = sum(counts[i] for i in chunk)
+    own = job.tokens_of(chunk)
     if plausible_tokens(outcome.prompt_tokens, own, len(chunk), job.model.config.max_tokens):
         return outcome
     log.warning(

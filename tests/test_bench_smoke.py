@@ -23,7 +23,8 @@ RSS_RANGE = re.compile(r"^\d+ → \d+$")
 def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
     assert redis_available(), "redis-server is not installed: `make test` installs it"
     result = subprocess.run(
-        [sys.executable, "bench/run.py", "--quick"],
+        # Half a second per scenario and target is enough to fill every row with numbers.
+        [sys.executable, "bench/run.py", "--quick", "--duration", "0.5"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.registry import RegistryError, load_registry
+from app.registry import RegistryError
+from app.registry_loader import load_registry
 from app.tokens import count_tokens
 from tests.harness import GatewayProcess, ThreadedGateway, model_entry, write_registry
 from tests.hostile_upstream import DIMS, HostileUpstream

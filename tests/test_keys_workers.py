@@ -75,9 +75,18 @@ def store(request, tmp_path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def two_workers(registry_path, store) -> Iterator[GatewayProcess]:
-    gateway = started(GatewayProcess(gateway_env(registry_path, store)))
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def shared_store(request, tmp_path_factory) -> dict[str, str]:
+    env = store_env(request.param, request, tmp_path_factory.mktemp("keys"))
+    env["_store"] = request.param
+    return env
+
+
+@pytest.fixture(scope="module")
+def two_workers(registry_path, shared_store) -> Iterator[GatewayProcess]:
+    """One two-worker gateway per store for the tests that only need a running one: each test
+    makes its own keys, so none sees another's, and starting a gateway costs ~3 s."""
+    gateway = started(GatewayProcess(gateway_env(registry_path, shared_store)))
     try:
         yield gateway
     finally:
@@ -130,7 +139,7 @@ def test_a_new_key_works_at_once_on_every_worker_through_the_sdk(two_workers):
     "change",
     ["revoke", "disable", "expire"],
 )
-def test_a_change_reaches_every_worker_within_a_second(two_workers, store, change):
+def test_a_change_reaches_every_worker_within_a_second(two_workers, shared_store, change):
     created = create_key(two_workers.url, name=f"to-{change}")
     key, key_id = created["key"], created["id"]
     warm_every_worker(two_workers, key, key_id)  # both workers hold the key in their cache
@@ -150,7 +159,7 @@ def test_a_change_reaches_every_worker_within_a_second(two_workers, store, chang
         status = embed(two_workers.url, key, MODEL).status_code
         seen.append((time.monotonic() - changed, status))
     last_ok = max((t for t, s in seen if s == 200), default=0.0)
-    print(f"\n{store['_store']}: {change} took effect on every worker after {last_ok:.3f} s")
+    print(f"\n{shared_store['_store']}: {change} took effect on every worker after {last_ok:.3f} s")
     assert last_ok < 1.0
     assert {s for t, s in seen if t >= 1.0} == {401}
     # Every worker refused it (a refused key has no id yet, so read the 401 lines after the change).
@@ -276,11 +285,11 @@ async def offer(
     return statuses, offered_for
 
 
-@pytest.fixture
-def redis_workers(registry_path, request, tmp_path) -> Iterator[GatewayProcess]:
-    gateway = started(
-        GatewayProcess(gateway_env(registry_path, store_env("redis", request, tmp_path)))
-    )
+@pytest.fixture(scope="module")
+def redis_workers(registry_path, request, tmp_path_factory) -> Iterator[GatewayProcess]:
+    """Shared by the limit tests: each limits a key of its own."""
+    path = tmp_path_factory.mktemp("redis-keys")
+    gateway = started(GatewayProcess(gateway_env(registry_path, store_env("redis", request, path))))
     try:
         yield gateway
     finally:

@@ -31,7 +31,8 @@ from app.providers.local import (
     load_session,
     sub_batches,
 )
-from app.registry import RegistryError, load_registry
+from app.registry import RegistryError
+from app.registry_loader import load_registry
 from app.settings import Settings
 from tests.harness import ROOT, ThreadedGateway, model_entry, write_registry
 

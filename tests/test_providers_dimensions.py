@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from app.providers import build_providers
-from app.registry import RegistryError, load_registry
+from app.registry import RegistryError
+from app.registry_loader import load_registry
 from tests.conftest import CLIENT_KEY
 from tests.fakes import FakeUpstream, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry

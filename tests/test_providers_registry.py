@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from app.providers import build_providers
-from app.registry import RegistryError, load_registry
+from app.registry import RegistryError
+from app.registry_loader import load_registry
 from tests.harness import model_entry, write_registry
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from app.registry import RegistryError, load_registry
+from app.registry import RegistryError
+from app.registry_loader import load_registry
 from app.settings import Settings
 from tests.harness import ROOT
 

@@ -16,8 +16,8 @@ from app.registry import (
     Route,
     RouteConfig,
     RoutePolicy,
-    load_registry,
 )
+from app.registry_loader import load_registry
 from app.timeouts import call_timeout, estimated_tokens
 
 

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.registry import load_registry
+from app.registry_loader import load_registry
 from tests.conftest import AIML_KEY, CLIENT_KEY, NANOGPT_KEY
 from tests.fakes import FakeUpstream, Fault
 from tests.harness import ROOT, ThreadedGateway

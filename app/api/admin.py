@@ -20,7 +20,7 @@ from starlette.responses import Response
 from app.api.auth import presented_key
 from app.api.responses import json_response
 from app.errors import AUTHENTICATION, NOT_FOUND, GatewayError, invalid_request
-from app.gateway import Gateway
+from app.gateway import Services
 from app.keys.model import ApiKeyRecord, KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey, audit, audit_log
 from app.usage import FIGURES, UsageRow, today
@@ -43,7 +43,7 @@ def admin_id(token: str) -> str:
 
 
 async def _admin(request: Request) -> str:
-    gateway: Gateway = request.app.state.gateway
+    gateway: Services = request.app.state.gateway
     expected = gateway.settings.GATEWAY_ADMIN_TOKEN
     presented = presented_key(request.headers)
     assert expected is not None  # the router is mounted only with a token
@@ -156,7 +156,7 @@ async def usage_report(
         raise invalid_request("'end' must not be before 'start'.", param="end")
     if (last - first).days >= MAX_DAYS:
         raise invalid_request(f"Ask for at most {MAX_DAYS} days at a time.", param="start")
-    gateway: Gateway = request.app.state.gateway
+    gateway: Services = request.app.state.gateway
     rows = await gateway.usage.report(None, first, last)
     records = {r.id: r for r in await _keys(request).list()}
     audit(actor, "usage", "*", [], group_by=group_by)

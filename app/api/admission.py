@@ -11,14 +11,15 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
-from app.api.auth import Caller
-from app.api.auth_throttle import AuthFailureThrottle
+from app.api.auth import presented_key
+from app.api.context import request_context
 from app.api.middleware import api_route, extra_headers, send_error
-from app.api.record import record
 from app.api.retry_after import duration, too_many_requests
+from app.auth import Caller
+from app.auth_throttle import AuthFailureThrottle
 from app.clientip import client_ip
-from app.errors import GatewayError
-from app.gateway import Gateway
+from app.errors import AuthenticationFailed, GatewayError
+from app.gateway import Services
 
 __all__ = ["IPLimit", "authenticate", "duration", "limit_by_ip"]
 
@@ -44,16 +45,16 @@ class IPLimit:
         await self.app(scope, receive, send)
 
 
-async def limit_by_ip(scope: Scope, gateway: Gateway) -> None:
+async def limit_by_ip(scope: Scope, gateway: Services) -> None:
     """Count the request against its client IP; raise a 429 when the IP is over its limit.
 
     The x-ratelimit-* headers go into the middleware's extra headers, so they reach the client
     on whatever response this request ends with, errors included.
     """
     ip = client_ip(scope, gateway.settings.TRUSTED_PROXIES)
-    record(scope).client_ip = ip
+    request_context(scope).client_ip = ip
     limiter = gateway.limiter
-    if limiter is None or gateway.auth.presents_internal_token(Headers(scope=scope)):
+    if limiter is None or gateway.auth.is_internal_token(presented_key(Headers(scope=scope))):
         return
     decision = await limiter.check(ip)
     extra_headers(scope).update(
@@ -74,18 +75,18 @@ async def limit_by_ip(scope: Scope, gateway: Gateway) -> None:
 
 
 async def authenticate(
-    scope: Scope, gateway: Gateway, headers: Headers, *, required: bool
+    scope: Scope, gateway: Services, headers: Headers, *, required: bool
 ) -> Caller:
     """Who is calling; a 401 for a missing or wrong key, a 429 once an IP fails too often."""
-    trail = record(scope)
+    context = request_context(scope)
     throttle: AuthFailureThrottle | None = gateway.auth_failures
     if throttle is not None:
-        throttle.check(trail.client_ip)  # blocked: not even a right key is looked at
+        throttle.check(context.client_ip)  # blocked: not even a right key is looked at
     try:
-        caller = await gateway.auth.identify(headers, required=required)
-    except GatewayError as error:
-        if throttle is not None and error.status == 401:
-            await throttle.failed(trail.client_ip)
+        caller = await gateway.auth.identify(presented_key(headers), required=required)
+    except AuthenticationFailed:
+        if throttle is not None:
+            await throttle.failed(context.client_ip)
         raise
-    trail.key_id = caller.key_id
+    context.key_id = caller.key_id
     return caller

@@ -16,14 +16,14 @@ from starlette.types import Receive, Scope, Send
 
 from app import metrics
 from app.api.admission import authenticate
+from app.api.context import request_context
 from app.api.middleware import request_id
 from app.api.policy import apply_policy, refund, settle
-from app.api.record import record
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
-from app.api.validation import parse_embedding_request
-from app.errors import GatewayError
-from app.gateway import Gateway
+from app.api.validation import UnknownModel, parse_embedding_request
+from app.errors import DomainError
+from app.gateway import Services
 
 PATH = "/embeddings"
 
@@ -37,31 +37,31 @@ class CreateEmbeddings:
 
 async def _create_embeddings(request: Request, send: Send) -> None:
     scope = request.scope
-    gateway: Gateway = request.app.state.gateway
-    trail = record(scope)
+    gateway: Services = request.app.state.gateway
+    context = request_context(scope)
     # The per-IP limit has run already (admission.IPLimit), before anything read the request.
     caller = await authenticate(scope, gateway, request.headers, required=True)
     try:
         job = await parse_embedding_request(
             await request.body(), gateway.registry, request_id(scope), caller.policy.allows
         )
-    except GatewayError as error:
-        if error.code == "model_not_found":
-            trail.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
+    except UnknownModel:
+        context.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
         raise
-    trail.model = job.model.id
+    context.model = job.model.id
     charge = await apply_policy(scope, gateway, caller, job)
     try:
         result = await gateway.embedder.embed(
             job, gateway.settings.REQUEST_TIMEOUT_SECONDS, read_cache=_may_read_cache(request)
         )
-    except BaseException:
+    except BaseException as error:
         await refund(gateway, charge)
+        if isinstance(error, DomainError) and error.trace is not None:
+            context.upstream(error.trace)
         raise
-    finally:
-        trail.providers, trail.upstream_seconds = job.trace.providers, job.trace.seconds
+    context.upstream(result.trace)
     await settle(gateway, charge, job, result)
-    trail.prompt_tokens, trail.upstream_tokens = result.prompt_tokens, result.upstream_tokens
+    context.prompt_tokens, context.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)
     gateway.usage.record(
         caller.key_id,

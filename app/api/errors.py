@@ -1,4 +1,8 @@
-"""Render every error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+"""Render every error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+
+This is the one place a domain error (app/errors.py) gets its HTTP status, OpenAI error type,
+code and headers: `gateway_error` below.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,80 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.errors import INVALID_REQUEST, NOT_FOUND, GatewayError
+from app.api.retry_after import too_many_requests
+from app.errors import (
+    AUTHENTICATION,
+    INVALID_REQUEST,
+    NOT_FOUND,
+    SERVER,
+    TIMEOUT,
+    UPSTREAM,
+    BudgetSpent,
+    DeadlineExceeded,
+    DomainError,
+    GatewayError,
+    InputRejected,
+    InvalidApiKey,
+    InvalidKeyChange,
+    KeyStoreUnavailable,
+    ManagedKeyRefused,
+    MissingApiKey,
+    RoutesCoolingDown,
+    TooManyFailedAuthentications,
+    UndecodableInput,
+    UpstreamsFailed,
+)
+
+INSUFFICIENT_QUOTA = "insufficient_quota"
+NO_RETRY = {"x-should-retry": "false"}  # the OpenAI SDKs' signal that retrying cannot help
+
+
+def gateway_error(error: DomainError) -> GatewayError:
+    """What the client sees for a domain error."""
+    message = error.message
+    match error:
+        case MissingApiKey():
+            return GatewayError(401, message, type=AUTHENTICATION, code="missing_api_key")
+        case InvalidApiKey():
+            return GatewayError(401, message, type=AUTHENTICATION, code="invalid_api_key")
+        case ManagedKeyRefused(reason=reason):
+            return GatewayError(401, message, type=AUTHENTICATION, code=f"api_key_{reason}")
+        case TooManyFailedAuthentications(retry_after=retry_after):
+            return too_many_requests(message, retry_after, code="too_many_failed_authentications")
+        case BudgetSpent():
+            return GatewayError(
+                429,
+                message,
+                type=INSUFFICIENT_QUOTA,
+                code=INSUFFICIENT_QUOTA,
+                headers=dict(NO_RETRY),
+            )
+        case KeyStoreUnavailable():
+            return GatewayError(
+                503,
+                message,
+                type=SERVER,
+                code="key_store_unavailable",
+                headers={"retry-after": "1"},
+            )
+        case InvalidKeyChange(field=field):
+            return GatewayError(400, message, param=field)
+        case UndecodableInput():
+            return GatewayError(400, message, param="input")
+        case InputRejected():
+            return GatewayError(400, message, param="input", code="upstream_rejected_input")
+        case RoutesCoolingDown():
+            return GatewayError(
+                503, message, type=UPSTREAM, code="routes_unavailable", headers={"retry-after": "1"}
+            )
+        case DeadlineExceeded() | UpstreamsFailed(timed_out=True):
+            return GatewayError(504, message, type=TIMEOUT, code="upstream_timeout")
+        case UpstreamsFailed(auth=auth):
+            failed = GatewayError(502, message, type=UPSTREAM, code="upstream_error")
+            if auth:
+                failed.headers.update(NO_RETRY)  # a retry cannot fix the gateway's own keys
+            return failed
+    return GatewayError(500, "The gateway hit an internal error.", type=SERVER)
 
 
 def error_response(error: GatewayError) -> Response:
@@ -20,6 +97,11 @@ def error_response(error: GatewayError) -> Response:
 async def _gateway_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     return error_response(exc)
+
+
+async def _domain_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    return error_response(gateway_error(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -48,5 +130,6 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

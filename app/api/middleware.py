@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
-from app.api.record import RequestRecord, record
+from app.api.context import RequestContext, request_context
 from app.errors import SERVER, GatewayError
 
 log = logging.getLogger("app.api")
@@ -38,12 +38,11 @@ def _new_request_id() -> str:
 
 def extra_headers(scope: Scope) -> dict[str, str]:
     """Headers a handler wants on whatever response ends up being sent (errors included)."""
-    state = scope.setdefault("state", {})
-    return state.setdefault("response_headers", {})
+    return request_context(scope).response_headers
 
 
 def request_id(scope: Scope) -> str:
-    return scope.get("state", {}).get("request_id", "")
+    return request_context(scope).request_id
 
 
 class BodyTooLarge(GatewayError):
@@ -66,9 +65,8 @@ class GatewayMiddleware:
             return
         incoming = _header(scope, b"x-request-id")
         rid = incoming if incoming and _REQUEST_ID.match(incoming) else _new_request_id()
-        state = scope.setdefault("state", {})
-        state["request_id"] = rid
         headers = extra_headers(scope)
+        request_context(scope).request_id = rid
         started = False
         status = 500
         route = api_route(scope["path"])
@@ -148,8 +146,8 @@ def api_route(path: str) -> str | None:
 
 
 def _finish(scope: Scope, route: str, status: int, seconds: float, rid: str) -> None:
-    rec: RequestRecord = record(scope)
-    metrics.REQUESTS.labels(route, rec.model or metrics.NONE, str(status)).inc()
+    context: RequestContext = request_context(scope)
+    metrics.REQUESTS.labels(route, context.model or metrics.NONE, str(status)).inc()
     metrics.REQUEST_SECONDS.labels(route).observe(seconds)
     access_log.info(
         "request",
@@ -158,14 +156,14 @@ def _finish(scope: Scope, route: str, status: int, seconds: float, rid: str) -> 
             "method": scope.get("method"),
             "path": scope["path"],
             "status": status,
-            "client_ip": rec.client_ip or client_host(scope),
-            "key_id": rec.key_id,
-            "model": rec.model,
-            "providers": rec.providers,
+            "client_ip": context.client_ip or client_host(scope),
+            "key_id": context.key_id,
+            "model": context.model,
+            "providers": context.providers,
             "duration_ms": round(seconds * 1000, 2),
-            "upstream_ms": round(rec.upstream_seconds * 1000, 2),
-            "prompt_tokens": rec.prompt_tokens,
-            "upstream_tokens": rec.upstream_tokens,
+            "upstream_ms": round(context.upstream_seconds * 1000, 2),
+            "prompt_tokens": context.prompt_tokens,
+            "upstream_tokens": context.upstream_tokens,
         },
     )
 

@@ -10,11 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import authenticate
-from app.api.auth import Caller
 from app.api.responses import json_response
 from app.api.schemas import MODEL_DETAILS_RESPONSES, MODEL_RESPONSES, MODELS_RESPONSES
+from app.auth import Caller
 from app.errors import GatewayError
-from app.gateway import Gateway
+from app.gateway import Services
 from app.registry import Model
 
 router = APIRouter()
@@ -26,7 +26,7 @@ router = APIRouter()
     responses=MODEL_DETAILS_RESPONSES,
 )
 async def list_embedding_models(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: Services = request.app.state.gateway
     caller = await authenticate(request.scope, gateway, request.headers, required=False)
     return json_response(
         {"object": "list", "data": [_detailed(m) for m in _usable(gateway, caller)]}
@@ -35,7 +35,7 @@ async def list_embedding_models(request: Request) -> Response:
 
 @router.get("/models", summary="List models (OpenAI shape)", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: Services = request.app.state.gateway
     caller = await authenticate(request.scope, gateway, request.headers, required=False)
     return json_response({"object": "list", "data": [_brief(m) for m in _usable(gateway, caller)]})
 
@@ -44,7 +44,7 @@ async def list_models(request: Request) -> Response:
     "/models/{model_id:path}", summary="Retrieve a model (OpenAI shape)", responses=MODEL_RESPONSES
 )
 async def retrieve_model(model_id: str, request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: Services = request.app.state.gateway
     caller = await authenticate(request.scope, gateway, request.headers, required=False)
     model = gateway.registry.get(model_id)
     if model is None or not model.available or not caller.policy.allows(model_id):
@@ -59,7 +59,7 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
     return json_response(_brief(model))
 
 
-def _usable(gateway: Gateway, caller: Caller) -> list[Model]:
+def _usable(gateway: Services, caller: Caller) -> list[Model]:
     allows = caller.policy.allows
     return [m for m in gateway.registry.available() if allows(m.id)]
 

@@ -10,18 +10,19 @@ from starlette.types import Scope
 
 from app import metrics
 from app.api.admission import duration
-from app.api.auth import Caller, CallerKind
+from app.api.errors import NO_RETRY
 from app.api.middleware import extra_headers
+from app.auth import Caller, CallerKind
 from app.embedder import Embedded
 from app.errors import RATE_LIMIT, GatewayError
-from app.gateway import Gateway
+from app.gateway import Services
 from app.jobs import EmbeddingJob
 from app.keys.model import ApiKeyRecord
-from app.keys.service import NO_RETRY, Charge
+from app.keys.service import Charge
 
 
 async def apply_policy(
-    scope: Scope, gateway: Gateway, caller: Caller, job: EmbeddingJob
+    scope: Scope, gateway: Services, caller: Caller, job: EmbeddingJob
 ) -> Charge | None:
     """Raise a 429 when a per-key limit or the budget says no; else what was reserved."""
     record = caller.policy
@@ -35,7 +36,7 @@ async def apply_policy(
     return await gateway.keys.reserve(record, estimate)
 
 
-async def settle(gateway: Gateway, charge: Charge | None, job: EmbeddingJob, result: Embedded):
+async def settle(gateway: Services, charge: Charge | None, job: EmbeddingJob, result: Embedded):
     """Charge what was really sent upstream: cached items cost nothing."""
     if charge is None or gateway.keys is None:
         return
@@ -43,13 +44,13 @@ async def settle(gateway: Gateway, charge: Charge | None, job: EmbeddingJob, res
     await gateway.keys.settle(charge, result.upstream_tokens * price / 1_000_000)
 
 
-async def refund(gateway: Gateway, charge: Charge | None) -> None:
+async def refund(gateway: Services, charge: Charge | None) -> None:
     if charge is not None and gateway.keys is not None:
         await gateway.keys.settle(charge, 0.0)
 
 
 async def _check_limits(
-    scope: Scope, gateway: Gateway, record: ApiKeyRecord, job: EmbeddingJob
+    scope: Scope, gateway: Services, record: ApiKeyRecord, job: EmbeddingJob
 ) -> None:
     limits = gateway.key_limits
     assert limits is not None

@@ -6,6 +6,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.registry import MAX_INPUTS
+
+NonEmptyText = Annotated[str, Field(min_length=1)]
+NonEmptyTokens = Annotated[list[int], Field(min_length=1)]
+_INPUT_DESCRIPTION = (
+    f"A string, strings, token IDs, or arrays of token IDs (1 to {MAX_INPUTS} items)."
+)
+
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(
@@ -14,12 +22,10 @@ class EmbeddingRequest(BaseModel):
 
     input: (
         Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+        | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_INPUTS)]
         | Annotated[list[int], Field(min_length=1)]
-        | Annotated[
-            list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1, max_length=2048)
-        ]
-    ) = Field(description="A string, strings, token IDs, or arrays of token IDs (1 to 2048 items).")
+        | Annotated[list[NonEmptyTokens], Field(min_length=1, max_length=MAX_INPUTS)]
+    ) = Field(description=_INPUT_DESCRIPTION)
     model: str
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = Field(default=None, ge=1)

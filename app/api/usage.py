@@ -13,7 +13,7 @@ from app.api.admission import authenticate
 from app.api.responses import json_response
 from app.api.schemas import USAGE_RESPONSES
 from app.errors import invalid_request
-from app.gateway import Gateway
+from app.gateway import Services
 from app.usage import ANONYMOUS, today, totals
 
 router = APIRouter()
@@ -23,7 +23,7 @@ MAX_DAYS = 366
 
 @router.get("/usage", summary="Usage and spend per key, model and day", responses=USAGE_RESPONSES)
 async def get_usage(request: Request) -> Response:
-    gateway: Gateway = request.app.state.gateway
+    gateway: Services = request.app.state.gateway
     caller = await authenticate(request.scope, gateway, request.headers, required=True)
     start = _day(request.query_params.get("start"), "start", default=today())
     end = _day(request.query_params.get("end"), "end", default=max(start, today()))

@@ -10,16 +10,29 @@ import orjson
 
 from app.errors import SERVER, GatewayError, invalid_request
 from app.jobs import EmbeddingJob
-from app.registry import Registry
+from app.registry import MAX_INPUTS, Registry
 from app.tokens import vocabulary_size
 
-MAX_ITEMS = 2048
 # tiktoken runs at a few MB/s: past this many bytes of text, count in a worker thread.
 TOKENISE_OFF_LOOP_BYTES = 64 * 1024
 MAX_TOTAL_TOKENS = 300_000
 ENCODING_FORMATS = ("float", "base64")
 # Retrieval models embed queries and documents differently; each provider maps these.
 INPUT_TYPES = ("query", "document")
+
+
+class UnknownModel(GatewayError):
+    """The request names a model this caller cannot use: not in the registry, or not allowed."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(
+            400,
+            f"The model '{_echo(model_id)}' does not exist. GET /v1/embedding-models lists the "
+            "models this gateway serves.",
+            param="model",
+            code="model_not_found",
+        )
+
 
 _INPUT_SHAPE = (
     "'input' must be a non-empty string, an array of non-empty strings, an array of token IDs, "
@@ -71,12 +84,7 @@ def _parse(
     model = registry.get(model_id)
     # Checked before availability, so a key cannot tell a model it may not use from none.
     if model is None or (allows is not None and not allows(model_id)):
-        raise invalid_request(
-            f"The model '{_echo(model_id)}' does not exist. GET /v1/embedding-models lists the "
-            "models this gateway serves.",
-            param="model",
-            code="model_not_found",
-        )
+        raise UnknownModel(model_id)
     if not model.available:
         raise GatewayError(
             503,
@@ -173,9 +181,9 @@ def _normalise_input(raw: Any) -> tuple[list[str] | None, list[list[int]] | None
 
 
 def _check_count(items: list[Any]) -> None:
-    if len(items) > MAX_ITEMS:
+    if len(items) > MAX_INPUTS:
         raise invalid_request(
-            f"'input' has {len(items)} items; at most {MAX_ITEMS} are allowed per request.",
+            f"'input' has {len(items)} items; at most {MAX_INPUTS} are allowed per request.",
             param="input",
         )
 

@@ -13,13 +13,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.errors import GatewayError
+from app.config_errors import one_line
+from app.errors import DomainError
 from app.keys.build import build_keys
 from app.keys.model import KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey
 from app.logs import configure_logging
 from app.redis_client import connect as connect_redis
-from app.registry import RegistryError, load_registry
+from app.registry import RegistryError
+from app.registry_loader import load_registry
 from app.settings import Settings
 
 ACTOR = "cli"
@@ -49,8 +51,8 @@ async def _run(args: argparse.Namespace, settings: Settings, registry: Any) -> i
         print(json.dumps(await _command(args, keys), indent=2))
         return 0
     except ValidationError as exc:
-        print(f"embeddings-gateway keys: {_one_line(exc)}", file=sys.stderr)
-    except GatewayError as exc:
+        print(f"embeddings-gateway keys: {one_line(exc)}", file=sys.stderr)
+    except DomainError as exc:
         print(f"embeddings-gateway keys: {exc.message}", file=sys.stderr)
     except UnknownKey as exc:
         print(f"embeddings-gateway keys: no API key has the id '{exc}'", file=sys.stderr)
@@ -131,10 +133,3 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--grace-seconds", type=float, default=0.0)
     commands.add_parser("revoke", help="revoke a key").add_argument("id")
     return parser
-
-
-def _one_line(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-        for e in exc.errors(include_url=False, include_input=False)
-    )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from app.errors import AUTHENTICATION, SERVER, GatewayError, invalid_request
+from app.errors import BudgetSpent, InvalidKeyChange, KeyStoreUnavailable, ManagedKeyRefused
 from app.keys.cache import LookupCache
 from app.keys.model import (
     ApiKeyRecord,
@@ -27,9 +27,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("app.keys")
 audit_log = logging.getLogger("app.audit")
-
-INSUFFICIENT_QUOTA = "insufficient_quota"
-NO_RETRY = {"x-should-retry": "false"}
 
 
 @dataclass(slots=True)
@@ -62,7 +59,7 @@ class ManagedKeys:
 
     async def lookup(self, secret: str) -> ApiKeyRecord | None:
         """The record a presented secret belongs to; None if it belongs to none (any more).
-        A revoked, disabled or expired key is a 401 that says which."""
+        A revoked, disabled or expired key raises ManagedKeyRefused, which says which."""
         digest = hash_secret(secret)
         found, record = self._cache.get(digest)
         if not found:
@@ -72,11 +69,11 @@ class ManagedKeys:
         if record is None or not record.matches(digest, now):
             return None
         if record.revoked_at is not None:
-            raise _unauthorised("This API key has been revoked.", "api_key_revoked")
+            raise ManagedKeyRefused("revoked")
         if record.disabled:
-            raise _unauthorised("This API key is disabled.", "api_key_disabled")
+            raise ManagedKeyRefused("disabled")
         if record.expires_at is not None and now >= record.expires_at:
-            raise _unauthorised("This API key has expired.", "api_key_expired")
+            raise ManagedKeyRefused("expired")
         return record
 
     async def reserve(self, record: ApiKeyRecord, estimate_usd: float) -> Charge:
@@ -92,14 +89,7 @@ class ManagedKeys:
             self.store.reserve(record.id, estimate_usd, record.budget_period, budget, utcnow())
         )
         if not admitted:
-            raise GatewayError(
-                429,
-                f"You exceeded your current quota: this key's {_period_name(record.budget_period)} "
-                f"budget of ${budget:g} is spent (${spent:.6f} so far).",
-                type=INSUFFICIENT_QUOTA,
-                code=INSUFFICIENT_QUOTA,
-                headers=dict(NO_RETRY),
-            )
+            raise BudgetSpent(_period_name(record.budget_period), budget, spent)
         return Charge(record.id, estimate_usd)
 
     async def settle(self, charge: Charge, actual_usd: float) -> None:
@@ -160,7 +150,7 @@ class ManagedKeys:
     ) -> tuple[ApiKeyRecord, str]:
         record = await self.get(key_id)
         if record.revoked_at is not None:
-            raise invalid_request("A revoked key cannot be rotated.", param="id")
+            raise InvalidKeyChange("A revoked key cannot be rotated.", field="id")
         now = utcnow()
         secret = new_secret()
         dropped = [h for h in (record.previous_hash,) if h]
@@ -196,9 +186,9 @@ class ManagedKeys:
     def _check_models(self, models: list[str] | None) -> None:
         for index, model in enumerate(models or []):
             if not self._model_exists(model):
-                raise invalid_request(
+                raise InvalidKeyChange(
                     f"models[{index}]: the model '{model}' is not in the registry.",
-                    param="models",
+                    field="models",
                 )
 
     async def _guarded(self, call: Awaitable[T]) -> T:
@@ -206,17 +196,7 @@ class ManagedKeys:
             return await call
         except KeyStoreError as exc:
             log.warning("key store unavailable (%s)", exc)
-            raise GatewayError(
-                503,
-                "The gateway's key store is not answering; please try again shortly.",
-                type=SERVER,
-                code="key_store_unavailable",
-                headers={"retry-after": "1"},
-            ) from None
-
-
-def _unauthorised(message: str, code: str) -> GatewayError:
-    return GatewayError(401, message, type=AUTHENTICATION, code=code)
+            raise KeyStoreUnavailable() from None
 
 
 def _period_name(period: BudgetPeriod) -> str:

@@ -74,14 +74,12 @@ class UpstreamError(Exception):
         failure: Failure,
         detail: str,
         *,
-        status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{provider}: {detail}")
         self.provider = provider
         self.failure = failure
         self.detail = detail
-        self.status = status
         self.retry_after = retry_after
 
 

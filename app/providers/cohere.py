@@ -24,6 +24,7 @@ from pydantic import Field
 from app.providers.base import Capabilities, UpstreamCall
 from app.providers.http import HTTPProvider, HTTPProviderConfig
 from app.providers.validation import load_object, parse_vector_list
+from app.registry import MAX_INPUTS
 
 INPUT_TYPES = {"query": "search_query", "document": "search_document"}
 
@@ -31,7 +32,7 @@ INPUT_TYPES = {"query": "search_query", "document": "search_document"}
 class CohereConfig(HTTPProviderConfig):
     type: Literal["cohere"]
     base_url: str = Field(default="https://api.cohere.com", min_length=1)
-    max_batch_size: int = Field(default=96, ge=1, le=2048)
+    max_batch_size: int = Field(default=96, ge=1, le=MAX_INPUTS)
     # What Cohere does with an input over the model's limit: NONE is an error, as elsewhere.
     truncate: Literal["NONE", "START", "END"] | None = None
     key_env = "COHERE_API_KEY"

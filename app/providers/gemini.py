@@ -27,6 +27,7 @@ from yarl import URL
 from app.providers.base import Capabilities, Failure, UpstreamCall
 from app.providers.http import HTTPProvider, HTTPProviderConfig
 from app.providers.validation import load_object, parse_vector_list
+from app.registry import MAX_INPUTS
 
 TASK_TYPES = {"query": "RETRIEVAL_QUERY", "document": "RETRIEVAL_DOCUMENT"}
 
@@ -35,7 +36,7 @@ class GeminiConfig(HTTPProviderConfig):
     type: Literal["gemini"]
     base_url: str = Field(default="https://generativelanguage.googleapis.com/v1beta", min_length=1)
     # batchEmbedContents takes at most 100 requests per call.
-    max_batch_size: int = Field(default=100, ge=1, le=2048)
+    max_batch_size: int = Field(default=100, ge=1, le=MAX_INPUTS)
     key_env = "GEMINI_API_KEY"
     env_defaults = {"GEMINI_BASE_URL": "https://generativelanguage.googleapis.com/v1beta"}
 

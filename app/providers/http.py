@@ -1,5 +1,9 @@
 """What every HTTP provider type shares: its config fields, the pooled client, the request cycle
-and the mapping of upstream errors."""
+and the mapping of upstream errors.
+
+Longer than most modules (~350 lines) on purpose: these are the one contract each provider
+type's ten-line adapter relies on, and reading them together is how a new type gets written.
+"""
 
 from __future__ import annotations
 
@@ -224,7 +228,7 @@ def error_from_response(
     else:
         detail = f"{display_name} answered HTTP {status}" + (f": {message}" if message else "")
     return UpstreamError(
-        provider, failure, detail, status=status, retry_after=retry_after_seconds(response.headers)
+        provider, failure, detail, retry_after=retry_after_seconds(response.headers)
     )
 
 

@@ -1,5 +1,9 @@
 """The `local` provider: sentence-embedding models run in this process on CPU with onnxruntime.
 
+Longer than most modules (~400 lines): about 50 are the record below of why this model and
+these choices, which belongs beside the code it explains; loading, threads and batching are
+one design and read best together.
+
 Model and weights
 -----------------
 The shipped model is sentence-transformers' all-MiniLM-L6-v2 (384 dimensions, Apache-2.0). Its

@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from app.api.retry_after import too_many_requests
+from app.errors import TooManyFailedAuthentications
 from app.ratelimit import RateLimiter
 
 WINDOW_SECONDS = 60.0
@@ -30,7 +30,7 @@ class AuthFailureThrottle:
         self._blocked: OrderedDict[str, float] = OrderedDict()  # ip -> blocked until
 
     def check(self, ip: str) -> None:
-        """Raise a 429 while `ip` is blocked."""
+        """Raise TooManyFailedAuthentications (a 429) while `ip` is blocked."""
         until = self._blocked.get(ip)
         if until is None:
             return
@@ -41,7 +41,8 @@ class AuthFailureThrottle:
         raise self._error(left)
 
     async def failed(self, ip: str) -> None:
-        """Count one failed authentication; raise a 429 if it was one too many."""
+        """Count one failed authentication; raise TooManyFailedAuthentications if it was one
+        too many."""
         decision = await self._limiter.check(ip)
         if decision.allowed and decision.remaining > 0:
             return
@@ -55,12 +56,8 @@ class AuthFailureThrottle:
         while len(self._blocked) > MAX_BLOCKED:
             self._blocked.popitem(last=False)
 
-    def _error(self, retry_after: float):
-        return too_many_requests(
-            f"Too many failed authentications from your IP: at most {self.limit} per minute.",
-            retry_after,
-            code="too_many_failed_authentications",
-        )
+    def _error(self, retry_after: float) -> TooManyFailedAuthentications:
+        return TooManyFailedAuthentications(self.limit, retry_after)
 
     async def aclose(self) -> None:
         await self._limiter.aclose()
