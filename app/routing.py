@@ -84,6 +84,9 @@ class Router:
     def latency(self, route: Route) -> RouteLatency:
         return self._latency[route.key]
 
+    def hedge_budget(self, route: Route) -> HedgeBudget:
+        return self._budgets[route.key]
+
     def route_order(self, job: EmbeddingJob) -> list[Route]:
         return order_routes(
             job.model.config.strategy,
@@ -332,7 +335,7 @@ class Router:
                 raise
             if exc.failure is Failure.TIMEOUT:
                 self._latency[route.key].observe(elapsed)  # slow is what least-latency avoids
-            health.failure()
+            health.failure(f"{exc.failure.value}: {exc.detail}")
             log.warning(
                 "upstream call failed",
                 extra={
