@@ -335,7 +335,8 @@ class Router:
                 raise
             if exc.failure is Failure.TIMEOUT:
                 self._latency[route.key].observe(elapsed)  # slow is what least-latency avoids
-            health.failure(f"{exc.failure.value}: {exc.detail}")
+            why = exc.failure.value
+            health.failure(exc.detail if why in exc.detail else f"{why}: {exc.detail}")
             log.warning(
                 "upstream call failed",
                 extra={

@@ -9,12 +9,13 @@ from typing import Any
 import httpx
 
 from tests.conftest import providers_for
-from tests.harness import ThreadedGateway, model_entry, write_registry
+from tests.harness import ThreadedGateway, free_port, model_entry, write_registry
 from tests.keys_support import ADMIN_TOKEN
 
 MODEL = "text-embedding-3-small"
 # $1 per thousand tokens: one short request costs a visible fraction of a cent.
 PRICED = "priced-model"
+FAILOVER = "failover-model"
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
 
 
@@ -28,9 +29,18 @@ def console_registry(directory: Path, nanogpt, aiml, nugen) -> Path:
             ]
         ),
         "keyless-model": model_entry([{"provider": "nokey", "model": "keyless"}]),
+        # Its first route's upstream is not listening: calls fail over, and Routes says why.
+        FAILOVER: model_entry(
+            [
+                {"provider": "down", "model": "down", "max_attempts": 1},
+                {"provider": "nanogpt", "model": FAILOVER},
+            ]
+        ),
     }
     providers = providers_for(nanogpt, aiml, nugen)
     providers["nokey"] = {"type": "nanogpt", "base_url": nanogpt.base_url, "api_key": ""}
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    providers["down"] = {"type": "nanogpt", "base_url": closed, "api_key": "down-key"}
     return write_registry(directory / "models.yaml", providers, models)
 
 
