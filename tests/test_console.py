@@ -324,3 +324,27 @@ def test_rolling_stats_keep_one_hour_per_minute():
     now[0] += 3600  # an hour later the minute has left the window
     stats.observe("other", 200, 0.001)
     assert [s.model for s in stats.last_hour()] == ["other"]
+
+
+async def test_rolling_stats_are_summed_across_workers_through_redis(redis_server):
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_server.url)
+    now = [time.time()]
+    prefix = f"stats:{time.monotonic_ns()}:"
+    workers = [
+        RollingStats(clock=lambda: now[0], redis=lambda: client, prefix=prefix) for _ in range(2)
+    ]
+    for n, stats in enumerate(workers):
+        for _ in range(3 + n):
+            stats.observe("m", 200, 0.010)
+        stats.observe("m", 503, 0.900)
+    await workers[0].flush()
+    series, everywhere = await workers[1].last_hour_everywhere()  # flushes its own first
+    assert everywhere is True
+    (m,) = series
+    assert m.total_requests == 9
+    assert m.error_rate[-1] == pytest.approx(2 / 9)
+    assert m.p99_ms[-1] >= 900  # type: ignore[operator]
+    assert [s.total_requests for s in workers[0].last_hour()] == [4]  # its own view
+    await client.aclose()

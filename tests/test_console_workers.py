@@ -3,6 +3,7 @@ on one worker is good on the other, and a sign-out ends a copied cookie on both.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -12,9 +13,9 @@ import httpx
 import pytest
 
 from app.ui.session import COOKIE
-from tests.console_support import console_registry
+from tests.console_support import PRICED, console_registry
 from tests.harness import GatewayProcess
-from tests.keys_support import ADMIN_TOKEN
+from tests.keys_support import ADMIN_TOKEN, create_key, embed, wait_until
 
 WORKERS = 2
 PID = re.compile(r"worker pid (\d+)")
@@ -79,3 +80,32 @@ def test_sessions_hold_across_workers_and_sign_out_ends_them_on_all(two_workers)
     replays = [fresh(two_workers, "GET", "/ui/routes", cookie) for _ in range(20)]
     assert [r.status_code for r in replays] == [303] * 20
     assert ADMIN_TOKEN not in two_workers.output()
+
+
+def test_overview_sums_every_worker_through_redis(two_workers):
+    key = create_key(two_workers.url, name="overview-sum")
+    count = 0
+    for n in range(200):
+        assert embed(two_workers.url, key["key"], PRICED, f"sum {n}").status_code == 200
+        count += 1
+        if count >= 10 and len(_pids_serving(two_workers, key["id"])) == WORKERS:
+            break
+    assert len(_pids_serving(two_workers, key["id"])) == WORKERS
+    login = httpx.post(f"{two_workers.url}/ui/login", data={"token": ADMIN_TOKEN}, timeout=10)
+    cookie = login.cookies[COOKIE]
+
+    def shows_all() -> bool:
+        page = fresh(two_workers, "GET", "/ui", cookie).text
+        return f'{PRICED} <span class="count">{count} requests</span>' in page
+
+    wait_until(shows_all, timeout=10, step=0.5)  # each worker flushes within 2 s
+    assert "summed over" in fresh(two_workers, "GET", "/ui", cookie).text
+
+
+def _pids_serving(gateway: GatewayProcess, key_id: str) -> set[int]:
+    time.sleep(0.01)  # let the access line reach the log
+    return {
+        json.loads(line)["pid"]
+        for line in gateway.output().splitlines()
+        if '"app.access"' in line and key_id in line and '"status":200' in line
+    }

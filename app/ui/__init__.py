@@ -28,7 +28,13 @@ def install(app: FastAPI, settings: Settings) -> None:
     the statistics see every embeddings request, the per-IP limit's 429s included."""
     if settings.GATEWAY_ADMIN_TOKEN is None:
         return
-    stats = RollingStats()
+    stats = RollingStats(
+        redis=(lambda: getattr(app.state, "gateway", None) and app.state.gateway.redis)
+        if settings.REDIS_URL
+        else None,
+        prefix=settings.RATE_LIMIT_KEY_PREFIX + "console-stats:",
+        timeout=settings.CACHE_TIMEOUT_MS / 1000,
+    )
     console = Console(app, settings, stats)
     app.router.routes.extend(_routes(console))
     paths = frozenset(prefix + "/embeddings" for prefix in API_PREFIXES)

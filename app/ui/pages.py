@@ -80,7 +80,7 @@ async def logout(console: Console, ctx: Context) -> Response:
 
 async def overview(console: Console, ctx: Context) -> Response:
     registry = console.gateway.registry
-    series = console.stats.last_hour()
+    series, everywhere = await console.stats.last_hour_everywhere()
     charts = []
     for one in series:
         span = (_clock(one.minutes[0]), _clock(one.minutes[-1]))
@@ -110,6 +110,7 @@ async def overview(console: Console, ctx: Context) -> Response:
         unserved=unserved,
         pid=os.getpid(),
         workers=console.settings.WORKERS,
+        everywhere=everywhere,
     )
 
 
