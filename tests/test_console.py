@@ -249,6 +249,13 @@ def test_usage_page_and_csv_show_spend_per_day(console):
     rows = [r for r in csv.DictReader(io.StringIO(download.text)) if r["group"] == key["id"]]
     assert len(rows) == 1
     assert int(rows[0]["requests"]) == 1 and float(rows[0]["cost_usd"]) > 0
+    formula = create_key(console.url, name="=HYPERLINK(1)")
+    openai.OpenAI(
+        base_url=f"{console.url}/v1", api_key=formula["key"], max_retries=0
+    ).embeddings.create(model=PRICED, input="formula")
+    again = client.get("/ui/usage.csv", params={"group_by": "key"}).text
+    (quoted,) = [r for r in csv.DictReader(io.StringIO(again)) if r["group"] == formula["id"]]
+    assert quoted["name"] == "'=HYPERLINK(1)"  # text in a spreadsheet, not a formula
     bad = client.get("/ui/usage.csv", params={"start": "2026-02-01", "end": "2026-01-01"})
     assert bad.status_code == 400
 
