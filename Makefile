@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test lint format redis-server node-deps promtool bench bench-tail
+.PHONY: run test lint format redis-server node-deps promtool chromium bench bench-tail
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/embeddings-gateway
 
 ## Install everything (Redis server included) and run the linters and the whole test suite.
-test: $(VENV)/.installed-test redis-server node-deps promtool
+test: $(VENV)/.installed-test redis-server node-deps promtool chromium
 	$(VENV)/bin/ruff check app tests bench scripts
 	$(VENV)/bin/ruff format --check app tests bench scripts
 	$(PY) -m pytest
@@ -82,3 +82,10 @@ promtool:
 	@command -v promtool >/dev/null 2>&1 || { \
 		echo "installing promtool (Debian package prometheus)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+# tests/test_console_browser.py drives Debian's chromium through Playwright (its own browser
+# downloads, `playwright install`, are never used).
+chromium:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+		echo "installing chromium and chromium-driver (Debian packages)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }

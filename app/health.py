@@ -7,6 +7,7 @@ then exactly one request is let through as a trial, and its outcome closes or re
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from app import metrics
@@ -31,10 +32,19 @@ class RouteHealth:
         self.consecutive_failures = 0
         self._open_until: float | None = None
         self._trial_started: float | None = None
+        # For the console's Routes page: what went wrong last, and when (wall clock).
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
 
     @property
     def is_open(self) -> bool:
         return self._open_until is not None
+
+    def cooldown_left(self) -> float | None:
+        """Seconds until the route may be tried again; None when it is not cooling down."""
+        if self._open_until is None:
+            return None
+        return max(0.0, self._open_until - self._clock())
 
     def may_admit(self) -> bool:
         """Would admit() let a request through now? Asks without taking the trial."""
@@ -65,8 +75,10 @@ class RouteHealth:
         self._open_until = None
         self._trial_started = None
 
-    def failure(self) -> None:
+    def failure(self, reason: str | None = None) -> None:
         self.consecutive_failures += 1
+        if reason is not None:
+            self.last_error, self.last_error_at = reason, time.time()
         trial_failed = self._trial_started is not None
         if trial_failed or self.consecutive_failures >= self._threshold:
             if self._open_until is None:

@@ -66,6 +66,10 @@ class HedgeBudget:
                 hedges += self._hedges[slot]
         return calls, hedges
 
+    def window(self) -> tuple[int, int]:
+        """Calls and hedges in the current window (read-only: for the console)."""
+        return self._totals()
+
     def record_call(self) -> None:
         self._calls[self._slot()] += 1
 

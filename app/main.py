@@ -36,6 +36,7 @@ from app.registry_loader import load_registry
 from app.routing import Router
 from app.settings import Settings
 from app.tokens import warm_up
+from app.ui import install as install_console
 
 log = logging.getLogger("app")
 
@@ -211,6 +212,7 @@ def create_app(
     # The last added runs first: request ID and body cap, then the per-IP limit, then routing.
     app.add_middleware(IPLimit)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
+    install_console(app, settings)  # /ui, only with GATEWAY_ADMIN_TOKEN; outermost, for its stats
     return app
 
 

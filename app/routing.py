@@ -83,6 +83,15 @@ class Router:
             for name, config in registry.providers.items()
         }
 
+    def health(self, route: Route) -> RouteHealth:
+        return self._health[route.key]
+
+    def latency(self, route: Route) -> RouteLatency:
+        return self._latency[route.key]
+
+    def hedge_budget(self, route: Route) -> HedgeBudget:
+        return self._budgets[route.key]
+
     def route_order(self, job: EmbeddingJob) -> list[Route]:
         return order_routes(
             job.model.config.strategy,
@@ -274,7 +283,8 @@ class Router:
                 raise
             if exc.failure is Failure.TIMEOUT:
                 self._latency[route.key].observe(elapsed)  # slow is what least-latency avoids
-            health.failure()
+            why = exc.failure.value
+            health.failure(exc.detail if why in exc.detail else f"{why}: {exc.detail}")
             log.warning(
                 "upstream call failed",
                 extra={

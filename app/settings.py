@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # How long a worker trusts what it read about a key: the bound on how long a revoke,
     # disable or rotation takes to reach every worker and replica.
     KEYS_CACHE_SECONDS: float = Field(default=0.5, gt=0, le=1)
+    # How long a console (/ui) sign-in lasts; the operator signs in again after it.
+    CONSOLE_SESSION_SECONDS: int = Field(default=8 * 3600, ge=60, le=30 * 86_400)
     MODELS_CONFIG: str = "config/models.yaml"
 
     HOST: str = "0.0.0.0"

@@ -150,12 +150,7 @@ async def usage_report(
     group_by: Literal["key", "team", "model"] = Query(default="key"),
     actor: str = Depends(_admin),
 ) -> Response:
-    first = _day(start, "start", default=today())
-    last = _day(end, "end", default=max(first, today()))
-    if last < first:
-        raise invalid_request("'end' must not be before 'start'.", param="end")
-    if (last - first).days >= MAX_DAYS:
-        raise invalid_request(f"Ask for at most {MAX_DAYS} days at a time.", param="start")
+    first, last = report_range(start, end)
     gateway: Services = request.app.state.gateway
     rows = await gateway.usage.report(None, first, last)
     records = {r.id: r for r in await _keys(request).list()}
@@ -169,6 +164,17 @@ async def usage_report(
             "data": _grouped(rows, group_by, records),
         }
     )
+
+
+def report_range(start: str | None, end: str | None) -> tuple[date, date]:
+    """The days a usage report covers (the console's Usage page asks with the same rules)."""
+    first = _day(start, "start", default=today())
+    last = _day(end, "end", default=max(first, today()))
+    if last < first:
+        raise invalid_request("'end' must not be before 'start'.", param="end")
+    if (last - first).days >= MAX_DAYS:
+        raise invalid_request(f"Ask for at most {MAX_DAYS} days at a time.", param="start")
+    return first, last
 
 
 def _grouped(

@@ -1,0 +1,118 @@
+"""What every console page shares: security headers, the session and CSRF gate, form parsing
+and rendering with autoescaped templates."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.ui.session import COOKIE, Session, Sessions, csrf_matches
+
+HERE = Path(__file__).parent
+# No inline script or style anywhere: charts are SVG drawn with attributes, behaviour is in
+# /ui/static/console.js. Nothing from another origin, and no page may frame the console.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+MAX_FORM_BYTES = 64 * 1024
+
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+assert templates.env.autoescape  # everything a user supplied is rendered as text
+
+
+class SecureHeaders:
+    """Pure ASGI: the console's security headers on every response, errors and files included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw = [
+                    (k, v)
+                    for k, v in message.get("headers", [])
+                    if k.decode("latin-1").lower() not in SECURITY_HEADERS
+                ]
+                raw.extend((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())
+                message = {**message, "headers": raw}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+@dataclass(slots=True)
+class Context:
+    """What a signed-in handler gets: the request, its session and its form (for a POST)."""
+
+    request: Request
+    session: Session
+    form: dict[str, str]
+
+
+Handler = Callable[[Context], Awaitable[Response]]
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """An urlencoded form (all the console sends); the last value of a repeated field wins."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
+
+
+def signed_in(sessions: Callable[[], Sessions], handler: Handler) -> Callable[..., Any]:
+    """Wrap a handler: no session → sign-in page (GET) or 401; a POST without the session's
+    CSRF token → 403, before the handler runs."""
+
+    async def endpoint(request: Request) -> Response:
+        session = await sessions().read(request.cookies.get(COOKIE))
+        if session is None:
+            if request.method == "GET":
+                return RedirectResponse("/ui/login", status_code=303)
+            return message_page(request, "Sign in first.", status=401)
+        form: dict[str, str] = {}
+        if request.method == "POST":
+            form = await read_form(request)
+            if not csrf_matches(session, form.get("csrf")):
+                return message_page(
+                    request, "This form has expired or did not come from the console.", 403
+                )
+        return await handler(Context(request, session, form))
+
+    return endpoint
+
+
+def render(
+    request: Request,
+    template: str,
+    session: Session | None,
+    status: int = 200,
+    **values: Any,
+) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        template,
+        {"csrf": session.csrf if session else None, "path": request.url.path, **values},
+        status_code=status,
+    )
+
+
+def message_page(request: Request, message: str, status: int) -> HTMLResponse:
+    return render(request, "message.html", None, status=status, message=message)
