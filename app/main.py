@@ -48,7 +48,9 @@ def build_gateway(
     registry = load_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = build_providers(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
-    redis = connect_redis(settings.REDIS_URL, timeout) if settings.REDIS_URL else None
+    redis = None
+    if settings.REDIS_URL:
+        redis = connect_redis(settings.REDIS_URL, timeout, settings.redis_options)
     keys = build_keys(settings, redis, registry)
     return Gateway(
         settings=settings,
