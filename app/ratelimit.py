@@ -36,6 +36,7 @@ log = logging.getLogger("app.ratelimit")
 
 WINDOW_SECONDS = 1.0
 PROBE_INTERVAL_SECONDS = 1.0
+START_TIMEOUT_SECONDS = 2.0
 
 Clock = Callable[[], float]
 
@@ -211,7 +212,9 @@ class RedisRateLimiter(RateLimiter):
 
     async def start(self) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
+            # Longer than a request's bound: the first call also connects, and a Cluster client
+            # first learns the slot map and loads the script on every master.
+            async with asyncio.timeout(max(self._timeout, START_TIMEOUT_SECONDS)):
                 await self._redis.script_load(SLIDING_LOG)
         except REDIS_FAILURES as exc:
             self._went_down(exc, at_start=True)
