@@ -32,6 +32,7 @@ from app.logs import configure_logging
 from app.providers import build_providers
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.redis_client import connect as connect_redis
+from app.redis_client import follow_master
 from app.registry import load_registry
 from app.routing import Router
 from app.settings import Settings
@@ -169,6 +170,7 @@ def create_app(
         )
         app.state.gateway = gateway
         flusher = asyncio.create_task(gateway.usage.run_flusher())
+        follower = asyncio.create_task(follow_master(gateway.redis))  # Sentinel failovers
         # Everything built so far lives as long as the process: keep it out of the collector's
         # sweeps, whose full passes over it were the p99 tail under load (measured: 68 -> 20 ms).
         gc.collect()
@@ -177,6 +179,7 @@ def create_app(
             yield
         finally:
             flusher.cancel()
+            follower.cancel()
             await gateway.aclose()
 
     app = FastAPI(

@@ -9,6 +9,8 @@ per slot; `mget` reads many keys in any mode.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,11 +20,13 @@ from urllib.parse import urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
+
+log = logging.getLogger("app.redis")
 
 RedisMode = Literal["standalone", "cluster", "sentinel"]
 # Both speak the same commands; only a Cluster needs a multi-key call's keys in one slot.
@@ -155,3 +159,31 @@ async def mget(client: RedisClient, keys: list[str]) -> list[bytes | None]:
     if isinstance(client, RedisCluster):
         return await client.mget_nonatomic(keys)
     return await client.mget(keys)
+
+
+async def follow_master(client: object, interval: float = 1.0, timeout: float = 1.0) -> None:
+    """Sentinel mode: ask the sentinels every `interval` who the master is, and drop every
+    connection to the old one as soon as it changes.
+
+    redis-py asks only when it opens a connection, and a `SENTINEL FAILOVER` leaves the old
+    master answering as a master until the sentinels demote it (up to ~10 s later, at their
+    next INFO): writes made there meanwhile would be lost. Other modes: returns at once.
+    """
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(pool, SentinelConnectionPool):
+        return
+    while True:
+        await asyncio.sleep(interval)
+        known = pool.master_address
+        try:
+            async with asyncio.timeout(timeout):
+                now = await pool.sentinel_manager.discover_master(pool.service_name)
+        except REDIS_FAILURES as exc:
+            log.debug("sentinels not reachable (%s)", type(exc).__name__)
+            continue
+        if known is not None and now != known:
+            log.warning("Redis master moved to %s:%s; reconnecting", *now)
+            pool.master_address = now
+            await pool.disconnect(inuse_connections=True)
+        elif known is None:
+            pool.master_address = now
