@@ -2,9 +2,15 @@
 
 Keys are `{CACHE_KEY_PREFIX}{model}:{fingerprint}:{dims}:[{input_type}:]{sha256 of the input}`:
 the fingerprint changes with the model's registry entry, and the prefix can be bumped by hand,
-so stale vectors are never served. Reads are one MGET, writes one pipelined batch of SET EX.
-Redis trouble never fails a request: the cache is bypassed (and skipped for a second, so a
-hung Redis costs one timeout per second, not one per request).
+so stale vectors are never served. Reads are one MGET (per hash slot in a Cluster), answered
+first from the vectors still waiting to be written.
+
+Writes are off the request's path: `put` queues vectors in process (at most `max_pending`; past
+it new ones are simply not cached) and one background task writes what has queued, in
+pipelined batches of SET EX (per node in a Cluster), one batch after another; `flush`, at
+shutdown, writes everything left. Redis trouble never fails a request: the cache is bypassed
+(and skipped for a second, so a hung Redis costs one timeout per second, not one per request),
+and a batch that fails is dropped: a cache only loses hits, never answers.
 """
 
 from __future__ import annotations
@@ -15,16 +21,16 @@ import logging
 import time
 
 import numpy as np
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app import metrics
 from app.encoding import FLOAT32_LE
+from app.redis_client import REDIS_FAILURES, RedisClient, mget
 from app.registry import Model
 
 log = logging.getLogger("app.cache")
 
 BYPASS_SECONDS = 1.0
+WRITE_BATCH = 256  # SETs per pipeline: a batch of wide vectors stays well inside the timeout
 
 
 def item_digest(item: str | list[int]) -> str:
@@ -46,40 +52,96 @@ def item_key(model: Model, dims: int, digest: str, input_type: str | None) -> st
 
 
 class EmbeddingCache:
-    def __init__(self, redis: Redis, *, prefix: str, ttl_seconds: int, timeout: float) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        prefix: str,
+        ttl_seconds: int,
+        timeout: float,
+        max_pending: int = 10_000,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._ttl = ttl_seconds
         self._timeout = timeout
         self._bypass_until = 0.0
+        self._max_pending = max_pending
+        self._pending: dict[str, np.ndarray] = {}  # queued for the next write
+        self._writing: dict[str, np.ndarray] = {}  # the batch on its way to Redis
+        self._writer: asyncio.Task[None] | None = None
 
     async def get_many(self, keys: list[str], dims: int) -> list[np.ndarray | None]:
         """Vectors for `item_key`s (None where there is none); the prefix is added here."""
-        if not keys or self._bypassed():
-            return [None] * len(keys)
+        found: list[np.ndarray | None] = [self._queued(key) for key in keys]
+        unknown = [i for i, vector in enumerate(found) if vector is None]
+        if not unknown or self._bypassed():
+            return found
         try:
             async with asyncio.timeout(self._timeout):
-                values = await self._redis.mget([self._prefix + key for key in keys])
-        except (RedisError, OSError, TimeoutError) as exc:
+                values = await mget(self._redis, [self._prefix + keys[i] for i in unknown])
+        except REDIS_FAILURES as exc:
             self._failed("read", exc)
-            return [None] * len(keys)
+            return found
         width = dims * FLOAT32_LE.itemsize
-        return [
-            np.frombuffer(value, dtype=FLOAT32_LE) if value and len(value) == width else None
-            for value in values
-        ]
+        for i, value in zip(unknown, values, strict=True):
+            if value and len(value) == width:
+                found[i] = np.frombuffer(value, dtype=FLOAT32_LE)
+        return found
+
+    async def put(self, entries: dict[str, np.ndarray]) -> None:
+        """Cache `entries` soon, without waiting for Redis (at once when queueing is off)."""
+        if not entries or self._bypassed():
+            return
+        if self._max_pending == 0:
+            await self.set_many(entries)
+            return
+        room = self._max_pending - len(self._pending)
+        for key, vector in entries.items():
+            if room <= 0:
+                metrics.CACHE_WRITES_DROPPED.inc()
+                continue
+            if key not in self._pending:
+                room -= 1
+            self._pending[key] = vector
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+
+    async def flush(self) -> None:
+        """Write everything queued (at shutdown): nothing accepted by `put` is left behind."""
+        while self._writer is not None or self._pending:
+            if self._writer is None:
+                self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+            await asyncio.shield(self._writer)
+
+    async def _write_queued(self) -> None:
+        try:
+            while self._pending:
+                self._writing, self._pending = self._pending, {}
+                entries = list(self._writing.items())
+                for start in range(0, len(entries), WRITE_BATCH):
+                    await self.set_many(dict(entries[start : start + WRITE_BATCH]))
+                self._writing = {}
+        finally:
+            self._writing = {}
+            self._writer = None
+
+    def _queued(self, key: str) -> np.ndarray | None:
+        vector = self._pending.get(key)
+        return vector if vector is not None else self._writing.get(key)
 
     async def set_many(self, entries: dict[str, np.ndarray]) -> None:
         if not entries or self._bypassed():
             return
         try:
             async with asyncio.timeout(self._timeout):
+                # A Cluster's pipeline sends each node its own keys, in parallel.
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key, vector in entries.items():
                         value = np.ascontiguousarray(vector, FLOAT32_LE).tobytes()
                         pipe.set(self._prefix + key, value, ex=self._ttl)
                     await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             self._failed("write", exc)
 
     def _bypassed(self) -> bool:

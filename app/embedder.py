@@ -42,6 +42,10 @@ class Embedded:
 
 
 class Embedder:
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        return self._cache
+
     def __init__(self, router: Router, cache: EmbeddingCache | None) -> None:
         self._router = router
         self._cache = cache
@@ -75,7 +79,7 @@ class Embedder:
             fetched = await self._fetch(job, missing, first, timeout, upstream)
             found.update(fetched)
             if cache is not None:
-                await cache.set_many(fetched)
+                await cache.put(fetched)  # queued: written after the response, in batches
 
         vectors = np.empty((len(job), dims), dtype=np.float32)
         for index, key in enumerate(keys):

@@ -45,6 +45,7 @@ class Services:
                 prefix=settings.CACHE_KEY_PREFIX,
                 ttl_seconds=settings.CACHE_TTL_SECONDS,
                 timeout=settings.CACHE_TIMEOUT_MS / 1000,
+                max_pending=settings.CACHE_WRITE_QUEUE,
             )
         self.embedder = Embedder(self.router, cache)
         self.usage = UsageLedger(
@@ -53,6 +54,8 @@ class Services:
 
     async def aclose(self) -> None:
         try:
+            if self.embedder.cache is not None:
+                await self.embedder.cache.flush()  # queued cache writes: none lost on a stop
             await self.usage.flush()
             for provider in self.providers.values():
                 await provider.aclose()

@@ -32,6 +32,7 @@ from app.logs import configure_logging
 from app.providers import build_providers
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.redis_client import connect as connect_redis
+from app.redis_client import follow_master
 from app.registry_loader import load_registry
 from app.routing import Router
 from app.settings import Settings
@@ -49,7 +50,9 @@ def build_gateway(
     registry = load_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = build_providers(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
-    redis = connect_redis(settings.REDIS_URL, timeout) if settings.REDIS_URL else None
+    redis = None
+    if settings.REDIS_URL:
+        redis = connect_redis(settings.REDIS_URL, timeout, settings.redis_options)
     keys = build_keys(settings, redis, registry)
     return Services(
         settings=settings,
@@ -168,6 +171,7 @@ def create_app(
         )
         app.state.gateway = gateway
         flusher = asyncio.create_task(gateway.usage.run_flusher())
+        follower = asyncio.create_task(follow_master(gateway.redis))  # Sentinel failovers
         # Everything built so far lives as long as the process: keep it out of the collector's
         # sweeps, whose full passes over it were the p99 tail under load (measured: 68 -> 20 ms).
         gc.collect()
@@ -176,6 +180,7 @@ def create_app(
             yield
         finally:
             flusher.cancel()
+            follower.cancel()
             await gateway.aclose()
 
     app = FastAPI(

@@ -69,6 +69,10 @@ REDIS_ERRORS = Counter(
 CACHE_LOOKUPS = Counter(
     f"{PREFIX}_cache_lookups_total", "Embedding cache lookups per input item.", ["model", "result"]
 )
+CACHE_WRITES_DROPPED = Counter(
+    f"{PREFIX}_cache_writes_dropped_total",
+    "Vectors not cached because the background write queue (CACHE_WRITE_QUEUE) was full.",
+)
 ROUTE_COOLDOWN = Gauge(
     f"{PREFIX}_route_cooldown_open",
     "1 while a route is skipped after repeated failures.",

@@ -9,10 +9,11 @@ at most `limit` entries per active client, is small for a per-second limit. Deni
 are not logged, so a client that keeps over-asking still gets exactly `limit` per second.
 
 Redis holds the log as a sorted set per client, touched by one Lua script per request: one
-round trip, atomic across every worker and gateway, timed by Redis's own clock. The `limits`
-library implements the same moving window, but needs a second round trip for remaining/reset,
-so this small script is the cheaper choice. When Redis fails or is slow, the same algorithm
-runs in-process (limits become per process) until Redis answers a probe again.
+round trip, atomic across every worker and gateway, timed by Redis's own clock. Each client's
+log is one key, so the script is Cluster-safe; batched checks go as one call per hash slot.
+The `limits` library implements the same moving window, but needs a second round trip for
+remaining/reset, so this small script is the cheaper choice. When Redis fails or is slow, the
+same algorithm runs in-process (limits become per process) until Redis answers a probe again.
 """
 
 from __future__ import annotations
@@ -28,16 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from app import metrics
-from app.redis_client import connect
+from app.redis_client import REDIS_FAILURES, RedisClient, by_slot, connect
 
 log = logging.getLogger("app.ratelimit")
 
 WINDOW_SECONDS = 1.0
 PROBE_INTERVAL_SECONDS = 1.0
+START_TIMEOUT_SECONDS = 2.0
 
 Clock = Callable[[], float]
 
@@ -185,7 +184,7 @@ class RedisRateLimiter(RateLimiter):
         timeout: float,
         probe_interval: float = PROBE_INTERVAL_SECONDS,
         clock: Clock = time.monotonic,
-        client: Redis | None = None,
+        client: RedisClient | None = None,
         window: float = WINDOW_SECONDS,
     ) -> None:
         super().__init__(limit)
@@ -195,7 +194,7 @@ class RedisRateLimiter(RateLimiter):
         self._probe_interval = probe_interval
         self._clock = clock
         self._owns_client = client is None
-        self._redis: Redis = client if client is not None else connect(url, timeout)
+        self._redis: RedisClient = client if client is not None else connect(url, timeout)
         self._script = self._redis.register_script(SLIDING_LOG)
         self._window_us = round(window * 1_000_000)
         self._members = itertools.count()
@@ -213,9 +212,11 @@ class RedisRateLimiter(RateLimiter):
 
     async def start(self) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
+            # Longer than a request's bound: the first call also connects, and a Cluster client
+            # first learns the slot map and loads the script on every master.
+            async with asyncio.timeout(max(self._timeout, START_TIMEOUT_SECONDS)):
                 await self._redis.script_load(SLIDING_LOG)
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             self._went_down(exc, at_start=True)
         else:
             log.info("rate limits are counted in Redis at %s", redacted(self.url))
@@ -270,7 +271,18 @@ class RedisRateLimiter(RateLimiter):
 
     async def _call_for(self, waiting: list[_Waiting]) -> None:
         try:
-            counted = await self._call([w[0] for w in waiting], [w[1] for w in waiting])
+            # A Cluster runs a script on one slot's keys: one call per slot, all at once.
+            # Each client's log is one key, so per-client order is kept within its slot.
+            groups = by_slot(self._redis, waiting, lambda w: w[0])
+            answered = await asyncio.gather(
+                *(self._call([w[0] for w in g], [w[1] for w in g]) for g in groups)
+            )
+            waiting = [w for g in groups for w in g]
+            counted = [
+                one
+                for g, answers in zip(groups, answered, strict=True)
+                for one in (answers or [None] * len(g))
+            ]
         except Exception as exc:  # not Redis's failure (that is None): each waiter gets it
             for _, _, answer in waiting:
                 if not answer.done():
@@ -280,8 +292,7 @@ class RedisRateLimiter(RateLimiter):
                 answer.cancel()
             raise
         else:
-            answers = counted or [None] * len(waiting)
-            for (_, _, answer), one in zip(waiting, answers, strict=True):
+            for (_, _, answer), one in zip(waiting, counted, strict=True):
                 if not answer.done():  # its request may have gone away meanwhile
                     answer.set_result(one)
         finally:
@@ -292,7 +303,7 @@ class RedisRateLimiter(RateLimiter):
         try:
             async with asyncio.timeout(self._timeout):
                 flat = await self._script(keys=keys, args=[self.limit, self._window_us, *members])
-        except (RedisError, OSError) as exc:
+        except REDIS_FAILURES as exc:
             metrics.REDIS_ERRORS.labels("ratelimit").inc()
             self._went_down(exc)
             return None

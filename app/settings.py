@@ -7,8 +7,10 @@ from functools import cached_property
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.redis_client import RedisOptions
 
 
 def _split_csv(value: object) -> object:
@@ -27,6 +29,17 @@ def _parse_network(text: str) -> IPv4Network | IPv6Network:
     except ValueError:
         hint = ""
     raise ValueError(f"{text!r} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32{hint}")
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port, such as 10.0.0.5:26379")
+    return host.strip("[]"), int(port)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 class Settings(BaseSettings):
@@ -57,7 +70,20 @@ class Settings(BaseSettings):
     # JSON lines for machines (the default); `text` reads better in a local terminal.
     LOG_FORMAT: Literal["json", "text"] = "json"
     METRICS_ENABLED: bool = True
+    # --- Redis (README: "Redis modes") ---
+    # standalone: REDIS_URL names the server. cluster: REDIS_URL names any one node. sentinel:
+    # the sentinels name the master; REDIS_URL (optional) gives its scheme, user and db.
     REDIS_URL: str | None = None
+    REDIS_MODE: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    REDIS_SENTINELS: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
+    REDIS_SENTINEL_MASTER: str | None = None
+    REDIS_PASSWORD: SecretStr | None = None
+    REDIS_SENTINEL_PASSWORD: SecretStr | None = None
+    # CA bundle that verifies the server's certificate on rediss:// (default: the system's).
+    REDIS_CA_FILE: str | None = None
+    # Cache writes wait in process for one batched write, off the request's path; at most this
+    # many vectors wait (past it, new ones are not cached) and shutdown writes what is left.
+    CACHE_WRITE_QUEUE: int = Field(default=10_000, ge=0)
 
     # Requests per second per client IP on the API routes; 0 turns the limit off.
     RATE_LIMIT_PER_SECOND: int = Field(default=100, ge=0)
@@ -111,7 +137,49 @@ class Settings(BaseSettings):
             return tuple(_parse_network(part) if isinstance(part, str) else part for part in parts)
         return parts
 
-    @field_validator("GATEWAY_INTERNAL_TOKEN", "GATEWAY_ADMIN_TOKEN", "REDIS_URL", mode="before")
+    @field_validator("REDIS_SENTINELS", mode="before")
+    @classmethod
+    def _parse_sentinels(cls, value: object) -> object:
+        parts = _split_csv(value)
+        if isinstance(parts, list):
+            return tuple(_host_port(part) if isinstance(part, str) else part for part in parts)
+        return parts
+
+    @model_validator(mode="after")
+    def _redis_mode(self) -> Settings:
+        if self.REDIS_MODE == "sentinel":
+            if not self.REDIS_SENTINELS or not self.REDIS_SENTINEL_MASTER:
+                raise ValueError(
+                    "REDIS_MODE=sentinel needs REDIS_SENTINELS (host:port,...) and "
+                    "REDIS_SENTINEL_MASTER (the master's name)"
+                )
+            if self.REDIS_URL is None:  # the URL only carries scheme, user and db here
+                self.REDIS_URL = f"redis://{self.REDIS_SENTINEL_MASTER}/0"
+        elif self.REDIS_MODE == "cluster" and self.REDIS_URL is None:
+            raise ValueError("REDIS_MODE=cluster needs REDIS_URL naming any one node")
+        return self
+
+    @property
+    def redis_options(self) -> RedisOptions:
+        return RedisOptions(
+            mode=self.REDIS_MODE,
+            sentinels=self.REDIS_SENTINELS,
+            sentinel_master=self.REDIS_SENTINEL_MASTER or "",
+            password=_secret(self.REDIS_PASSWORD),
+            sentinel_password=_secret(self.REDIS_SENTINEL_PASSWORD),
+            ca_file=self.REDIS_CA_FILE,
+        )
+
+    @field_validator(
+        "GATEWAY_INTERNAL_TOKEN",
+        "GATEWAY_ADMIN_TOKEN",
+        "REDIS_URL",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_PASSWORD",
+        "REDIS_SENTINEL_PASSWORD",
+        "REDIS_CA_FILE",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -6,6 +6,9 @@ fields `{model}<TAB>{figure}`, in one script call; hashes expire after `RETENTIO
 are identified by their short hash (`key_...`), never the key. Without Redis the figures stay
 in this process. Reports add what is not flushed yet, so a caller sees its latest requests.
 
+In a Redis Cluster a flush is one script call per hash slot, each its own batch with its own ID
+(whose key carries a hash tag putting it in its hashes' slot), so each applies exactly once.
+
 A flush applies exactly once. Each batch has an ID, and the script applies a batch only if its
 ID is new, so a batch whose answer was lost (a timeout, a dropped connection) can be sent again
 without counting twice. Within a batch every increment is its own `pcall`: one that Redis
@@ -23,10 +26,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from app import metrics
+from app.redis_client import REDIS_FAILURES, RedisClient, by_slot, hash_tag, is_cluster
 
 log = logging.getLogger("app.usage")
 
@@ -86,7 +87,7 @@ def today() -> date:
 
 
 class UsageLedger:
-    def __init__(self, redis: Redis | None, *, prefix: str, timeout: float) -> None:
+    def __init__(self, redis: RedisClient | None, *, prefix: str, timeout: float) -> None:
         self._redis = redis
         self._prefix = prefix
         self._timeout = timeout
@@ -122,14 +123,16 @@ class UsageLedger:
         if self._redis is None:
             return
         if self._local:
-            self._unsent.append((uuid.uuid4().hex, self._local))
+            # A Cluster runs a script on one slot's keys: one batch (and ID) per slot.
+            groups = by_slot(self._redis, self._local.items(), lambda kv: self._hash_name(kv[0]))
+            self._unsent += [(uuid.uuid4().hex, dict(group)) for group in groups]
             self._local = _figures_by_slot()
         while self._unsent:
             batch_id, batch = self._unsent[0]
             try:
                 async with asyncio.timeout(max(self._timeout, 1.0)):
                     await self._apply(batch_id, batch)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 metrics.REDIS_ERRORS.labels("usage").inc()
                 log.warning(
                     "usage not written to Redis yet (%s); kept in process", type(exc).__name__
@@ -143,7 +146,7 @@ class UsageLedger:
         args: list[str | int] = [RETENTION_DAYS * 86_400, BATCH_ID_TTL_SECONDS]
         described: list[str] = []
         for (day, key, model), figures in batch.items():
-            name = f"{self._prefix}{day}:{key}"
+            name = self._hash_name((day, key, model))
             number = names.setdefault(name, len(names) + 1)
             for figure, value in figures.items():
                 amount = _sane(figure, value, name)
@@ -154,13 +157,20 @@ class UsageLedger:
                 described.append(f"{name} {model} {figure}")
         if not described:
             return
-        keys = [f"{self._prefix}batch:{batch_id}", *names]
+        batch_key = f"{self._prefix}batch:{batch_id}"
+        if is_cluster(self._redis):  # the ID's key in the same slot as the batch's hashes
+            batch_key += "{" + hash_tag(next(iter(names))) + "}"
+        keys = [batch_key, *names]
         refused = await self._script(keys=keys, args=args)
         if refused == -1:
             log.info("usage batch %s was already applied; not counted again", batch_id)
             return
         for position in refused:
             log.warning("usage increment refused by Redis, dropped: %s", described[position - 1])
+
+    def _hash_name(self, slot: tuple[str, str, str]) -> str:
+        day, key, _ = slot
+        return f"{self._prefix}{day}:{key}"
 
     async def run_flusher(self, interval: float = 1.0) -> None:
         """Flush every `interval` seconds until cancelled (shutdown then flushes once more)."""
@@ -184,7 +194,7 @@ class UsageLedger:
                             value = float(raw) if figure == "cost_usd" else int(raw)
                             row = rows.setdefault((day, key, model), UsageRow(day, key, model))
                             row.add({figure: value})
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 metrics.REDIS_ERRORS.labels("usage").inc()
                 log.warning("usage not read from Redis (%s)", type(exc).__name__)
         wanted = set(days)

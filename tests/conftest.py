@@ -7,6 +7,9 @@ import pytest
 
 from tests.fakes import FakeUpstream
 from tests.harness import ThreadedGateway, model_entry, write_registry
+from tests.redis_cluster import RedisClusterServers
+from tests.redis_sentinel import MASTER_NAME as SENTINEL_MASTER
+from tests.redis_sentinel import RedisSentinelServers
 from tests.redis_server import RedisServer
 from tests.redis_server import available as redis_available
 
@@ -106,3 +109,32 @@ def redis_server() -> Iterator[RedisServer]:
         raise RuntimeError("redis-server is not installed: `make test` installs it")
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A real 3-master Redis Cluster, each master with a replica, for the whole session."""
+    with RedisClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelServers]:
+    """A real master, replica and three sentinels, for the whole session."""
+    with RedisSentinelServers() as sentinel:
+        yield sentinel
+
+
+def redis_settings(request: pytest.FixtureRequest, mode: str) -> dict[str, str]:
+    """The gateway's Redis settings for `mode`, on the session's servers for it."""
+    if mode == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return {"REDIS_MODE": "cluster", "REDIS_URL": cluster.url}
+    if mode == "sentinel":
+        sentinel = request.getfixturevalue("redis_sentinel")
+        return {
+            "REDIS_MODE": "sentinel",
+            "REDIS_SENTINELS": sentinel.addresses,
+            "REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
+        }
+    return {"REDIS_URL": request.getfixturevalue("redis_server").url}

@@ -21,10 +21,17 @@ def available() -> bool:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None) -> None:
+    """`args` are more command-line options (`--cluster-enabled yes`, `--replicaof ...`);
+    `config` is a config file's text, given first (Sentinel needs a file it can rewrite)."""
+
+    def __init__(
+        self, port: int | None = None, *, args: tuple[str, ...] = (), config: str | None = None
+    ) -> None:
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="redis-test-")
         self.process: subprocess.Popen[bytes] | None = None
+        self._args = args
+        self._config = config
 
     @property
     def url(self) -> str:
@@ -37,9 +44,16 @@ class RedisServer:
         if self.running:
             return self
         log = Path(self._dir.name) / "redis.log"
+        conf: list[str] = []
+        if self._config is not None:
+            path = Path(self._dir.name) / "redis.conf"
+            if not path.exists():  # a restart keeps what the server rewrote (Sentinel's state)
+                path.write_text(self._config)
+            conf = [str(path)]
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
+                *conf,
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--save", "",
@@ -47,6 +61,7 @@ class RedisServer:
                 "--dir", self._dir.name,
                 "--logfile", str(log),
                 "--daemonize", "no",
+                *self._args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
@@ -68,6 +83,13 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """Gone at once, as in a crash: no shutdown, no goodbye to its replicas."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def stop(self) -> None:
         if self.process is None:

@@ -20,6 +20,7 @@ from tests.conftest import (
 )
 from tests.fakes import fake_token_count, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry
+from tests.keys_support import wait_until
 from tests.redis_server import RedisServer
 
 MODEL = "text-embedding-3-small"  # routes to the nanogpt fake as "text-embedding-3-small"
@@ -130,6 +131,8 @@ def test_no_cache_skips_reading_but_refreshes(cached, nanogpt, redis_server):
     assert response.headers["x-cache"] == "miss"
     assert sent_upstream(nanogpt) == text
     prefix = cached.settings.CACHE_KEY_PREFIX
+    # Cache writes land just after the answer (a background batch): wait for this one.
+    wait_until(lambda: bool(redis_server.client().keys(f"{prefix}{MODEL}:*")))
     keys = redis_server.client().keys(f"{prefix}{MODEL}:*")
     ttls = [redis_server.client().ttl(k) for k in keys]
     assert keys and all(t > cached.settings.CACHE_TTL_SECONDS - 5 for t in ttls)
@@ -138,6 +141,9 @@ def test_no_cache_skips_reading_but_refreshes(cached, nanogpt, redis_server):
 def test_cached_values_are_float32_bytes_with_a_ttl(cached, redis_server):
     embed(cached, ["bytes please"])
     client = redis_server.client()
+    wanted = fake_vector(MODEL, "bytes please", 16).astype("<f4").tobytes()
+    pattern = f"{cached.settings.CACHE_KEY_PREFIX}{MODEL}:*:16:*"
+    wait_until(lambda: any(client.get(k) == wanted for k in client.keys(pattern)))
     key = next(
         k
         for k in client.keys(f"{cached.settings.CACHE_KEY_PREFIX}{MODEL}:*:16:*")

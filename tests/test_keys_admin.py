@@ -13,7 +13,13 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import CLIENT_KEY, INTERNAL_TOKEN, providers_for, standard_models
+from tests.conftest import (
+    CLIENT_KEY,
+    INTERNAL_TOKEN,
+    providers_for,
+    redis_settings,
+    standard_models,
+)
 from tests.harness import ThreadedGateway, model_entry, write_registry
 from tests.keys_support import ADMIN, ADMIN_TOKEN, admin, create_key, embed, wait_until
 
@@ -33,7 +39,7 @@ def registry(tmp_path_factory, nanogpt, aiml, nugen):
     return write_registry(path, providers, models)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
+@pytest.fixture(scope="module", params=["sqlite", "redis", "redis-cluster", "redis-sentinel"])
 def keyed(request, registry, tmp_path_factory) -> Iterator[ThreadedGateway]:
     settings = {
         "MODELS_CONFIG": str(registry),
@@ -44,11 +50,11 @@ def keyed(request, registry, tmp_path_factory) -> Iterator[ThreadedGateway]:
         # Many tests here expect 401s from one IP; the failed-auth throttle has its own tests.
         "AUTH_FAILURES_PER_MINUTE": 0,
     }
-    if request.param == "redis":
-        redis_server = request.getfixturevalue("redis_server")
+    if request.param.startswith("redis"):
+        mode = request.param.partition("-")[2] or "standalone"
         tag = uuid.uuid4().hex[:8]
         settings |= {
-            "REDIS_URL": redis_server.url,
+            **redis_settings(request, mode),
             "KEYS_KEY_PREFIX": f"keys:{tag}:",
             "CACHE_KEY_PREFIX": f"emb:{tag}:",
             "USAGE_KEY_PREFIX": f"usage:{tag}:",

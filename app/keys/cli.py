@@ -43,7 +43,11 @@ def main(argv: list[str]) -> int:
 
 
 async def _run(args: argparse.Namespace, settings: Settings, registry: Any) -> int:
-    redis = connect_redis(settings.REDIS_URL, 5.0) if settings.REDIS_URL else None
+    redis = (
+        connect_redis(settings.REDIS_URL, 5.0, settings.redis_options)
+        if settings.REDIS_URL
+        else None
+    )
     keys = build_keys(settings, redis, registry, always=True)
     assert keys is not None
     try:

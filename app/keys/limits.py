@@ -18,11 +18,9 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from app import metrics
 from app.ratelimit import Clock, Decision, LocalRateLimiter, RateLimiter, RedisRateLimiter
+from app.redis_client import REDIS_FAILURES, RedisClient
 
 log = logging.getLogger("app.keys")
 
@@ -125,7 +123,7 @@ class KeyLimits:
     """Every per-key limit of one process; shared through Redis when it is given one."""
 
     def __init__(
-        self, redis: Redis | None, *, url: str | None, prefix: str, timeout: float
+        self, redis: RedisClient | None, *, url: str | None, prefix: str, timeout: float
     ) -> None:
         self._redis = redis
         self._url = url
@@ -158,7 +156,7 @@ class KeyLimits:
         script = self._token_script
         if script is None or time.monotonic() < self._down_until:
             return self._tokens_local.hit(key_id, limit, tokens)
-        key = f"{self._prefix}tpm:{key_id}"
+        key = f"{self._prefix}tpm:{{{key_id}}}"  # the log and its sum share a Cluster slot
         member = f"{self._member_prefix}{next(self._members)}"
         try:
             async with asyncio.timeout(self._timeout):
@@ -166,7 +164,7 @@ class KeyLimits:
                     keys=[key, key + ":sum"],
                     args=[limit, round(TOKEN_WINDOW_SECONDS * 1_000_000), tokens, member],
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             metrics.REDIS_ERRORS.labels("ratelimit").inc()
             if self._down_until == 0.0 or time.monotonic() >= self._down_until + OUTAGE_SECONDS:
                 log.warning("per-key token limits counted in process (%s)", type(exc).__name__)

@@ -4,6 +4,11 @@
 `{prefix}ids` the set of ids, and `{prefix}spend:{id}` a hash of spend per bucket
 (`day:…`, `month:…`, `total`), changed by one script so a budget check and its charge are one
 atomic step across replicas. Give Redis append-only persistence so keys outlive it.
+
+In a Redis Cluster every script touches one key (Cluster-safe as it is); a save spans several
+slots, so it is a pipeline without MULTI, written record first: a save cut short leaves at most
+an old secret working (its hash not deleted yet) or a new one not yet usable; never a revoked
+or disabled key that works, as that lives in the record.
 """
 
 from __future__ import annotations
@@ -13,11 +18,9 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import TypeVar
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from app.keys.model import ApiKeyRecord, BudgetPeriod
 from app.keys.store import KeyStoreError, spend_buckets
+from app.redis_client import REDIS_FAILURES, RedisClient, is_cluster, mget
 
 T = TypeVar("T")
 
@@ -36,11 +39,13 @@ return {1, tostring(spent)}
 
 
 class RedisKeyStore:
-    def __init__(self, redis: Redis, *, prefix: str, timeout: float) -> None:
+    def __init__(self, redis: RedisClient, *, prefix: str, timeout: float) -> None:
         self._redis = redis
         self._prefix = prefix
         self._timeout = timeout
         self._reserve = redis.register_script(RESERVE)
+        # MULTI needs every key in one slot in a Cluster; one key's writes need no MULTI there.
+        self._atomic = not is_cluster(redis)
 
     async def start(self) -> None:
         """Nothing to prepare: the client connects on first use."""
@@ -61,7 +66,7 @@ class RedisKeyStore:
         try:
             async with asyncio.timeout(self._timeout):
                 return await call
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             raise KeyStoreError(f"Redis: {type(exc).__name__}") from exc
 
     async def create(self, record: ApiKeyRecord) -> None:
@@ -69,7 +74,7 @@ class RedisKeyStore:
 
     async def save(self, record: ApiKeyRecord, dropped_hashes: list[str]) -> None:
         async def write() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._redis.pipeline(transaction=self._atomic) as pipe:
                 pipe.set(self._rec(record.id), record.model_dump_json())
                 pipe.sadd(f"{self._prefix}ids", record.id)
                 for digest in record.hashes():
@@ -94,7 +99,7 @@ class RedisKeyStore:
         )
         if not ids:
             return []
-        raws = await self._run(self._redis.mget([self._rec(i) for i in ids]))
+        raws = await self._run(mget(self._redis, [self._rec(i) for i in ids]))
         return [ApiKeyRecord.model_validate_json(raw) for raw in raws if raw]
 
     async def reserve(
@@ -116,7 +121,7 @@ class RedisKeyStore:
 
     async def add_spend(self, key_id: str, amount: float, now: datetime) -> None:
         async def write() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self._redis.pipeline(transaction=self._atomic) as pipe:
                 for bucket in spend_buckets(now).values():
                     pipe.hincrbyfloat(self._spend(key_id), bucket, amount)
                 await pipe.execute()
