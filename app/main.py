@@ -26,14 +26,17 @@ from app.api.auth_throttle import AuthFailureThrottle
 from app.api.errors import install_error_handlers
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
 from app.config_report import settings_summary
-from app.gateway import Gateway
+from app.gateway import Gateway, build_cache
 from app.keys.build import build_key_limits, build_keys
+from app.lifecycle import Lifecycle
 from app.logs import configure_logging
 from app.providers import build_providers
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.redis_client import connect as connect_redis
-from app.registry import load_registry
+from app.registry import Model, Registry, load_registry
+from app.reload import Reloader
 from app.routing import Router
+from app.serving import Serving
 from app.settings import Settings
 from app.tokens import warm_up
 
@@ -49,24 +52,36 @@ def build_gateway(
     providers = build_providers(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
     redis = connect_redis(settings.REDIS_URL, timeout) if settings.REDIS_URL else None
-    keys = build_keys(settings, redis, registry)
-    return Gateway(
+    router = Router(registry, providers, clock=clock, rng=rng)
+    serving = Serving(registry, providers, router, build_cache(settings, redis))
+    # Key policies name models: checked against whatever registry is current, reloads included.
+    keys = build_keys(settings, redis, _CurrentRegistry(lambda: gateway.registry))
+    gateway = Gateway(
         settings=settings,
-        registry=registry,
+        serving=serving,
         auth=Authenticator(
             settings.GATEWAY_API_KEYS,
             settings.GATEWAY_INTERNAL_TOKEN,
             keys,
             admin_enabled=settings.GATEWAY_ADMIN_TOKEN is not None,
         ),
-        providers=providers,
-        router=Router(registry, providers, clock=clock, rng=rng),
         limiter=build_limiter(settings, redis),
         redis=redis,
         keys=keys,
         key_limits=build_key_limits(settings, redis) if keys is not None else None,
         auth_failures=build_auth_failure_throttle(settings, redis),
     )
+    return gateway
+
+
+class _CurrentRegistry(Registry):
+    """A registry that is always the gateway's current one, for what is built before it."""
+
+    def __init__(self, current: Callable[[], Registry]) -> None:  # the one method keys call
+        self._current = current
+
+    def get(self, model_id: str) -> Model | None:
+        return self._current().get(model_id)
 
 
 def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None:
@@ -139,9 +154,12 @@ def create_app(
     settings = settings or Settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
 
+    lifecycle = Lifecycle()
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         gateway = build_gateway(settings, clock, rng)
+        reloader = lifecycle.reloader = Reloader(gateway)
         warm_up()
         await start_limiter(settings, gateway.limiter)
         if not gateway.auth.enabled:
@@ -172,9 +190,11 @@ def create_app(
         gc.collect()
         gc.freeze()
         try:
-            yield
+            # The server (app/signals.py) and the HTTP protocol find the drain state here.
+            yield {"lifecycle": lifecycle}
         finally:
             flusher.cancel()
+            await reloader.aclose()
             await gateway.aclose()
 
     app = FastAPI(

@@ -1,0 +1,62 @@
+"""One registry's worth of serving state: the registry, its providers, their router and embedder.
+
+A reload builds a new `Serving` and swaps the gateway's one reference to it. A request takes the
+snapshot once, when it starts (`in_use`), and finishes on it whatever is swapped meanwhile; the
+old snapshot closes its providers' HTTP sessions only once its last request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from app.cache import EmbeddingCache
+from app.embedder import Embedder
+from app.providers import Provider
+from app.registry import Registry
+from app.routing import Router
+
+log = logging.getLogger("app.reload")
+
+
+@dataclass(eq=False)
+class Serving:
+    registry: Registry
+    providers: dict[str, Provider]
+    router: Router
+    cache: EmbeddingCache | None
+    embedder: Embedder = field(init=False)
+    _users: int = field(default=0, init=False)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self.embedder = Embedder(self.router, self.cache)
+        self._idle.set()
+
+    @contextmanager
+    def in_use(self) -> Iterator[Serving]:
+        self._users += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._users -= 1
+            if self._users == 0:
+                self._idle.set()
+
+    async def retire(self, longest_request: float) -> None:
+        """Close the providers once no request uses this snapshot (or, should one hang, once
+        the longest a request may run has passed: its upstream calls have timed out by then)."""
+        try:
+            async with asyncio.timeout(longest_request):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("closing the old registry's providers with %d requests on it", self._users)
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
