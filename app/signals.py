@@ -32,11 +32,12 @@ from types import FrameType
 from uvicorn import Config, Server
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
+from uvicorn.supervisors.multiprocess import logger as supervisor_log
 
 from app.lifecycle import SUPERVISOR_PID_ENV, Lifecycle
 from app.registry import RegistryError
 
-log = logging.getLogger("app.lifecycle")
+log = logging.getLogger("app.lifecycle")  # the workers' (the supervisor logs as uvicorn's)
 
 # After delay + grace, what the lifespan shutdown (usage flush, closing clients) may still take
 # before the supervisor kills a worker.
@@ -180,14 +181,14 @@ class GatewaySupervisor(Multiprocess):
         self.processes = [self._spawn() for _ in range(self.processes_num)]
 
     def handle_hup(self) -> None:
-        log.info("SIGHUP: every worker reloads the registry")
+        supervisor_log.info("SIGHUP: every worker reloads the registry")
 
     def handle_ttin(self) -> None:
         self.processes_num += 1
         self.processes.append(self._spawn())
 
     def terminate_all(self) -> None:
-        log.info("stopping: waiting for the workers to drain")
+        supervisor_log.info("stopping: waiting for the workers to drain")
         if not self._stopping:  # stopping for another reason (a worker failed to start)
             self._stopping = True
             self._forward(signal.SIGTERM)
@@ -198,7 +199,7 @@ class GatewaySupervisor(Multiprocess):
         for process in self.processes:
             process.process.join(max(0.0, deadline - time.monotonic()))
             if process.process.is_alive():
-                log.error("worker [%s] did not stop in time; killing it", process.pid)
+                supervisor_log.error("worker [%s] did not stop in time; killing it", process.pid)
                 process.kill()
                 process.process.join()
 
@@ -211,10 +212,10 @@ class GatewaySupervisor(Multiprocess):
             process.kill()
             process.join()
             if process.exitcode == STARTUP_FAILURE:
-                log.error("worker [%s] failed to start; stopping", process.pid)
+                supervisor_log.error("worker [%s] failed to start; stopping", process.pid)
                 self.should_exit.set()
                 return
             if self.should_exit.is_set():
                 return
-            log.info("worker [%s] died; starting another", process.pid)
+            supervisor_log.info("worker [%s] died; starting another", process.pid)
             self.processes[index] = self._spawn()
