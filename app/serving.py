@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from app.cache import EmbeddingCache
@@ -30,31 +28,35 @@ class Serving:
     cache: EmbeddingCache | None
     embedder: Embedder = field(init=False)
     _users: int = field(default=0, init=False)
-    _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _idle: asyncio.Event | None = field(default=None, init=False)  # made only when retiring
 
     def __post_init__(self) -> None:
         self.embedder = Embedder(self.router, self.cache)
-        self._idle.set()
 
-    @contextmanager
-    def in_use(self) -> Iterator[Serving]:
+    def in_use(self) -> Serving:
+        """`with serving.in_use():` for the length of a request. On the hot path: a counter,
+        no event, until the snapshot is retired."""
+        return self
+
+    def __enter__(self) -> Serving:
         self._users += 1
-        self._idle.clear()
-        try:
-            yield self
-        finally:
-            self._users -= 1
-            if self._users == 0:
-                self._idle.set()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._users -= 1
+        if self._users == 0 and self._idle is not None:
+            self._idle.set()
 
     async def retire(self, longest_request: float) -> None:
         """Close the providers once no request uses this snapshot (or, should one hang, once
         the longest a request may run has passed: its upstream calls have timed out by then)."""
-        try:
-            async with asyncio.timeout(longest_request):
-                await self._idle.wait()
-        except TimeoutError:
-            log.warning("closing the old registry's providers with %d requests on it", self._users)
+        if self._users:
+            self._idle = asyncio.Event()
+            try:
+                async with asyncio.timeout(longest_request):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning("closing old providers with %d requests still on them", self._users)
         await self.aclose()
 
     async def aclose(self) -> None:
