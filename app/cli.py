@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ import tempfile
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.config import STARTUP_FAILURE
 
 from app.config_errors import one_line
 from app.config_report import model_table, settings_summary
@@ -21,6 +23,7 @@ from app.logs import uvicorn_log_config
 from app.main import build_gateway
 from app.registry import RegistryError
 from app.settings import Settings
+from app.signals import GatewayServer, GatewaySupervisor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +72,7 @@ def serve(settings: Settings) -> None:
     if settings.WORKERS > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Set before any worker imports prometheus_client, so /metrics sums every worker.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="egw-metrics-")
-    uvicorn.run(
+    config = uvicorn.Config(
         "app.main:app",
         host=settings.HOST,
         port=settings.PORT,
@@ -86,7 +89,20 @@ def serve(settings: Settings) -> None:
         # httptools with the header cap, slow-client timeouts and load cap it lacks.
         http="app.server:GatewayHttpProtocol",
         timeout_keep_alive=settings.KEEPALIVE_TIMEOUT_SECONDS,
+        # Accepted requests get this long to finish once the gateway stops accepting.
+        timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_SECONDS,  # type: ignore[arg-type]
     )
+    # uvicorn.run() with our server and supervisor: drain on SIGTERM, reload on SIGHUP
+    # (app/signals.py says what uvicorn's own do instead).
+    delay = settings.SHUTDOWN_DELAY_SECONDS
+    if settings.WORKERS > 1:
+        GatewaySupervisor(config, [config.bind_socket()], shutdown_delay=delay).run()
+        return
+    server = GatewayServer(config, shutdown_delay=delay)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 def _one_line(exc: Exception) -> str:

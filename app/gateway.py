@@ -17,48 +17,71 @@ from app.providers import Provider
 from app.ratelimit import RateLimiter
 from app.registry import Registry
 from app.routing import Router
+from app.serving import Serving
 from app.settings import Settings
 from app.usage import UsageLedger
+
+
+def build_cache(settings: Settings, redis: Redis | None) -> EmbeddingCache | None:
+    if redis is None or not settings.CACHE_ENABLED:
+        return None
+    return EmbeddingCache(
+        redis,
+        prefix=settings.CACHE_KEY_PREFIX,
+        ttl_seconds=settings.CACHE_TTL_SECONDS,
+        timeout=settings.CACHE_TIMEOUT_MS / 1000,
+        max_pending=settings.CACHE_WRITE_QUEUE,
+    )
 
 
 @dataclass
 class Services:
     settings: Settings
-    registry: Registry
     auth: Authenticator
-    providers: dict[str, Provider]
-    router: Router
+    # Registry, providers and router: one reference, swapped whole by a reload (app/reload.py).
+    serving: Serving
     limiter: RateLimiter | None = None  # None: RATE_LIMIT_PER_SECOND is 0
     redis: Redis | None = None  # None: REDIS_URL is unset
     keys: ManagedKeys | None = None  # None: no key store (no Redis, no admin token, no KEYS_DB)
     key_limits: KeyLimits | None = None
     auth_failures: AuthFailureThrottle | None = None  # None: AUTH_FAILURES_PER_MINUTE is 0
-    embedder: Embedder = field(init=False)
     usage: UsageLedger = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
-        cache = None
-        if self.redis is not None and settings.CACHE_ENABLED:
-            cache = EmbeddingCache(
-                self.redis,
-                prefix=settings.CACHE_KEY_PREFIX,
-                ttl_seconds=settings.CACHE_TTL_SECONDS,
-                timeout=settings.CACHE_TIMEOUT_MS / 1000,
-                max_pending=settings.CACHE_WRITE_QUEUE,
-            )
-        self.embedder = Embedder(self.router, cache)
         self.usage = UsageLedger(
             self.redis, prefix=settings.USAGE_KEY_PREFIX, timeout=settings.CACHE_TIMEOUT_MS / 1000
         )
+
+    # Reads of the current snapshot, for code that needs one part of it once. A request that
+    # uses several parts takes `serving` once instead, so a reload cannot mix two registries.
+    @property
+    def registry(self) -> Registry:
+        return self.serving.registry
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return self.serving.providers
+
+    @property
+    def router(self) -> Router:
+        return self.serving.router
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.serving.embedder
+
+    def swap(self, serving: Serving) -> Serving:
+        """Serve new requests from `serving`; returns the one it replaces."""
+        old, self.serving = self.serving, serving
+        return old
 
     async def aclose(self) -> None:
         try:
             if self.embedder.cache is not None:
                 await self.embedder.cache.flush()  # queued cache writes: none lost on a stop
             await self.usage.flush()
-            for provider in self.providers.values():
-                await provider.aclose()
+            await self.serving.aclose()
         finally:
             if self.limiter is not None:
                 await self.limiter.aclose()

@@ -26,15 +26,19 @@ from app.auth import Authenticator
 from app.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
 from app.auth_throttle import AuthFailureThrottle
 from app.config_report import settings_summary
-from app.gateway import Services
+from app.gateway import Services, build_cache
 from app.keys.build import build_key_limits, build_keys
+from app.lifecycle import Lifecycle
 from app.logs import configure_logging
 from app.providers import build_providers
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.redis_client import connect as connect_redis
 from app.redis_client import follow_master
+from app.registry import Model, Registry
 from app.registry_loader import load_registry
+from app.reload import Reloader
 from app.routing import Router
+from app.serving import Serving
 from app.settings import Settings
 from app.tokens import warm_up
 from app.ui import install as install_console
@@ -53,24 +57,36 @@ def build_gateway(
     redis = None
     if settings.REDIS_URL:
         redis = connect_redis(settings.REDIS_URL, timeout, settings.redis_options)
-    keys = build_keys(settings, redis, registry)
-    return Services(
+    router = Router(registry, providers, clock=clock, rng=rng)
+    serving = Serving(registry, providers, router, build_cache(settings, redis))
+    # Key policies name models: checked against whatever registry is current, reloads included.
+    keys = build_keys(settings, redis, _CurrentRegistry(lambda: gateway.registry))
+    gateway = Services(
         settings=settings,
-        registry=registry,
+        serving=serving,
         auth=Authenticator(
             settings.GATEWAY_API_KEYS,
             settings.GATEWAY_INTERNAL_TOKEN,
             keys,
             enabled=settings.auth_enabled,
         ),
-        providers=providers,
-        router=Router(registry, providers, clock=clock, rng=rng),
         limiter=build_limiter(settings, redis),
         redis=redis,
         keys=keys,
         key_limits=build_key_limits(settings, redis) if keys is not None else None,
         auth_failures=build_auth_failure_throttle(settings, redis),
     )
+    return gateway
+
+
+class _CurrentRegistry(Registry):
+    """A registry that is always the gateway's current one, for what is built before it."""
+
+    def __init__(self, current: Callable[[], Registry]) -> None:  # the one method keys call
+        self._current = current
+
+    def get(self, model_id: str) -> Model | None:
+        return self._current().get(model_id)
 
 
 def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None:
@@ -143,9 +159,12 @@ def create_app(
     settings = settings or Settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
 
+    lifecycle = Lifecycle()
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         gateway = build_gateway(settings, clock, rng)
+        reloader = lifecycle.reloader = Reloader(gateway)
         warm_up()
         await start_limiter(settings, gateway.limiter)
         if not gateway.auth.enabled:
@@ -177,10 +196,12 @@ def create_app(
         gc.collect()
         gc.freeze()
         try:
-            yield
+            # The server (app/signals.py) and the HTTP protocol find the drain state here.
+            yield {"lifecycle": lifecycle}
         finally:
             flusher.cancel()
             follower.cancel()
+            await reloader.aclose()
             await gateway.aclose()
 
     app = FastAPI(

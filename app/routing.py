@@ -67,21 +67,48 @@ class Router:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        previous: Router | None = None,
     ) -> None:
+        """`previous`: the router a reload replaces; its routes that did not change keep their
+        cooldown, latency and hedge budget here."""
         self._registry = registry
         self._providers = providers
         self._clock = clock
         self._rng = rng or random.Random()
         routes = [route for model in registry.models.values() for route in model.routes]
-        self._health = {route.key: RouteHealth(route, clock) for route in routes}
-        self._latency = {route.key: RouteLatency() for route in routes}
-        self._budgets = {
-            route.key: HedgeBudget(route.policy.hedge_max_ratio, clock) for route in routes
-        }
+        self._routes = {route.key: route for route in routes}
+        self._health: dict[str, RouteHealth] = {}
+        self._latency: dict[str, RouteLatency] = {}
+        self._budgets: dict[str, HedgeBudget] = {}
+        self.routes_carried_over = 0
+        for route in routes:
+            if previous is not None and previous._unchanged(route, registry):
+                self.routes_carried_over += 1
+                self._health[route.key] = previous._health[route.key]
+                self._latency[route.key] = previous._latency[route.key]
+                self._budgets[route.key] = previous._budgets[route.key]
+            else:
+                self._health[route.key] = RouteHealth(route, clock)
+                self._latency[route.key] = RouteLatency()
+                self._budgets[route.key] = HedgeBudget(route.policy.hedge_max_ratio, clock)
         self._provider_slots = {
             name: asyncio.Semaphore(config.max_concurrency)
             for name, config in registry.providers.items()
         }
+
+    def successor(self, registry: Registry, providers: dict[str, Provider]) -> Router:
+        """The router for a reloaded registry: same clock and random source, and the health of
+        every route that did not change."""
+        return Router(registry, providers, clock=self._clock, rng=self._rng, previous=self)
+
+    def _unchanged(self, route: Route, registry: Registry) -> bool:
+        """Same route (provider, upstream model, policy, ...) on the same provider config?"""
+        mine = self._routes.get(route.key)
+        return (
+            mine is not None
+            and all(getattr(mine, name) == getattr(route, name) for name in Route.__slots__)
+            and self._registry.providers[route.provider] == registry.providers[route.provider]
+        )
 
     def health(self, route: Route) -> RouteHealth:
         return self._health[route.key]

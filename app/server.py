@@ -7,7 +7,8 @@ protocol counts the bytes of a request's head before the parser sees them and an
 `HEADER_TIMEOUT_SECONDS` of its first byte (or of the connection, for the first request), and its
 body within `BODY_TIMEOUT_SECONDS` of the head; else 408 and the connection closes. Past
 `MAX_CONCURRENT_REQUESTS` connections or requests in progress a new request gets an
-OpenAI-shaped 503 instead of uvicorn's plain-text one.
+OpenAI-shaped 503 instead of uvicorn's plain-text one. While the gateway drains (SIGTERM, see
+app/signals.py) every response closes its connection.
 
 The CLI passes this class to uvicorn by name (`http="app.server:GatewayHttpProtocol"`), so
 every worker imports it and reads its limits from the same settings; tests pass
@@ -99,6 +100,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm(self._limits.body_timeout)
         self.app = self._overloaded if self._over_capacity() else self._gateway_app
         super().on_headers_complete()
+        lifecycle = self.app_state.get("lifecycle")
+        if lifecycle is not None and lifecycle.draining and self.cycle is not None:
+            # Draining: answer, then close, so a client's next request opens a connection a
+            # load balancer can send elsewhere instead of racing our shutdown on this one.
+            self.cycle.keep_alive = False
 
     def on_message_complete(self) -> None:
         self._disarm()

@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     BODY_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0)
     # Idle keep-alive connections are closed after this long.
     KEEPALIVE_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+    # On SIGTERM: /readyz turns 503 and new requests are still served this long, so load
+    # balancers notice; then accepted requests get SHUTDOWN_GRACE_SECONDS to finish.
+    SHUTDOWN_DELAY_SECONDS: float = Field(default=5.0, ge=0)
+    SHUTDOWN_GRACE_SECONDS: float = Field(default=60.0, gt=0)
     # Open connections or requests in progress per process; past it, 503. 0: no cap.
     MAX_CONCURRENT_REQUESTS: int = Field(default=1000, ge=0)
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from app.settings import Settings
+from app.signals import FLUSH_MARGIN_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -97,11 +98,16 @@ def test_the_deployment_is_probed_locked_down_and_drains(rendered) -> None:
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]
-    # The pod gets SIGKILL after the grace period: it must cover the preStop pause plus the
-    # longest request the gateway will still finish.
-    pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    longest = Settings.model_fields["REQUEST_TIMEOUT_SECONDS"].default
-    assert pod["terminationGracePeriodSeconds"] >= pause + longest
+    # The pod gets SIGKILL after the grace period: it must cover the gateway's own drain (the
+    # delay, accepted requests, the flush), and the longest request must fit in the drain.
+    env = {item["name"]: item["value"] for item in container.get("env", [])}
+    delay, grace, longest = (
+        float(env.get(name, Settings.model_fields[name].default))
+        for name in ("SHUTDOWN_DELAY_SECONDS", "SHUTDOWN_GRACE_SECONDS", "REQUEST_TIMEOUT_SECONDS")
+    )
+    assert grace >= longest
+    assert pod["terminationGracePeriodSeconds"] >= delay + grace + FLUSH_MARGIN_SECONDS
+    assert "lifecycle" not in container  # a preStop sleep would only add to the drain's delay
     # With a read-only root, /tmp (multi-worker metrics files) must be a volume.
     assert "/tmp" in {mount["mountPath"] for mount in container["volumeMounts"]}
 

@@ -23,6 +23,8 @@ from app.errors import AUTHENTICATION, NOT_FOUND, GatewayError, invalid_request
 from app.gateway import Services
 from app.keys.model import ApiKeyRecord, KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey, audit, audit_log
+from app.lifecycle import Lifecycle
+from app.registry import RegistryError
 from app.usage import FIGURES, UsageRow, today
 
 router = APIRouter()
@@ -208,3 +210,25 @@ def _day(value: str | None, param: str, *, default: date) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise invalid_request(f"'{param}' must be a date like 2026-01-31.", param=param) from None
+
+
+@router.post("/reload")
+async def reload_registry(request: Request, actor: str = Depends(_admin)) -> Response:
+    """Re-read the registry on every worker (README, "Reload"); refused as at start-up."""
+    lifecycle: Lifecycle = request.state.lifecycle
+    try:
+        result = await lifecycle.reload_everywhere()
+    except RegistryError as exc:
+        audit(actor, "reload", "*", [], outcome="refused")
+        raise invalid_request(
+            f"configuration error: {exc}", param="MODELS_CONFIG", code="invalid_registry"
+        ) from None
+    audit(actor, "reload", "*", [], outcome="reloaded")
+    return json_response(
+        {
+            "status": "reloaded",
+            "models": result.models,
+            "routes_kept": result.routes_kept,
+            "routes_new": result.routes_new,
+        }
+    )

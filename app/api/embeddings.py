@@ -24,6 +24,7 @@ from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
 from app.api.validation import UnknownModel, parse_embedding_request
 from app.errors import DomainError
 from app.gateway import Services
+from app.serving import Serving
 
 PATH = "/embeddings"
 
@@ -32,18 +33,23 @@ class CreateEmbeddings:
     """The ASGI app behind POST /embeddings (an object, so Starlette mounts it unwrapped)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _create_embeddings(Request(scope, receive), send)
+        request = Request(scope, receive)
+        gateway: Services = request.app.state.gateway
+        # One registry snapshot for the whole request, whatever a reload swaps meanwhile.
+        with gateway.serving.in_use() as serving:
+            await _create_embeddings(request, send, gateway, serving)
 
 
-async def _create_embeddings(request: Request, send: Send) -> None:
+async def _create_embeddings(
+    request: Request, send: Send, gateway: Services, serving: Serving
+) -> None:
     scope = request.scope
-    gateway: Services = request.app.state.gateway
     context = request_context(scope)
     # The per-IP limit has run already (admission.IPLimit), before anything read the request.
     caller = await authenticate(scope, gateway, request.headers, required=True)
     try:
         job = await parse_embedding_request(
-            await request.body(), gateway.registry, request_id(scope), caller.policy.allows
+            await request.body(), serving.registry, request_id(scope), caller.policy.allows
         )
     except UnknownModel:
         context.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
@@ -51,7 +57,7 @@ async def _create_embeddings(request: Request, send: Send) -> None:
     context.model = job.model.id
     charge = await apply_policy(scope, gateway, caller, job)
     try:
-        result = await gateway.embedder.embed(
+        result = await serving.embedder.embed(
             job, gateway.settings.REQUEST_TIMEOUT_SECONDS, read_cache=_may_read_cache(request)
         )
     except BaseException as error:

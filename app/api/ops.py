@@ -20,11 +20,15 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", summary="Readiness: registry loaded, Redis reachable when configured")
+@router.get("/readyz", summary="Readiness: registry loaded, Redis reachable, not shutting down")
 async def readyz(request: Request) -> Response:
     gateway = getattr(request.app.state, "gateway", None)
     if gateway is None:
         raise _not_ready("the model registry is not loaded yet")
+    lifecycle = getattr(request.state, "lifecycle", None)
+    if lifecycle is not None and lifecycle.draining:
+        # Still serving (README, "Graceful shutdown"): this is for load balancers to notice.
+        raise _not_ready("shutting down")
     if gateway.redis is not None:
         try:
             async with asyncio.timeout(max(0.25, gateway.settings.REDIS_TIMEOUT_MS / 1000)):

@@ -17,6 +17,7 @@ from app.errors import GatewayError
 from app.keys.model import KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey
 from app.ui.console import Console
+from app.ui.errors import ACTION_ERRORS, as_http_error
 from app.ui.web import Context, render
 
 POLICY_FIELDS = (
@@ -94,7 +95,8 @@ async def create(console: Console, ctx: Context) -> Response:
         record, secret = await _keys(console).create(policy, console.actor)
     except ValidationError as exc:
         return await list_page(console, ctx, status=400, error=_problem(exc), form=ctx.form)
-    except GatewayError as exc:
+    except ACTION_ERRORS as caught:
+        exc = as_http_error(caught)
         return await list_page(console, ctx, status=exc.status, error=exc.message, form=ctx.form)
     # The only page that ever shows this secret; it is not stored, so a reload cannot show it.
     return render(ctx.request, "secret.html", ctx.session, record=record, secret=secret)
@@ -161,6 +163,7 @@ async def change(console: Console, ctx: Context) -> Response:
         return await detail(console, ctx, status=400, error=_problem(exc))
     except ValueError:
         return await detail(console, ctx, status=400, error="grace_seconds must be a number.")
-    except GatewayError as exc:
+    except ACTION_ERRORS as caught:
+        exc = as_http_error(caught)
         return await detail(console, ctx, status=exc.status, error=exc.message)
     return RedirectResponse(f"/ui/keys/{key_id}", status_code=303)

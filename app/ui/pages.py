@@ -19,6 +19,7 @@ from app.hedging import hedge_delay
 from app.keys.service import audit
 from app.ui.charts import line_chart
 from app.ui.console import Console
+from app.ui.errors import ACTION_ERRORS, as_http_error
 from app.ui.session import COOKIE
 from app.ui.web import Context, read_form, render
 
@@ -43,7 +44,8 @@ async def login(console: Console, request: Request) -> Response:
             if throttle is not None:
                 await throttle.failed(ip)
             return render(request, "login.html", None, 401, error="That is not the admin token.")
-    except GatewayError as error:  # too many failed sign-ins from this IP
+    except ACTION_ERRORS as caught:  # too many failed sign-ins from this IP
+        error = as_http_error(caught)
         return render(request, "login.html", None, error.status, error=error.message)
     cookie, _ = console.sessions().issue()
     audit(console.actor, "console sign-in", "*", [], client_ip=ip)
@@ -187,7 +189,8 @@ async def playground(console: Console, ctx: Context) -> Response:
     error = None
     try:
         result = await _embed(console, ctx.request, form.get("model", ""), texts)
-    except GatewayError as exc:
+    except ACTION_ERRORS as caught:
+        exc = as_http_error(caught)
         error = exc.message
     return render(
         ctx.request,
