@@ -553,13 +553,18 @@ async def test_four_workers_share_one_exact_limit(registry_path, redis_server):
             await asyncio.gather(*(client.get("/v1/models", headers=internal) for _ in range(16)))
             await asyncio.sleep(1.1)  # the start-up probe's hit leaves the window
 
+            loop = asyncio.get_running_loop()
+            latencies: list[float] = []
+
             async def one() -> None:
+                sent = loop.time()
                 try:
-                    statuses.append((await client.get("/api/v1/models")).status_code)
+                    response = await client.get("/api/v1/models")
+                    statuses.append(response.status_code)
+                    latencies.append(loop.time() - sent)
                 finally:
                     gate.release()
 
-            loop = asyncio.get_running_loop()
             tasks = []
             async with asyncio.timeout(seconds + 10):
                 started = loop.time()
@@ -584,4 +589,8 @@ async def test_four_workers_share_one_exact_limit(registry_path, redis_server):
     # The load stayed well over the limit for the whole span (5x when the machine keeps up).
     assert len(statuses) >= 2 * limit * seconds
     assert offered_for < seconds + 0.1
-    assert abs(admitted - expected) <= 0.02 * expected
+    # The gateway stamps each request when it handles it, not when it was sent: a busy machine's
+    # varying delay stretches the window the gateway sees by up to the spread of latencies, and
+    # an exact limit admits that much more. A count per process would admit several times over.
+    stretch = limit * (max(latencies) - min(latencies))
+    assert -0.02 * expected <= admitted - expected <= 0.02 * expected + stretch

@@ -211,13 +211,18 @@ async def test_two_workers_share_one_exact_limit(registry, redis_env, mode):
             await asyncio.gather(*(client.get("/v1/models", headers=internal) for _ in range(16)))
             await asyncio.sleep(1.1)
 
+            loop = asyncio.get_running_loop()
+            latencies: list[float] = []
+
             async def one() -> None:
+                sent = loop.time()
                 try:
-                    statuses.append((await client.get("/api/v1/models")).status_code)
+                    response = await client.get("/api/v1/models")
+                    statuses.append(response.status_code)
+                    latencies.append(loop.time() - sent)
                 finally:
                     gate.release()
 
-            loop = asyncio.get_running_loop()
             tasks = []
             async with asyncio.timeout(seconds + 10):
                 started = loop.time()
@@ -239,4 +244,9 @@ async def test_two_workers_share_one_exact_limit(registry, redis_env, mode):
     assert admitted + limited == len(statuses)
     assert len(statuses) >= 2 * limit * seconds  # well over the limit the whole time
     assert offered_for < seconds + 0.1
-    assert abs(admitted - expected_admitted) <= 0.05 * expected_admitted
+    # The gateway stamps each request when it handles it, not when it was sent: a busy machine's
+    # varying delay stretches the window the gateway sees by up to the spread of latencies, and
+    # an exact limit admits that much more. A count per process would admit several times over.
+    stretch = limit * (max(latencies) - min(latencies))
+    excess = admitted - expected_admitted
+    assert -0.05 * expected_admitted <= excess <= 0.05 * expected_admitted + stretch
