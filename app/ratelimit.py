@@ -1,5 +1,8 @@
 """Requests per client per second, counted in Redis or, without it, in this process.
 
+(Over ~300 lines on purpose: the Redis script, the batching of checks per hash slot and the
+in-process fallback are one algorithm that must count alike; apart they would drift.)
+
 The algorithm is a sliding log over a 1-second window: each admitted request is a timestamp, and
 a request is admitted while fewer than `limit` timestamps are younger than one second. It is
 exact (no 1-second span ever holds more than `limit` admissions, whatever the burst shape),

@@ -9,6 +9,10 @@ its work and is capped at a fair share of the deadline (app/timeouts.py). A call
 to answer may be hedged on the next route (app/hedging.py, which also runs the race). Only when
 every item has a vector does the job succeed: there is no partial answer. What is done, pending
 and failed, and how items are chunked per route, is app/job_progress.py.
+
+(Over ~300 lines on purpose: the retry loop, the hedged attempt and the single call share the
+Router's per-route health, latency and budgets; split further, each piece would take half the
+Router as arguments.)
 """
 
 from __future__ import annotations
