@@ -27,10 +27,10 @@ def vocabulary_size() -> int:
 
 
 def count_tokens(texts: list[str]) -> list[int]:
-    encoding = _encoding()
-    if len(texts) == 1:
-        return [len(encoding.encode_ordinary(texts[0]))]
-    return [len(ids) for ids in encoding.encode_ordinary_batch(texts)]
+    # Not encode_ordinary_batch: it builds an 8-thread pool on every call, which on 2 cores
+    # cost 4.2 ms for 64 short inputs against 0.7 ms for this loop (and nothing for long ones).
+    encode = _encoding().encode_ordinary
+    return [len(encode(text)) for text in texts]
 
 
 # Big inputs are counted here, one request at a time and one core at most: tiktoken releases
