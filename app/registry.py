@@ -61,6 +61,12 @@ class RoutePolicy(_Strict):
     timeout_per_1k_tokens_seconds: float = Field(default=0.05, ge=0)
     hedge_after_ms: HedgeAfter = 0.0
     hedge_max_ratio: float = Field(default=0.1, ge=0, le=1)
+    # Micro-batching (README, "Micro-batching"): concurrent requests' chunks for the same call
+    # shape share one upstream call. A route keeps this many calls in flight before new chunks
+    # gather; `batch_window_ms` makes a lone chunk wait that long for company.
+    micro_batching: bool = True
+    max_inflight_calls: int = Field(default=4, ge=1, le=1024)
+    batch_window_ms: float = Field(default=0.0, ge=0, le=1000)
 
 
 class ProviderConfig(RoutePolicy):
@@ -70,6 +76,9 @@ class ProviderConfig(RoutePolicy):
     type: str
     # Calls in flight to this provider across the whole process.
     max_concurrency: int = Field(default=64, ge=1)
+    # The upstream's own request limit (NanoGPT documents 100/s per IP): calls are paced under
+    # it across every worker and replica (through Redis where it is configured). None: unpaced.
+    max_requests_per_second: float | None = Field(default=None, gt=0)
     # Ask for base64 only where the upstream is known to encode it correctly.
     returns_base64: bool = False
 
@@ -100,6 +109,9 @@ class RouteOverrides(_Strict):
     timeout_per_1k_tokens_seconds: float | None = Field(default=None, ge=0)
     hedge_after_ms: HedgeAfter | None = None
     hedge_max_ratio: float | None = Field(default=None, ge=0, le=1)
+    micro_batching: bool | None = None
+    max_inflight_calls: int | None = Field(default=None, ge=1, le=1024)
+    batch_window_ms: float | None = Field(default=None, ge=0, le=1000)
 
 
 InputType = Literal["query", "document"]

@@ -30,6 +30,7 @@ class Load:
     def __init__(self, url: str, clients: int = 4, most: int = 4000) -> None:
         self.url = url
         self.outcomes: list[Outcome] = []
+        self.sent_at: dict[str, float] = {}  # each request's input text -> when it was sent
         self.until = time.monotonic() + 60
         self._most = most
         self._lock = threading.Lock()
@@ -54,8 +55,11 @@ class Load:
             n = 0
             while time.monotonic() < self.until and len(self.outcomes) < self._most:
                 n += 1
+                text = f"drain {threading.get_ident()} {n}"
                 sent = time.monotonic()
-                result = self._one(client, f"drain {threading.get_ident()} {n}")
+                with self._lock:
+                    self.sent_at[text] = sent
+                result = self._one(client, text)
                 with self._lock:
                     self.outcomes.append(Outcome(sent, result))
 

@@ -236,6 +236,9 @@ class LocalConfig(ProviderConfig):
     # cores the model uses, so the defaults leave an HTTP-serving core on small boxes.
     threads: int = Field(default=1, ge=1, le=64)
     workers: int = Field(default=2, ge=1, le=64)
+    # One call per worker thread: more in flight would only queue in the executor, where
+    # concurrent requests no longer merge into one run.
+    max_inflight_calls: int = Field(default=2, ge=1, le=1024)
     # Truncate inputs at this many word pieces; unset means the model's own limit.
     max_seq_length: int | None = Field(default=None, ge=2)
 

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -59,6 +60,13 @@ class FakeUpstream(ThreadedServer):
         self.canonical_input = canonical_input
         self.latency: float = 0.0
         self.requests: list[RecordedRequest] = []
+        # Inputs answered with a 400 naming them, as an upstream rejects an input it can't take.
+        self.reject_inputs: set[str] = set()
+        # Like NanoGPT's documented limit: embedding requests past this many in the last second
+        # get a 429 (None: no limit).
+        self.max_requests_per_second: float | None = None
+        self.rate_limited = 0  # 429s answered because of max_requests_per_second
+        self._admitted: deque[float] = deque()
 
         self._faults = FaultPlan()
         self._lock = threading.Lock()
@@ -106,6 +114,10 @@ class FakeUpstream(ThreadedServer):
         with self._lock:
             self.requests.clear()
             self.latency = 0.0
+            self.reject_inputs = set()
+            self.max_requests_per_second = None
+            self.rate_limited = 0
+            self._admitted.clear()
             # Requests still running belong to the old generation and no longer count.
             self._generation += 1
             self._in_flight = 0
@@ -175,6 +187,8 @@ class FakeUpstream(ThreadedServer):
             return self._error(404, f"no route for {request.path}")
         if request.method != "POST":
             return self._error(405, f"method {request.method} not allowed")
+        if self._over_rate():
+            return self._error(429, "rate limit exceeded", headers={"Retry-After": "1"})
 
         if fault is not None:
             if fault.kind == "drop":
@@ -208,10 +222,28 @@ class FakeUpstream(ThreadedServer):
             call = self._parse(payload, request)
         except BadRequest as exc:
             return exc.status, self.wire.error_body(exc.status, exc.message, exc.param)
+        poisoned = [item for item in call.items if item in self.reject_inputs]
+        if poisoned:
+            message = f"input {poisoned[0]!r} is not allowed"
+            return 400, self.wire.error_body(400, message, "input")
         entries = embedding_entries(
             call.model, call.items, call.native_dims, call.dimensions, call.base64, fault
         )
         return 200, self.wire.render(call, entries)
+
+    def _over_rate(self) -> bool:
+        limit = self.max_requests_per_second
+        if limit is None:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            while self._admitted and self._admitted[0] <= now - 1.0:
+                self._admitted.popleft()
+            if len(self._admitted) >= limit:
+                self.rate_limited += 1
+                return True
+            self._admitted.append(now)
+            return False
 
     def _parse(self, payload: Any, request: web.Request) -> EmbeddingCall:
         call = self.wire.parse_request(payload, self.native_dims, request.path, request.query)
