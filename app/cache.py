@@ -1,4 +1,5 @@
-"""Per-input embedding cache in Redis: float32 bytes under a key naming model, width and input.
+"""Per-input embedding cache in Redis: each item's vector and token count (app/cache_value.py)
+under a key naming model, width and input.
 
 Keys are `{CACHE_KEY_PREFIX}{model}:{fingerprint}:{dims}:[{input_type}:]{sha256 of the input}`:
 the fingerprint changes with the model's registry entry, and the prefix can be bumped by hand,
@@ -19,11 +20,12 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
 from app import metrics
-from app.encoding import FLOAT32_LE
+from app.cache_value import CacheEntry, decode, encode
 from app.redis_client import REDIS_FAILURES, RedisClient, mget
 from app.registry import Model
 
@@ -67,14 +69,14 @@ class EmbeddingCache:
         self._timeout = timeout
         self._bypass_until = 0.0
         self._max_pending = max_pending
-        self._pending: dict[str, np.ndarray] = {}  # queued for the next write
-        self._writing: dict[str, np.ndarray] = {}  # the batch on its way to Redis
+        self._pending: dict[str, CacheEntry] = {}  # queued for the next write
+        self._writing: dict[str, CacheEntry] = {}  # the batch on its way to Redis
         self._writer: asyncio.Task[None] | None = None
 
-    async def get_many(self, keys: list[str], dims: int) -> list[np.ndarray | None]:
-        """Vectors for `item_key`s (None where there is none); the prefix is added here."""
-        found: list[np.ndarray | None] = [self._queued(key) for key in keys]
-        unknown = [i for i, vector in enumerate(found) if vector is None]
+    async def get_many(self, keys: list[str], dims: int) -> list[CacheEntry | None]:
+        """Items for `item_key`s (None where there is none); the prefix is added here."""
+        found: list[CacheEntry | None] = [self._queued(key) for key in keys]
+        unknown = [i for i, item in enumerate(found) if item is None]
         if not unknown or self._bypassed():
             return found
         try:
@@ -83,13 +85,11 @@ class EmbeddingCache:
         except REDIS_FAILURES as exc:
             self._failed("read", exc)
             return found
-        width = dims * FLOAT32_LE.itemsize
         for i, value in zip(unknown, values, strict=True):
-            if value and len(value) == width:
-                found[i] = np.frombuffer(value, dtype=FLOAT32_LE)
+            found[i] = decode(value, dims)
         return found
 
-    async def put(self, entries: dict[str, np.ndarray]) -> None:
+    async def put(self, entries: Mapping[str, CacheEntry]) -> None:
         """Cache `entries` soon, without waiting for Redis (at once when queueing is off)."""
         if not entries or self._bypassed():
             return
@@ -97,13 +97,13 @@ class EmbeddingCache:
             await self.set_many(entries)
             return
         room = self._max_pending - len(self._pending)
-        for key, vector in entries.items():
+        for key, item in entries.items():
             if room <= 0:
                 metrics.CACHE_WRITES_DROPPED.inc()
                 continue
             if key not in self._pending:
                 room -= 1
-            self._pending[key] = vector
+            self._pending[key] = item
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
 
@@ -126,20 +126,19 @@ class EmbeddingCache:
             self._writing = {}
             self._writer = None
 
-    def _queued(self, key: str) -> np.ndarray | None:
-        vector = self._pending.get(key)
-        return vector if vector is not None else self._writing.get(key)
+    def _queued(self, key: str) -> CacheEntry | None:
+        item = self._pending.get(key)
+        return item if item is not None else self._writing.get(key)
 
-    async def set_many(self, entries: dict[str, np.ndarray]) -> None:
+    async def set_many(self, entries: Mapping[str, CacheEntry]) -> None:
         if not entries or self._bypassed():
             return
         try:
             async with asyncio.timeout(self._timeout):
                 # A Cluster's pipeline sends each node its own keys, in parallel.
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, vector in entries.items():
-                        value = np.ascontiguousarray(vector, FLOAT32_LE).tobytes()
-                        pipe.set(self._prefix + key, value, ex=self._ttl)
+                    for key, item in entries.items():
+                        pipe.set(self._prefix + key, encode(item), ex=self._ttl)
                     await pipe.execute()
         except REDIS_FAILURES as exc:
             self._failed("write", exc)

@@ -36,6 +36,7 @@ from app.errors import (
 )
 from app.health import RouteHealth
 from app.hedging import HedgeBudget, first_valid, hedge_delay
+from app.item_tokens import ItemTokens
 from app.job_progress import Inputs, JobProgress, inputs_for, split
 from app.jobs import EmbeddingJob
 from app.latency import RouteLatency
@@ -57,6 +58,8 @@ class RoutedResult:
     # Tokens of calls sent upstream whose answer was not used (hedges that lost): billed too.
     hedge_tokens: int = 0
     trace: UpstreamTrace = field(default_factory=UpstreamTrace)
+    # Each item's share of upstream_tokens (None when that is None), for the cache to keep.
+    item_tokens: ItemTokens | None = None
 
 
 @dataclass(slots=True)
@@ -184,7 +187,11 @@ class Router:
         if attempt.pending:
             raise attempt.final_error()
         return RoutedResult(
-            attempt.vectors, attempt.upstream_tokens(), attempt.hedge_tokens, attempt.trace
+            attempt.vectors,
+            attempt.upstream_tokens(),
+            attempt.hedge_tokens,
+            attempt.trace,
+            attempt.item_tokens(),
         )
 
     async def _run_route(
