@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.peers import litellm
+from bench.peers import litellm, nginx, portkey
 from bench.session import Bench, Target
 
 PEERS: dict[str, Callable[[Bench], Target]] = {
+    "nginx": nginx.start,
+    "portkey": portkey.start,
     "litellm": litellm.start,
 }
-# What a bare `--peers` starts.
-DEFAULT_PEERS = ("litellm",)
+# What a bare `--peers` starts: the two that install in seconds.
+DEFAULT_PEERS = ("nginx", "portkey")
