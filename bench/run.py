@@ -89,7 +89,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=peer_names,
         nargs="?",
         const=list(DEFAULT_PEERS),
-        default=[],
         metavar="NAMES",
         help=f"also benchmark these peers, of {', '.join(PEERS)} or `all` "
         f"(no value: {','.join(DEFAULT_PEERS)})",
@@ -145,8 +144,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--duration, --concurrency and --large-concurrency must be positive")
     if args.batch_concurrency < 1:
         parser.error("--batch-concurrency must be positive")
-    if args.litellm and "litellm" not in args.peers:
-        args.peers.append("litellm")  # --litellm predates --peers and still means it
+    # --litellm predates --peers and still means it.
+    args.peers = list(dict.fromkeys([*(args.peers or ()), *(["litellm"] if args.litellm else [])]))
     return args
 
 
