@@ -108,13 +108,22 @@ def run_table(bench: Bench) -> None:
         "); `errors` counts non-200 answers (the failover upstream fails 10 % on purpose); "
         "`upstream calls/req` counts the embedding calls every fake upstream received during "
         "the load, per client request. local/direct is the same ONNX session fed batches of "
-        f"{LOCAL_BATCH} in process (bench/local_model.py): req/s there are sentences/s, "
-        "p50/p99 a batch's."
+        f"{LOCAL_BATCH} in process (bench/local_model.py) with the same threads as the "
+        f"gateway's (the local provider's defaults: {local_threads()}): req/s there are "
+        "sentences/s, p50/p99 a batch's."
     )
     if bench.local_model_problem is not None and (not args.only or "local" in args.only):
         print(f"local: skipped, the local model cannot run here: {bench.local_model_problem}")
     print()
     print(targets_report(bench.results, PACED_LIMIT or 0, LOCAL_BATCH))
+
+
+def local_threads() -> str:
+    from app.providers.local import LocalConfig
+
+    fields = LocalConfig.model_fields
+    threads, workers = fields["threads"].default, fields["workers"].default
+    return f"{threads} intra-op thread{'s' * (threads != 1)} x {workers} runs at once"
 
 
 def measure_local_batches(bench: Bench) -> Result:
