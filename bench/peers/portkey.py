@@ -7,6 +7,8 @@ provider's endpoint). Failover is a config header: a `fallback` strategy over th
 then the healthy one, no retries, as the gateway's bench-failover model. The version is pinned:
 1.9.8 passes `encoding_format` through; 1.15.2 answered 500 to every embeddings call when tried
 (shared notes). Nothing is fetched at run time once installed; `node` must be on the PATH.
+start-server.js takes a port but no host, so loopback.cjs, preloaded, makes it listen on
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 from bench.procs import Managed, free_port, run_bounded
 from bench.servers import http_ok
@@ -23,6 +26,7 @@ PACKAGE = "@portkey-ai/gateway"
 VERSION = "1.9.8"
 HOME = BENCH / ".peers" / f"portkey-{VERSION}"
 ENTRY = HOME / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+LOOPBACK_ONLY = Path(__file__).resolve().with_name("loopback.cjs")
 
 
 def install(bench: Bench) -> None:
@@ -55,7 +59,7 @@ def start(bench: Bench) -> Target:
     port = free_port()
     proxy = Managed(
         "portkey",
-        [node, str(ENTRY), f"--port={port}", "--headless"],
+        [node, "--require", str(LOOPBACK_ONLY), str(ENTRY), f"--port={port}", "--headless"],
         log_path=bench.workdir / "portkey.log",
         env={**os.environ, "NODE_ENV": "production"},
         cwd=bench.workdir,
