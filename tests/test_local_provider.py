@@ -246,11 +246,12 @@ def registry_error(path: Path) -> str:
 
 
 def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
-    path = registry_file(tmp_path, {"type": "local", "threads": 2, "max_seq_length": 128})
+    path = registry_file(tmp_path, {"type": "local", "workers": 3, "max_seq_length": 128})
     registry = load_registry(path, {})
     config = registry.providers["local"]
     assert not hasattr(config, "base_url") and not hasattr(config, "api_key")
-    assert (config.threads, config.workers, config.max_seq_length) == (2, 2, 128)
+    assert (config.threads, config.workers, config.max_seq_length) == (2, 3, 128)
+    assert config.max_inflight_calls == 3  # one call in flight per worker, unless set
     providers = build_providers(registry)
     assert isinstance(providers["local"], LocalProvider)
     asyncio.run(providers["local"].aclose())
