@@ -5,6 +5,7 @@ own request, and calls stay under a provider's `max_requests_per_second` across 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 
@@ -223,3 +224,70 @@ def test_two_replicas_share_one_pace_through_redis(tmp_path, upstream, redis_ser
     assert [a.status_code for a in answers if a.status_code != 200] == []
     assert upstream.rate_limited == 0
     assert len(embedding_calls(upstream)) < len(answers) / 4
+
+
+def test_a_stop_right_after_a_burst_loses_no_cache_write_and_no_usage(
+    tmp_path, upstream, redis_server
+):
+    upstream.latency = 0.02
+    path = registry(tmp_path, upstream)
+    run = f"{time.monotonic_ns()}"
+    env = {
+        "MODELS_CONFIG": str(path),
+        "GATEWAY_API_KEYS": CLIENT_KEY,
+        "GATEWAY_INTERNAL_TOKEN": "",
+        "RATE_LIMIT_PER_SECOND": "0",
+        "AUTH_FAILURES_PER_MINUTE": "0",
+        "REDIS_URL": redis_server.url,
+        "CACHE_KEY_PREFIX": f"egw:stop-cache-{run}:",
+        "USAGE_KEY_PREFIX": f"egw:stop-usage-{run}:",
+    }
+    texts = [f"stopped {i}" for i in range(120)]
+    with GatewayProcess(dict(env)) as gateway:
+        answers = burst(gateway.url, [body("merged", [t]) for t in texts], concurrency=32)
+        gateway.stop()  # at once: the writes and usage still queued are flushed on the way out
+    assert [a.status_code for a in answers] == [200] * len(texts)
+    cached = redis_server.client().keys(f"egw:stop-cache-{run}:*")
+    assert len(cached) == len(texts)
+    with ThreadedGateway(
+        MODELS_CONFIG=str(path),
+        GATEWAY_API_KEYS=CLIENT_KEY,
+        REDIS_URL=redis_server.url,
+        USAGE_KEY_PREFIX=env["USAGE_KEY_PREFIX"],
+        RATE_LIMIT_PER_SECOND=0,
+    ) as reader:
+        usage = httpx.get(f"{reader.url}/v1/usage", headers=AUTH, timeout=10).json()
+    total = usage["total"]
+    assert total["requests"] == len(texts)
+    assert total["input_tokens"] == sum(a.json()["usage"]["prompt_tokens"] for a in answers)
+
+
+def test_redis_gone_mid_burst_fails_no_request(tmp_path, upstream):
+    upstream.latency = 0.01
+    path = registry(tmp_path, upstream, max_requests_per_second=500)
+    own = RedisServer().start()
+    texts = [f"outage {i}" for i in range(300)]
+    try:
+        with ThreadedGateway(
+            MODELS_CONFIG=str(path),
+            GATEWAY_API_KEYS=CLIENT_KEY,
+            AUTH_FAILURES_PER_MINUTE=0,
+            RATE_LIMIT_PER_SECOND=100_000,  # counted in Redis until it goes, then in process
+            REDIS_URL=own.url,
+        ) as gateway:
+
+            def kill_when_busy() -> None:
+                deadline = time.monotonic() + 20
+                while len(upstream.embedding_requests()) < 5 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                own.kill()
+
+            killer = threading.Thread(target=kill_when_busy)
+            killer.start()
+            answers = burst(gateway.url, [body("merged", [t]) for t in texts], concurrency=32)
+            killer.join()
+    finally:
+        own.stop()
+    assert [a.status_code for a in answers if a.status_code != 200] == []
+    for text, answer in zip(texts, answers, strict=True):
+        assert vectors(answer) == expected("up-merged", [text])
