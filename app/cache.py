@@ -1,13 +1,16 @@
-"""Per-input embedding cache in Redis: float32 bytes under a key naming model, width and input.
+"""Per-input embedding cache in Redis: each item's vector and token count (app/cache_value.py)
+under a key naming model, width and input.
 
 Keys are `{CACHE_KEY_PREFIX}{model}:{fingerprint}:{dims}:[{input_type}:]{sha256 of the input}`:
 the fingerprint changes with the model's registry entry, and the prefix can be bumped by hand,
 so stale vectors are never served. Reads are one MGET (per hash slot in a Cluster), answered
-first from the vectors still waiting to be written.
+first from the vectors still waiting to be written; concurrent requests' reads share an MGET
+while one is on its way.
 
 Writes are off the request's path: `put` queues vectors in process (at most `max_pending`; past
 it new ones are simply not cached) and one background task writes what has queued, in
-pipelined batches of SET EX (per node in a Cluster), one batch after another; `flush`, at
+batches of SET EX — one script call per batch, or a pipeline per node in a Cluster (one
+script per key there would cost more) — one batch after another; `flush`, at
 shutdown, writes everything left. Redis trouble never fails a request: the cache is bypassed
 (and skipped for a second, so a hung Redis costs one timeout per second, not one per request),
 and a batch that fails is dropped: a cache only loses hits, never answers.
@@ -19,18 +22,27 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 
 import numpy as np
 
 from app import metrics
-from app.encoding import FLOAT32_LE
-from app.redis_client import REDIS_FAILURES, RedisClient, mget
+from app.cache_value import CacheEntry, decode, encode
+from app.redis_client import REDIS_FAILURES, RedisClient, is_cluster, mget
 from app.registry import Model
 
 log = logging.getLogger("app.cache")
 
 BYPASS_SECONDS = 1.0
-WRITE_BATCH = 256  # SETs per pipeline: a batch of wide vectors stays well inside the timeout
+WRITE_BATCH = 256  # SETs per batch: a batch of wide vectors stays well inside the timeout
+WRITE_LINGER_SECONDS = 0.005
+# One call per batch: in redis-py a pipeline costs ~15 µs of client CPU per SET, this ~3 µs.
+SET_ALL = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+return #KEYS
+"""
 
 
 def item_digest(item: str | list[int]) -> str:
@@ -67,29 +79,82 @@ class EmbeddingCache:
         self._timeout = timeout
         self._bypass_until = 0.0
         self._max_pending = max_pending
-        self._pending: dict[str, np.ndarray] = {}  # queued for the next write
-        self._writing: dict[str, np.ndarray] = {}  # the batch on its way to Redis
+        self._pending: dict[str, CacheEntry] = {}  # queued for the next write
+        self._writing: dict[str, CacheEntry] = {}  # the batch on its way to Redis
         self._writer: asyncio.Task[None] | None = None
+        # A Cluster spreads keys over slots, where one script per key would cost more than a
+        # pipeline; elsewhere one script call writes a whole batch.
+        self._set_script = None if is_cluster(redis) else redis.register_script(SET_ALL)
+        self._reading = False  # an MGET is on its way
+        self._reads: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]] = []
+        self._readers: set[asyncio.Task[None]] = set()
 
-    async def get_many(self, keys: list[str], dims: int) -> list[np.ndarray | None]:
-        """Vectors for `item_key`s (None where there is none); the prefix is added here."""
-        found: list[np.ndarray | None] = [self._queued(key) for key in keys]
-        unknown = [i for i, vector in enumerate(found) if vector is None]
+    async def get_many(self, keys: list[str], dims: int) -> list[CacheEntry | None]:
+        """Items for `item_key`s (None where there is none); the prefix is added here."""
+        found: list[CacheEntry | None] = [self._queued(key) for key in keys]
+        unknown = [i for i, item in enumerate(found) if item is None]
         if not unknown or self._bypassed():
             return found
-        try:
-            async with asyncio.timeout(self._timeout):
-                values = await mget(self._redis, [self._prefix + keys[i] for i in unknown])
-        except REDIS_FAILURES as exc:
-            self._failed("read", exc)
+        values = await self._read([self._prefix + keys[i] for i in unknown])
+        if values is None:
             return found
-        width = dims * FLOAT32_LE.itemsize
         for i, value in zip(unknown, values, strict=True):
-            if value and len(value) == width:
-                found[i] = np.frombuffer(value, dtype=FLOAT32_LE)
+            found[i] = decode(value, dims)
         return found
 
-    async def put(self, entries: dict[str, np.ndarray]) -> None:
+    async def _read(self, keys: list[str]) -> list[bytes | None] | None:
+        """Values for prefixed keys, or None when Redis failed. A read made while no MGET is on
+        its way goes at once, alone; reads made while one is go together in the next MGET. At
+        rest that is one round trip per request; under load one serves many requests, which
+        saves most of the client's per-command CPU (as the rate limiter does)."""
+        if self._reading:
+            answer: asyncio.Future[list[bytes | None] | None]
+            answer = asyncio.get_running_loop().create_future()
+            self._reads.append((keys, answer))
+            return await answer
+        self._reading = True
+        try:
+            return await self._mget(keys)
+        finally:
+            self._send_queued_reads()
+
+    def _send_queued_reads(self) -> None:
+        queued, self._reads = self._reads, []
+        if not queued:
+            self._reading = False
+            return
+        if self._bypassed():  # Redis just failed: no second timeout for these
+            self._reading = False
+            for _, answer in queued:
+                if not answer.done():
+                    answer.set_result(None)
+            return
+        reader = asyncio.get_running_loop().create_task(self._read_for(queued))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+
+    async def _read_for(self, queued: list[tuple[list[str], asyncio.Future]]) -> None:
+        values: list[bytes | None] | None = None
+        try:
+            values = await self._mget([key for keys, _ in queued for key in keys])
+        finally:
+            start = 0
+            for keys, answer in queued:
+                end = start + len(keys)
+                if not answer.done():  # its request may have gone away meanwhile
+                    answer.set_result(None if values is None else values[start:end])
+                start = end
+            self._send_queued_reads()
+
+    async def _mget(self, keys: list[str]) -> list[bytes | None] | None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await mget(self._redis, keys)
+        except REDIS_FAILURES as exc:
+            self._failed("read", exc)
+            return None
+
+    async def put(self, entries: Mapping[str, CacheEntry]) -> None:
         """Cache `entries` soon, without waiting for Redis (at once when queueing is off)."""
         if not entries or self._bypassed():
             return
@@ -97,13 +162,13 @@ class EmbeddingCache:
             await self.set_many(entries)
             return
         room = self._max_pending - len(self._pending)
-        for key, vector in entries.items():
+        for key, item in entries.items():
             if room <= 0:
                 metrics.CACHE_WRITES_DROPPED.inc()
                 continue
             if key not in self._pending:
                 room -= 1
-            self._pending[key] = vector
+            self._pending[key] = item
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_queued())
 
@@ -117,6 +182,10 @@ class EmbeddingCache:
     async def _write_queued(self) -> None:
         try:
             while self._pending:
+                if len(self._pending) < WRITE_BATCH:
+                    # Let a few more requests' vectors join: fewer, fuller writes. Queued
+                    # vectors answer this process's lookups meanwhile.
+                    await asyncio.sleep(WRITE_LINGER_SECONDS)
                 self._writing, self._pending = self._pending, {}
                 entries = list(self._writing.items())
                 for start in range(0, len(entries), WRITE_BATCH):
@@ -126,20 +195,24 @@ class EmbeddingCache:
             self._writing = {}
             self._writer = None
 
-    def _queued(self, key: str) -> np.ndarray | None:
-        vector = self._pending.get(key)
-        return vector if vector is not None else self._writing.get(key)
+    def _queued(self, key: str) -> CacheEntry | None:
+        item = self._pending.get(key)
+        return item if item is not None else self._writing.get(key)
 
-    async def set_many(self, entries: dict[str, np.ndarray]) -> None:
+    async def set_many(self, entries: Mapping[str, CacheEntry]) -> None:
         if not entries or self._bypassed():
             return
         try:
             async with asyncio.timeout(self._timeout):
+                if self._set_script is not None:
+                    keys = [self._prefix + key for key in entries]
+                    values = [encode(item) for item in entries.values()]
+                    await self._set_script(keys=keys, args=[self._ttl, *values])
+                    return
                 # A Cluster's pipeline sends each node its own keys, in parallel.
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for key, vector in entries.items():
-                        value = np.ascontiguousarray(vector, FLOAT32_LE).tobytes()
-                        pipe.set(self._prefix + key, value, ex=self._ttl)
+                    for key, item in entries.items():
+                        pipe.set(self._prefix + key, encode(item), ex=self._ttl)
                     await pipe.execute()
         except REDIS_FAILURES as exc:
             self._failed("write", exc)

@@ -7,6 +7,11 @@ the client said `Cache-Control: no-cache`), an identical item another request in
 already fetching, and finally one routed upstream call for the rest — then put back in
 input order. A vector is only ever copied from the item that produced it, by key, so a mixed
 hit/miss batch cannot shuffle or duplicate vectors.
+
+Each item also carries the tokens it counts for: its share of the usage the upstream reported
+for its call (app/item_tokens.py), kept with its cached vector, so `prompt_tokens` is the same
+whether an item was a hit, a miss or coalesced. Where there is no such share (the upstream
+reported no usage, or the entry predates the count) the item counts at the gateway's own count.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 import numpy as np
 
 from app import metrics
 from app.cache import EmbeddingCache, item_digest, item_key
+from app.cache_value import CacheEntry
 from app.errors import DomainError
+from app.item_tokens import ItemTokens
 from app.jobs import EmbeddingJob
 from app.routing import Router
 from app.trace import UpstreamTrace
@@ -34,9 +42,9 @@ class CacheStatus(Enum):
 @dataclass(slots=True)
 class Embedded:
     vectors: np.ndarray  # (len(job), expected_dims) float32, input order
-    prompt_tokens: int  # what the client sent
+    prompt_tokens: int  # what the client sent, each item at its share of an upstream's count
     upstream_tokens: int  # what was sent (and billed) upstream for this request
-    cached_tokens: int  # tokens of the items the cache answered
+    cached_tokens: int  # the part of prompt_tokens the cache answered
     cache_status: CacheStatus | None  # None when the cache does not apply to this request
     trace: UpstreamTrace  # what reaching the upstreams cost (empty when nothing was routed)
 
@@ -49,7 +57,7 @@ class Embedder:
     def __init__(self, router: Router, cache: EmbeddingCache | None) -> None:
         self._router = router
         self._cache = cache
-        self._in_flight: dict[str, asyncio.Future[np.ndarray]] = {}
+        self._in_flight: dict[str, asyncio.Future[_Fetched]] = {}
 
     async def embed(self, job: EmbeddingJob, timeout: float, *, read_cache: bool) -> Embedded:
         """The job's vectors and what they cost. A DomainError from routing this request's own
@@ -65,12 +73,12 @@ class Embedder:
         for index, key in enumerate(keys):
             first.setdefault(key, index)
 
-        found: dict[str, np.ndarray] = {}
+        found: dict[str, CacheEntry] = {}
         if cache is not None and read_cache:
             unique = list(first)
-            for key, vector in zip(unique, await cache.get_many(unique, dims), strict=True):
-                if vector is not None:
-                    found[key] = vector
+            for key, item in zip(unique, await cache.get_many(unique, dims), strict=True):
+                if item is not None:
+                    found[key] = item
         hits = set(found)
         missing = [key for key in first if key not in found]
 
@@ -79,21 +87,21 @@ class Embedder:
             fetched = await self._fetch(job, missing, first, timeout, upstream)
             found.update(fetched)
             if cache is not None:
-                await cache.put(fetched)  # queued: written after the response, in batches
+                await cache.put(fetched)  # queued: written (shares split) after the response
 
         vectors = np.empty((len(job), dims), dtype=np.float32)
-        for index, key in enumerate(keys):
-            vectors[index] = found[key]
-        cached_tokens = 0
-        if hits:
-            cached_tokens = job.tokens_of([i for i, key in enumerate(keys) if key in hits])
+        if upstream.whole_job_tokens is not None:
+            # The upstream saw exactly the client's input: its own count, with no share to add.
+            for index, key in enumerate(keys):
+                vectors[index] = found[key].vector
+            prompt_tokens, cached_tokens = upstream.whole_job_tokens, 0
+        else:
+            prompt_tokens, cached_tokens = _gather(job, keys, found, hits, vectors)
         status = None
         if cache is not None:
             metrics.CACHE_LOOKUPS.labels(job.model.id, "hit").inc(len(hits))
             metrics.CACHE_LOOKUPS.labels(job.model.id, "miss").inc(len(first) - len(hits))
             status = _status(len(hits), len(first))
-        # The upstream's own count when it saw exactly the client's input, else ours.
-        prompt_tokens = job.billed_tokens(upstream.whole_job_tokens)
         return Embedded(
             vectors, prompt_tokens, upstream.tokens, cached_tokens, status, upstream.trace
         )
@@ -105,11 +113,11 @@ class Embedder:
         first: dict[str, int],
         timeout: float,
         upstream: _UpstreamCost,
-    ) -> dict[str, np.ndarray]:
-        """Vectors for `missing` keys: joined to identical in-flight work, or routed upstream."""
+    ) -> dict[str, _Fetched]:
+        """Items for `missing` keys: joined to identical in-flight work, or routed upstream."""
         loop = asyncio.get_running_loop()
         owned: list[str] = []
-        joined: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        joined: list[tuple[str, asyncio.Future[_Fetched]]] = []
         for key in missing:
             future = self._in_flight.get(key)
             if future is None:
@@ -120,13 +128,13 @@ class Embedder:
             else:
                 joined.append((key, future))
 
-        vectors: dict[str, np.ndarray] = {}
+        items: dict[str, _Fetched] = {}
         try:
             if owned:
                 routed = await self._route(job, owned, first, timeout, upstream)
                 for key in owned:
                     self._in_flight[key].set_result(routed[key])
-                vectors.update(routed)
+                items.update(routed)
         except BaseException as exc:
             for key in owned:
                 future = self._in_flight[key]
@@ -144,14 +152,14 @@ class Embedder:
         orphans: list[str] = []
         for key, future in joined:
             try:
-                vectors[key] = await asyncio.shield(future)
+                items[key] = await asyncio.shield(future)
             except asyncio.CancelledError:
                 if not future.cancelled():
                     raise  # this request itself is being cancelled
                 orphans.append(key)  # the request we waited on went away: fetch it ourselves
         if orphans:
-            vectors.update(await self._route(job, orphans, first, timeout, upstream))
-        return vectors
+            items.update(await self._route(job, orphans, first, timeout, upstream))
+        return items
 
     async def _route(
         self,
@@ -160,7 +168,7 @@ class Embedder:
         first: dict[str, int],
         timeout: float,
         upstream: _UpstreamCost,
-    ) -> dict[str, np.ndarray]:
+    ) -> dict[str, _Fetched]:
         indices = [first[key] for key in keys]
         whole = len(indices) == len(job)
         part = job if whole else job.subset(indices)
@@ -177,7 +185,53 @@ class Embedder:
             upstream.whole_job_tokens = tokens
         upstream.tokens += part.billed_tokens(tokens)
         upstream.tokens += result.hedge_tokens  # hedges that lost were sent, so may be billed
-        return dict(zip(keys, result.vectors, strict=True))
+        shares = result.item_tokens
+        return {
+            key: _Fetched(vector, shares, position)
+            for position, (key, vector) in enumerate(zip(keys, result.vectors, strict=True))
+        }
+
+
+class _Fetched(NamedTuple):
+    """One item fresh from an upstream call, as its request and any coalesced with it see it."""
+
+    vector: np.ndarray
+    shares: ItemTokens | None  # of the routed job; None when its upstream reported no usage
+    position: int  # the item's index in that routed job
+
+    @property
+    def tokens(self) -> int | None:
+        return None if self.shares is None else self.shares[self.position]
+
+
+def _gather(
+    job: EmbeddingJob,
+    keys: list[str],
+    found: dict[str, CacheEntry],
+    hits: set[str],
+    vectors: np.ndarray,
+) -> tuple[int, int]:
+    """Fill `vectors` in input order and count the job's tokens, every occurrence of an item at
+    its kept count (its share of an upstream's), else the gateway's own: (prompt, cached)."""
+    prompt = cached = 0
+    uncounted: list[int] = []
+    uncounted_hits: list[int] = []
+    for index, key in enumerate(keys):
+        item = found[key]
+        vectors[index] = item.vector
+        tokens = item.tokens
+        if tokens is None:
+            uncounted.append(index)
+            if key in hits:
+                uncounted_hits.append(index)
+            continue
+        prompt += tokens
+        if key in hits:
+            cached += tokens
+    if uncounted:
+        prompt += job.tokens_of(uncounted)
+        cached += job.tokens_of(uncounted_hits)
+    return prompt, cached
 
 
 @dataclass(slots=True)
@@ -193,7 +247,7 @@ def _status(hits: int, unique: int) -> CacheStatus:
     return CacheStatus.HIT if hits == unique else CacheStatus.PARTIAL
 
 
-def _retrieve_exception(future: asyncio.Future[np.ndarray]) -> None:
+def _retrieve_exception(future: asyncio.Future[_Fetched]) -> None:
     # A failure nobody joined must not be reported as "exception never retrieved".
     if not future.cancelled():
         future.exception()

@@ -7,6 +7,7 @@ import numpy as np
 
 from app import metrics
 from app.errors import DomainError, RoutesCoolingDown, UndecodableInput, UpstreamsFailed
+from app.item_tokens import ItemTokens
 from app.jobs import EmbeddingJob
 from app.providers import Failure, UpstreamError, UpstreamResult
 from app.registry import Route
@@ -36,7 +37,8 @@ class JobProgress:
         self.errors: list[UpstreamError] = []
         self.hedge_tokens = 0
         self.trace = UpstreamTrace()
-        self._tokens: int | None = 0
+        # Each call's items and the tokens it reported; None once a call reported none.
+        self._usage: list[tuple[list[int], int]] | None = []
 
     def count_unused(self, route: Route, tokens: int) -> None:
         """A call sent upstream whose answer was not used (a hedge that lost): billed too."""
@@ -47,13 +49,19 @@ class JobProgress:
         self.vectors[chunk] = outcome.vectors
         done = set(chunk)
         self.pending = [i for i in self.pending if i not in done]
-        if self._tokens is not None and outcome.prompt_tokens is not None:
-            self._tokens += outcome.prompt_tokens
+        if self._usage is not None and outcome.prompt_tokens is not None:
+            self._usage.append((chunk, outcome.prompt_tokens))
         else:
-            self._tokens = None
+            self._usage = None
 
     def upstream_tokens(self) -> int | None:
-        return self._tokens
+        """The calls' reported usage, summed; None if any call reported none."""
+        return None if self._usage is None else sum(tokens for _, tokens in self._usage)
+
+    def item_tokens(self) -> ItemTokens | None:
+        """Each item's share of its call's reported usage; None if any call reported none (the
+        gateway's own count then applies to every item, as it does to the whole job)."""
+        return None if self._usage is None else ItemTokens(self.job, self._usage)
 
     def error_details(self) -> list[str]:
         """The latest failure of each provider tried, for the client's message."""

@@ -30,6 +30,8 @@ from app.gateway import Services, build_cache
 from app.keys.build import build_key_limits, build_keys
 from app.lifecycle import Lifecycle
 from app.logs import configure_logging
+from app.pacing import Pacing
+from app.pacing_redis import RedisTimeline
 from app.providers import build_providers
 from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.redis_client import connect as connect_redis
@@ -57,7 +59,7 @@ def build_gateway(
     redis = None
     if settings.REDIS_URL:
         redis = connect_redis(settings.REDIS_URL, timeout, settings.redis_options)
-    router = Router(registry, providers, clock=clock, rng=rng)
+    router = Router(registry, providers, clock=clock, rng=rng, pacing=build_pacing(settings, redis))
     serving = Serving(registry, providers, router, build_cache(settings, redis))
     # Key policies name models: checked against whatever registry is current, reloads included.
     keys = build_keys(settings, redis, _CurrentRegistry(lambda: gateway.registry))
@@ -87,6 +89,17 @@ class _CurrentRegistry(Registry):
 
     def get(self, model_id: str) -> Model | None:
         return self._current().get(model_id)
+
+
+def build_pacing(settings: Settings, redis: Redis | None) -> Pacing:
+    """Providers' `max_requests_per_second` timelines: in Redis when there is one, else each
+    worker paces at its share of the rate."""
+    if redis is None:
+        return Pacing(None, local_share=settings.WORKERS)
+    timeline = RedisTimeline(
+        redis, key_prefix=settings.RATE_LIMIT_KEY_PREFIX, timeout=settings.REDIS_TIMEOUT_MS / 1000
+    )
+    return Pacing(timeline, local_share=settings.WORKERS)
 
 
 def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None:

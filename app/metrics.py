@@ -48,6 +48,25 @@ UPSTREAM_SECONDS = Histogram(
     ["provider"],
     buckets=_LATENCY_BUCKETS,
 )
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+UPSTREAM_BATCH_SIZE = Histogram(
+    f"{PREFIX}_upstream_batch_size",
+    "Inputs per upstream call.",
+    ["provider"],
+    buckets=_BATCH_BUCKETS,
+)
+UPSTREAM_BATCH_REQUESTS = Histogram(
+    f"{PREFIX}_upstream_batch_requests",
+    "Client requests' chunks merged into one upstream call (1: not merged).",
+    ["provider"],
+    buckets=_BATCH_BUCKETS,
+)
+PACING_WAIT_SECONDS = Histogram(
+    f"{PREFIX}_upstream_pacing_wait_seconds",
+    "Time a call waited for its slot under the provider's max_requests_per_second.",
+    ["provider"],
+    buckets=_LATENCY_BUCKETS,
+)
 HEDGED_CALLS = Counter(
     f"{PREFIX}_hedged_calls_total",
     "Calls that took part in a hedged pair: won (its answer was used), lost (it ended without "

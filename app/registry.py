@@ -65,7 +65,7 @@ class RoutePolicy(_Strict):
     # shape share one upstream call. A route keeps this many calls in flight before new chunks
     # gather; `batch_window_ms` makes a lone chunk wait that long for company.
     micro_batching: bool = True
-    max_inflight_calls: int = Field(default=4, ge=1, le=1024)
+    max_inflight_calls: int = Field(default=2, ge=1, le=1024)
     batch_window_ms: float = Field(default=0.0, ge=0, le=1000)
 
 

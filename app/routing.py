@@ -28,6 +28,7 @@ import numpy as np
 
 from app import metrics
 from app.balancing import order_routes
+from app.batching import RouteBatcher
 from app.errors import (
     DeadlineExceeded,
     DomainError,
@@ -35,10 +36,12 @@ from app.errors import (
 )
 from app.health import RouteHealth
 from app.hedging import HedgeBudget, first_valid, hedge_delay
+from app.item_tokens import ItemTokens
 from app.job_progress import Inputs, JobProgress, inputs_for, split
 from app.jobs import EmbeddingJob
 from app.latency import RouteLatency
 from app.matryoshka import shorten, shortens_locally
+from app.pacing import Pacing, PacingExceeded
 from app.providers import Failure, Provider, UpstreamCall, UpstreamError, UpstreamResult
 from app.registry import Registry, Route
 from app.timeouts import call_timeout, estimated_tokens
@@ -55,6 +58,8 @@ class RoutedResult:
     # Tokens of calls sent upstream whose answer was not used (hedges that lost): billed too.
     hedge_tokens: int = 0
     trace: UpstreamTrace = field(default_factory=UpstreamTrace)
+    # Each item's share of upstream_tokens (None when that is None), for the cache to keep.
+    item_tokens: ItemTokens | None = None
 
 
 @dataclass(slots=True)
@@ -71,14 +76,17 @@ class Router:
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        pacing: Pacing | None = None,
         previous: Router | None = None,
     ) -> None:
         """`previous`: the router a reload replaces; its routes that did not change keep their
-        cooldown, latency and hedge budget here."""
+        cooldown, latency and hedge budget here. `pacing`: the providers' shared timelines
+        (per process when None)."""
         self._registry = registry
         self._providers = providers
         self._clock = clock
         self._rng = rng or random.Random()
+        self._pacing = pacing or Pacing(None)
         routes = [route for model in registry.models.values() for route in model.routes]
         self._routes = {route.key: route for route in routes}
         self._health: dict[str, RouteHealth] = {}
@@ -99,11 +107,28 @@ class Router:
             name: asyncio.Semaphore(config.max_concurrency)
             for name, config in registry.providers.items()
         }
+        self._batchers = {
+            route.key: RouteBatcher(
+                route.provider,
+                self._display_name(route.provider),
+                route.policy,
+                lambda call, route=route: self._send(route, call),
+            )
+            for route in routes
+            if route.policy.micro_batching
+        }
 
     def successor(self, registry: Registry, providers: dict[str, Provider]) -> Router:
         """The router for a reloaded registry: same clock and random source, and the health of
         every route that did not change."""
-        return Router(registry, providers, clock=self._clock, rng=self._rng, previous=self)
+        return Router(
+            registry,
+            providers,
+            clock=self._clock,
+            rng=self._rng,
+            pacing=self._pacing,
+            previous=self,
+        )
 
     def _unchanged(self, route: Route, registry: Registry) -> bool:
         """Same route (provider, upstream model, policy, ...) on the same provider config?"""
@@ -162,7 +187,11 @@ class Router:
         if attempt.pending:
             raise attempt.final_error()
         return RoutedResult(
-            attempt.vectors, attempt.upstream_tokens(), attempt.hedge_tokens, attempt.trace
+            attempt.vectors,
+            attempt.upstream_tokens(),
+            attempt.hedge_tokens,
+            attempt.trace,
+            attempt.item_tokens(),
         )
 
     async def _run_route(
@@ -248,8 +277,8 @@ class Router:
             self._budgets[route.key].record_call()
         target = self._hedge_target(later, chunk, job) if delay is not None else None
         if target is None or delay is None or delay >= timeout:
-            return _Served(await self._call(route, inputs, attempt, timeout), route)
-        primary = asyncio.create_task(self._call(route, inputs, attempt, timeout))
+            return _Served(await self._call(route, chunk, inputs, attempt, timeout), route)
+        primary = asyncio.create_task(self._call(route, chunk, inputs, attempt, timeout))
         calls = {primary: route}
         try:
             done, _ = await asyncio.wait({primary}, timeout=delay)
@@ -261,7 +290,9 @@ class Router:
             left = deadline - self._clock()
             hedge_timeout = call_timeout(target.policy, estimated_tokens(hedge_inputs), left, 0)
             attempt.trace.providers.append(target.provider)
-            hedge = asyncio.create_task(self._call(target, hedge_inputs, attempt, hedge_timeout))
+            hedge = asyncio.create_task(
+                self._call(target, chunk, hedge_inputs, attempt, hedge_timeout)
+            )
             calls[hedge] = target
             result, winner = await first_valid(calls, primary, chunk, attempt)
             return _Served(result, winner)
@@ -285,12 +316,11 @@ class Router:
         return None
 
     async def _call(
-        self, route: Route, inputs: Inputs, attempt: JobProgress, timeout: float
+        self, route: Route, chunk: list[int], inputs: Inputs, attempt: JobProgress, timeout: float
     ) -> UpstreamResult:
-        """One upstream call, with its metrics, latency and health; raises UpstreamError."""
+        """This chunk's vectors from `route`: in a call of its own, or merged with other
+        requests' chunks (app/batching.py). Raises UpstreamError."""
         job = attempt.job
-        provider = self._providers[route.provider]
-        health = self._health[route.key]
         local = shortens_locally(route, job)
         call = UpstreamCall(
             upstream_model=route.upstream_model,
@@ -304,11 +334,43 @@ class Router:
             input_type=job.input_type or route.input_type,
         )
         started = self._clock()
+        batcher = self._batchers.get(route.key)
+        try:
+            if batcher is None:
+                result = await self._send(route, call)
+            else:
+                result = await batcher.embed(call, lambda: job.tokens_of(chunk))
+        finally:
+            attempt.trace.seconds += self._clock() - started
+        if local:
+            result.vectors = shorten(result.vectors, job.expected_dims)
+        return result
+
+    async def _send(self, route: Route, call: UpstreamCall) -> UpstreamResult:
+        """One upstream call (perhaps carrying several requests' chunks), paced under the provider's
+        limit, with its metrics, latency and health; raises UpstreamError."""
+        provider = self._providers[route.provider]
+        health = self._health[route.key]
+        pacer = self._pacing.pacer(
+            route.provider, self._registry.providers[route.provider].max_requests_per_second
+        )
+        if pacer is not None:
+            try:
+                await pacer.wait_turn(most=call.timeout / 2)
+            except PacingExceeded as exc:
+                raise UpstreamError(
+                    route.provider,
+                    Failure.RATE_LIMITED,
+                    f"{provider.display_name}: over its {pacer.rate:g} requests/s",
+                    retry_after=exc.wait,
+                ) from None
+        metrics.UPSTREAM_BATCH_SIZE.labels(route.provider).observe(len(call.inputs))
+        started = self._clock()
         try:
             async with self._provider_slots[route.provider]:
                 result = await provider.embed(call)
         except UpstreamError as exc:
-            elapsed = self._record_call(route, attempt, started, exc.failure.name.lower())
+            elapsed = self._record_call(route, started, exc.failure.name.lower())
             if exc.failure is Failure.BAD_REQUEST:
                 health.neutral()
                 raise
@@ -328,21 +390,16 @@ class Router:
             raise
         except asyncio.CancelledError:
             # Cut short (a hedge won, or the request ended): slow, but not proven broken.
-            elapsed = self._record_call(route, attempt, started, "cancelled")
+            elapsed = self._record_call(route, started, "cancelled")
             self._latency[route.key].observe(elapsed)
             health.neutral()
             raise
-        self._latency[route.key].observe(self._record_call(route, attempt, started, "ok"))
+        self._latency[route.key].observe(self._record_call(route, started, "ok"))
         health.success()
-        if local:
-            result.vectors = shorten(result.vectors, job.expected_dims)
         return result
 
-    def _record_call(
-        self, route: Route, attempt: JobProgress, started: float, outcome: str
-    ) -> float:
+    def _record_call(self, route: Route, started: float, outcome: str) -> float:
         elapsed = self._clock() - started
-        attempt.trace.seconds += elapsed
         metrics.UPSTREAM_SECONDS.labels(route.provider).observe(elapsed)
         metrics.UPSTREAM_CALLS.labels(route.provider, route.model_id, outcome).inc()
         return elapsed

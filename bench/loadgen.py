@@ -8,6 +8,11 @@ identical inputs that are in flight at the same time, so a load of one repeated 
 measure that shortcut instead of the proxy path. bench/fake_server.py ignores the part before
 `|`, so the fake upstream still answers from its per-text cache and stays fast.
 
+With `--check-vectors DIMS` each text also differs after the `|` (`... #<n mod 1024>`) and
+every vector answered is compared, bit for bit, with the one the fake computes for that text
+(tests/fakes/vectors.py): a gateway that merged requests into one upstream call and handed one
+of them a neighbour's vector is counted in `vectors_wrong`.
+
     python -m bench.loadgen --url http://127.0.0.1:8000/v1/embeddings --model m \
         --concurrency 16 --duration 10 --header "Authorization: Bearer KEY"
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import resource
 import sys
@@ -29,16 +35,62 @@ import aiohttp
 import orjson
 
 SHORT_TEXT = "The quick brown fox jumps over the lazy dog."
+# Distinct texts cycle through this many, so the fake's per-text cache (4096) still holds them.
+DISTINCT_TEXTS = 1024
 
 
-def make_body(run: str, n: int, model: str, inputs: int, encoding_format: str) -> bytes:
+def texts(n: int, inputs: int, distinct: bool = False) -> list[str]:
+    """Request `n`'s texts as the fake answers them (after the `|` of each unique input)."""
+    suffix = f" #{n % DISTINCT_TEXTS}" if distinct else ""
+    if inputs == 0:
+        return [SHORT_TEXT + suffix]
+    return [f"item {j}: {SHORT_TEXT}{suffix}" for j in range(inputs)]
+
+
+def make_body(
+    run: str, n: int, model: str, inputs: int, encoding_format: str, distinct: bool = False
+) -> bytes:
     """Request `n`'s body: one string when `inputs` is 0, else a list of `inputs` strings."""
     payload: dict[str, Any] = {"model": model, "encoding_format": encoding_format}
-    if inputs == 0:
-        payload["input"] = f"{run}-{n}|{SHORT_TEXT}"
-    else:
-        payload["input"] = [f"{run}-{n}|item {j}: {SHORT_TEXT}" for j in range(inputs)]
+    unique = [f"{run}-{n}|{text}" for text in texts(n, inputs, distinct)]
+    payload["input"] = unique[0] if inputs == 0 else unique
     return orjson.dumps(payload)
+
+
+class VectorCheck:
+    """Compares answered vectors with the fake's own, float32 bit for bit."""
+
+    def __init__(self, model: str, dims: int) -> None:
+        from tests.fakes.vectors import fake_vector  # only this mode needs numpy and the fakes
+
+        self.expected = lambda text: fake_vector(model, text, dims).tobytes()
+        self.checked = 0
+        self.wrong = 0
+
+    def check(self, n: int, inputs: int, body: bytes) -> None:
+        import numpy as np
+
+        wanted = texts(n, inputs, distinct=True)
+        try:
+            data = orjson.loads(body)["data"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            self.checked += len(wanted)
+            self.wrong += len(wanted)
+            return
+        for item in data:
+            self.checked += 1
+            try:
+                vector, index = item["embedding"], item["index"]
+                got = (
+                    base64.b64decode(vector)
+                    if isinstance(vector, str)
+                    else np.asarray(vector, dtype=np.float32).tobytes()
+                )
+                right = 0 <= index < len(wanted) and got == self.expected(wanted[index])
+            except (KeyError, TypeError, ValueError):
+                right = False
+            self.wrong += not right
+        self.wrong += abs(len(wanted) - len(data))  # missing or extra vectors
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -58,6 +110,10 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     limit_requests = args.requests if args.requests > 0 else None
     deadline = time.perf_counter() + args.duration if args.duration > 0 else None
 
+    checker = None
+    if args.check_vectors:
+        checker = VectorCheck(args.vector_model or args.model, args.check_vectors)
+    distinct = checker is not None
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     exceptions: Counter[str] = Counter()
@@ -81,12 +137,14 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
                     return
                 n = issued
                 issued += 1
-                body = make_body(run, n, args.model, args.inputs, args.encoding_format)
+                body = make_body(run, n, args.model, args.inputs, args.encoding_format, distinct)
                 t0 = time.perf_counter()
                 try:
                     async with session.post(args.url, data=body, headers=headers) as response:
-                        await response.read()
+                        answer = await response.read()
                         statuses[response.status] += 1
+                    if checker is not None and response.status == 200:
+                        checker.check(n, args.inputs, answer)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     exceptions[type(exc).__name__] += 1
                     continue
@@ -113,6 +171,8 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
             for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
         },
         "loadgen_cpu_s": usage.ru_utime + usage.ru_stime,
+        "vectors_checked": checker.checked if checker is not None else None,
+        "vectors_wrong": checker.wrong if checker is not None else None,
     }
 
 
@@ -130,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60, help="seconds per request")
     parser.add_argument("--header", action="append", default=[], metavar="'Name: value'")
     parser.add_argument("--out", help="write the JSON result here instead of stdout")
+    parser.add_argument(
+        "--check-vectors", type=int, default=0, metavar="DIMS", help="compare every vector"
+    )
+    parser.add_argument("--vector-model", help="the model the fake sees (default: --model)")
     args = parser.parse_args(argv)
     if args.requests <= 0 and args.duration <= 0:
         parser.error("give --requests or --duration (or both): every load must be bounded")

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -17,19 +18,22 @@ from typing import Any
 from bench import procs
 from bench.loadgen import make_body
 from bench.procs import Managed, run_bounded
+from bench.servers import upstream_calls
 from bench.session import ROOT, Bench, Result, Scenario, Target, log
 
 
 def check_answer(target: Target, scenario: Scenario, dims: int) -> None:
     """One request, fully checked, before any load: a wrong setup fails loudly, not as numbers."""
+    dims = scenario.dims or dims
+    url, target_headers = target.endpoint(scenario.model)
     body = make_body("check", 0, scenario.model, scenario.inputs, scenario.encoding_format)
     headers = {"Content-Type": "application/json"}
-    for header in target.headers:
+    for header in target_headers:
         name, _, value = header.partition(":")
         headers[name.strip()] = value.strip()
     # The faulty upstream answers 500 to one request in ten: try a few times.
     for attempt in range(10):
-        request = urllib.request.Request(target.url, data=body, headers=headers)
+        request = urllib.request.Request(url, data=body, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 payload = json.loads(response.read())
@@ -62,9 +66,10 @@ def loadgen(
     tick: Any = None,
 ) -> dict[str, Any]:
     out = bench.workdir / f"{name}.json"
+    url, headers = target.endpoint(scenario.model)
     argv = [
         sys.executable, "-m", "bench.loadgen",
-        "--url", target.url,
+        "--url", url,
         "--model", scenario.model,
         "--inputs", str(scenario.inputs),
         "--encoding-format", scenario.encoding_format,
@@ -74,7 +79,9 @@ def loadgen(
         "--timeout", str(bench.args.request_timeout),
         "--out", str(out),
     ]  # fmt: skip
-    for header in target.headers:
+    if scenario.check_vectors:
+        argv += ["--check-vectors", str(scenario.dims or bench.args.dims)]
+    for header in headers:
         argv += ["--header", header]
     child = Managed(
         f"loadgen {name}",
@@ -98,7 +105,9 @@ def measure(bench: Bench, target: Target, scenario: Scenario) -> Result:
     # Warm-up: connections, the fake's per-text cache, lazy imports and first-call costs.
     warmup = max(2 * scenario.concurrency, 4 if scenario.inputs > 100 else 20)
     loadgen(bench, target, scenario, f"{tag}-warmup", requests=warmup, duration=60)
+    time.sleep(scenario.settle_seconds)
 
+    calls_before = upstream_calls(bench) if scenario.upstream is not None else None
     rss_start = sampled_peak = procs.rss_mb(pid)
     hwm_reset = procs.reset_peak_rss(pid)
 
@@ -117,6 +126,7 @@ def measure(bench: Bench, target: Target, scenario: Scenario) -> Result:
         tick=sample,
     )
     cpu = procs.cpu_seconds(pid) - cpu_before
+    calls = None if calls_before is None else upstream_calls(bench) - calls_before
     rss_end = procs.rss_mb(pid)
     sample()
     # VmHWM catches peaks between samples, but only if it could be reset for this scenario.
@@ -135,9 +145,15 @@ def measure(bench: Bench, target: Target, scenario: Scenario) -> Result:
         peak_rss_mb=peak,
         loadgen_cpu_s=load["loadgen_cpu_s"],
         statuses=load["statuses"],
+        ok=load["ok"],
+        upstream_calls=calls,
+        vectors_checked=load.get("vectors_checked"),
+        vectors_wrong=load.get("vectors_wrong"),
     )
+    per_call = result.calls_per_request
     log(
-        f"  {scenario.name:<13} {target.name:<8} {result.rps:8.1f} req/s  "
+        f"  {scenario.name:<16} {target.name:<8} {result.rps:8.1f} req/s  "
         f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  errors {result.errors}"
+        + (f"  upstream calls/req {per_call:.3f}" if per_call is not None else "")
     )
     return result

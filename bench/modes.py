@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -11,24 +12,65 @@ from pathlib import Path
 from bench import procs
 from bench.measure import check_answer, loadgen, measure
 from bench.procs import Managed, run_bounded
-from bench.reports import machine, ratio_table, results_table
-from bench.session import ROOT, Bench, Scenario, log
+from bench.reports import machine, ratio_table, results_table, targets_report
+from bench.servers import PACED_LIMIT
+from bench.session import ROOT, Bench, Result, Scenario, log
+
+# The local scenario as the issue states it: one sentence a request at concurrency 16 through
+# the gateway, against the same session fed batches of 32.
+LOCAL_CONCURRENCY = 16
+LOCAL_BATCH = 32
+LOCAL_DIMS = 384
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
-    c = args.concurrency
+    c, wide = args.concurrency, args.batch_concurrency
     large = Scenario(
         "large-base64", "bench-large", args.large_inputs, "base64", min(c, args.large_concurrency)
     )
-    # Large last: memory a process has touched stays resident, so the small scenarios would
-    # otherwise report the large one's peak as theirs.
+    # Large and local last: memory a process has touched stays resident, so the small
+    # scenarios would otherwise report the large one's peak (or the ONNX model) as theirs.
     plan = [
         # One request at a time: the latency the gateway adds, with no queueing in it.
         Scenario("latency", "bench-small", 0, "float", 1),
         Scenario("small-float", "bench-small", 0, "float", c),
         Scenario("small-base64", "bench-small", 0, "base64", c),
-        Scenario("failover", "bench-failover", 0, "float", c, faulty_upstream=True),
+        # As shipped: Redis rate limiting and the cache on (every input unique, so all misses).
+        Scenario("shipped-defaults", "bench-defaults", 0, "float", c),
+        Scenario("failover", "bench-failover", 0, "float", c, upstream="faulty"),
+        # Many single-input requests at once to one model: what micro-batching merges. The
+        # peers do not merge, so they are not measured here.
+        Scenario(
+            "batching",
+            "bench-batch",
+            0,
+            "base64",  # exact bytes to compare, and cheap for the load generator to check
+            wide,
+            targets=("direct", "gateway"),
+            check_vectors=True,
+        ),
+        # An upstream that admits 100 calls a second (429 past it), and the gateway told so.
+        Scenario(
+            "paced",
+            "bench-paced",
+            0,
+            "float",
+            wide,
+            upstream="paced",
+            targets=("gateway",),
+            settle_seconds=1.1,  # the warm-up's calls leave the fake's one-second window
+        ),
         *([large] if args.large_inputs > 0 else []),
+        Scenario(
+            "local",
+            "bench-local",
+            0,
+            "float",
+            LOCAL_CONCURRENCY,
+            upstream=None,
+            targets=("gateway",),
+            dims=LOCAL_DIMS,
+        ),
     ]
     return [s for s in plan if not args.only or s.name in args.only]
 
@@ -37,6 +79,11 @@ def run_table(bench: Bench) -> None:
     args = bench.args
     log(f"loading each target for {args.duration:g} s per scenario")
     for scenario in scenarios(args):
+        if scenario.name == "local" and bench.local_model_problem is not None:
+            log(f"local: skipped, the local model cannot run here: {bench.local_model_problem}")
+            continue
+        if scenario.name == "local":
+            bench.results.append(measure_local_batches(bench))
         for target in bench.targets(scenario):
             # Checked just before its own load, so no earlier scenario's memory shows up here.
             check_answer(target, scenario, args.dims)
@@ -46,18 +93,82 @@ def run_table(bench: Bench) -> None:
     limit = f", at most {args.requests} requests" if args.requests else ""
     print(
         f"closed loop, concurrency {args.concurrency} (latency: 1; large-base64: "
-        f"{min(args.concurrency, args.large_concurrency)}, {args.large_inputs} inputs), "
+        f"{min(args.concurrency, args.large_concurrency)}, {args.large_inputs} inputs; "
+        f"batching and paced: {args.batch_concurrency}; local: {LOCAL_CONCURRENCY}), "
         f"{args.duration:g} s per scenario and target{limit}, {args.dims} dims; gateway: "
-        f"1 worker, Redis rate limiting on, cache {'on' if args.cache else 'off'}, upstream "
-        f"asked for {'floats' if args.upstream_floats else 'base64'}\n"
+        f"1 worker, Redis rate limiting on, cache {'on' if args.cache else 'off'} (on for "
+        f"shipped-defaults), upstream asked for {'floats' if args.upstream_floats else 'base64'}"
+        "\n"
     )
     print(results_table(bench.results))
     print()
     print(ratio_table(bench.results))
     print(
         "\nCPU s and peak RSS are the target's own process tree (for `direct`, the fake upstream"
-        "); `errors` counts non-200 answers (the failover upstream fails 10 % on purpose)."
+        "); `errors` counts non-200 answers (the failover upstream fails 10 % on purpose); "
+        "`upstream calls/req` counts the embedding calls every fake upstream received during "
+        "the load, per client request. local/direct is the same ONNX session fed batches of "
+        f"{LOCAL_BATCH} in process (bench/local_model.py) with the same threads as the "
+        f"gateway's (the local provider's defaults: {local_threads()}): req/s there are "
+        "sentences/s, p50/p99 a batch's."
     )
+    if bench.local_model_problem is not None and (not args.only or "local" in args.only):
+        print(f"local: skipped, the local model cannot run here: {bench.local_model_problem}")
+    print()
+    print(targets_report(bench.results, PACED_LIMIT or 0, LOCAL_BATCH))
+
+
+def local_threads() -> str:
+    from app.providers.local import LocalConfig
+
+    fields = LocalConfig.model_fields
+    threads, workers = fields["threads"].default, fields["workers"].default
+    return f"{threads} intra-op thread{'s' * (threads != 1)} x {workers} runs at once"
+
+
+def measure_local_batches(bench: Bench) -> Result:
+    """The local model's ceiling, as a `direct` row: bench/local_model.py in its own process."""
+    args = bench.args
+    out = bench.workdir / "local-direct.json"
+    bound = ["--max-batches", str(max(1, args.requests // LOCAL_BATCH))] if args.requests else []
+    child = Managed(
+        "local model, batches",
+        [
+            sys.executable, "-m", "bench.local_model",
+            "--batch", str(LOCAL_BATCH),
+            "--duration", str(args.duration),
+            *bound,
+        ],
+        log_path=bench.workdir / "local-direct.log",
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    # run_bounded sends the child's stdout to its log; the JSON is its last line.
+    if run_bounded(child, timeout=args.duration + 180) != 0:
+        raise RuntimeError(f"local model benchmark failed:\n{child.log_tail()}")
+    lines = child.log_path.read_text().strip().splitlines()
+    load = json.loads(lines[-1])
+    out.write_text(lines[-1])
+    result = Result(
+        scenario="local",
+        target="direct",
+        rps=load["sentences_per_s"],
+        p50_ms=load["batch_ms"]["p50"],
+        p99_ms=load["batch_ms"]["p99"],
+        completed=load["sentences"],
+        errors=0,
+        ok=load["sentences"],
+        cpu_s=load["cpu_s"],
+        rss_start_mb=0.0,
+        rss_end_mb=0.0,
+        peak_rss_mb=0.0,
+        loadgen_cpu_s=0.0,
+    )
+    log(
+        f"  local            direct   {result.rps:8.1f} sentences/s in batches of "
+        f"{LOCAL_BATCH} ({load['threads']} thread(s) x {load['workers']} workers)"
+    )
+    return result
 
 
 def run_soak(bench: Bench) -> None:

@@ -7,7 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.session import TARGETS, Result
+from bench.session import Result
+
+# How the report names a peer's target (bench/peers), in the ratio table and the targets.
+PEER_LABELS = {"nginx": "nginx", "portkey": "Portkey", "litellm": "LiteLLM"}
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -23,11 +26,14 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def results_table(results: list[Result]) -> str:
-    direct = {r.scenario: r for r in results if r.target == "direct"}
+    # local's `direct` is a batch's latency, not a request's: nothing to subtract.
+    direct = {r.scenario: r for r in results if r.target == "direct" and r.scenario != "local"}
     rows = []
     for r in results:
         base = direct.get(r.scenario)
         added = "—" if r.target == "direct" or base is None else f"{r.p50_ms - base.p50_ms:.2f}"
+        per_call = r.calls_per_request
+        memory = r.scenario == "local" and r.target == "direct"  # not a server: not measured
         rows.append(
             [
                 r.scenario,
@@ -39,8 +45,9 @@ def results_table(results: list[Result]) -> str:
                 f"{r.errors}/{r.completed}",
                 f"{r.cpu_s:.2f}",
                 f"{r.cpu_ms_per_request:.3f}",
-                f"{r.rss_start_mb:.0f} → {r.rss_end_mb:.0f}",
-                f"{r.peak_rss_mb:.0f}",
+                "—" if per_call is None else f"{per_call:.3f}",
+                "—" if memory else f"{r.rss_start_mb:.0f} → {r.rss_end_mb:.0f}",
+                "—" if memory else f"{r.peak_rss_mb:.0f}",
             ]
         )
     header = [
@@ -53,6 +60,7 @@ def results_table(results: list[Result]) -> str:
         "errors",
         "CPU s",
         "CPU ms/req",
+        "upstream calls/req",
         "RSS MB start → end",
         "peak RSS MB",
     ]
@@ -61,36 +69,76 @@ def results_table(results: list[Result]) -> str:
 
 def ratio_table(results: list[Result]) -> str:
     by = {(r.scenario, r.target): r for r in results}
+    peers = [p for p in PEER_LABELS if any(r.target == p for r in results)]
+
+    def ratio(a: float, b: float | None) -> str:
+        return f"{a / b:.2f}" if b else "—"
+
     rows = []
     for scenario in dict.fromkeys(r.scenario for r in results):
-        direct, gw, lite = (by.get((scenario, t)) for t in TARGETS)
+        gw = by.get((scenario, "gateway"))
         if gw is None:
             continue
-
-        def ratio(a: float, b: float | None) -> str:
-            return f"{a / b:.2f}" if b else "—"
-
-        rows.append(
-            [
-                scenario,
-                ratio(gw.rps, direct.rps if direct else None),
-                ratio(gw.p50_ms, direct.p50_ms if direct else None),
-                ratio(gw.rps, lite.rps if lite else None),
-                ratio(gw.p50_ms, lite.p50_ms if lite else None),
-                ratio(gw.cpu_ms_per_request, lite.cpu_ms_per_request if lite else None),
-                ratio(gw.peak_rss_mb, lite.peak_rss_mb if lite else None),
-            ]
-        )
-    header = [
-        "scenario",
-        "gateway/direct req/s",
-        "gateway/direct p50",
-        "gateway/LiteLLM req/s",
-        "gateway/LiteLLM p50",
-        "gateway/LiteLLM CPU/req",
-        "gateway/LiteLLM RSS",
-    ]
+        direct = by.get((scenario, "direct"))
+        row = [
+            scenario,
+            ratio(gw.rps, direct.rps if direct else None),
+            ratio(gw.p50_ms, direct.p50_ms if direct and scenario != "local" else None),
+        ]
+        for name in peers:
+            peer = by.get((scenario, name))
+            row.append(ratio(gw.rps, peer.rps if peer else None))
+            row.append(ratio(gw.cpu_ms_per_request, peer.cpu_ms_per_request if peer else None))
+        if any(cell != "—" for cell in row[1:]):  # paced has the gateway alone
+            rows.append(row)
+    header = ["scenario", "gateway/direct req/s", "gateway/direct p50"]
+    for name in peers:
+        header += [f"gateway/{PEER_LABELS[name]} req/s", f"gateway/{PEER_LABELS[name]} CPU/req"]
     return markdown(header, rows)
+
+
+def targets_report(results: list[Result], paced_limit: float, local_batch: int) -> str:
+    """The figures the throughput issue sets targets for, each with its target and verdict."""
+    by = {(r.scenario, r.target): r for r in results}
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "NOT met"
+
+    lines = ["Throughput targets (micro-batching, pacing, local model):"]
+    batching = by.get(("batching", "gateway"))
+    if batching is not None and batching.calls_per_request is not None:
+        per = batching.calls_per_request
+        wrong, checked = batching.vectors_wrong or 0, batching.vectors_checked or 0
+        lines.append(
+            f"- batching: {per:.3f} upstream calls per client request (target ≤ 0.125: "
+            f"{verdict(per <= 0.125)}); vectors {checked - wrong} of {checked} exact"
+            + (f", {wrong} WRONG" if wrong else "")
+        )
+    paced = by.get(("paced", "gateway"))
+    if paced is not None and paced_limit:
+        times = paced.ok_rps / paced_limit
+        ok = times >= 5 and paced.errors == 0
+        lines.append(
+            f"- paced: {paced.ok_rps:.1f} client req/s answered 200 = {times:.2f} x the "
+            f"upstream's {paced_limit:g} calls/s; {paced.errors} client errors of "
+            f"{paced.completed} (target ≥ 5 x with 0 errors: {verdict(ok)})"
+        )
+    local_gw, local_direct = by.get(("local", "gateway")), by.get(("local", "direct"))
+    if local_gw is not None and local_direct is not None and local_direct.rps:
+        share = local_gw.rps / local_direct.rps
+        lines.append(
+            f"- local: {local_gw.rps:.1f} req/s through the gateway vs {local_direct.rps:.1f} "
+            f"sentences/s in batches of {local_batch} = {share:.2f} (target ≥ 0.8: "
+            f"{verdict(share >= 0.8)})"
+        )
+    defaults = [r for r in results if r.scenario == "shipped-defaults"]
+    if defaults:
+        names = {"direct": "direct upstream", "gateway": "gateway", **PEER_LABELS}
+        cpu = ", ".join(
+            f"{names.get(r.target, r.target)} {r.cpu_ms_per_request:.3f}" for r in defaults
+        )
+        lines.append(f"- shipped-defaults, CPU ms per request: {cpu}")
+    return "\n".join(lines)
 
 
 def machine() -> str:

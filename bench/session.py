@@ -16,8 +16,17 @@ from bench.procs import Managed
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 UPSTREAM_KEY = "bench-upstream-key"
-TARGETS = ("direct", "gateway", "litellm")
-SCENARIO_NAMES = ("latency", "small-float", "small-base64", "failover", "large-base64")
+SCENARIO_NAMES = (
+    "latency",
+    "small-float",
+    "small-base64",
+    "shipped-defaults",
+    "failover",
+    "batching",
+    "paced",
+    "large-base64",
+    "local",
+)
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,18 @@ class Scenario:
     inputs: int  # 0: one string input; N: a list of N strings
     encoding_format: str
     concurrency: int
-    faulty_upstream: bool = False  # `direct` is then the upstream that fails 10 % of the time
+    # Which fake upstream `direct` is (servers.UPSTREAMS: main, faulty, paced); None: no
+    # upstream at all (the local model), so no `direct` row and no upstream calls to count.
+    upstream: str | None = "main"
+    # The targets measured (None: every one started); e.g. only the gateway paces.
+    targets: tuple[str, ...] | None = None
+    dims: int | None = None  # vector width when it is not the run's --dims
+    # Each request's text differs (not only its unique prefix) and every vector the target
+    # returns is compared with the fake's own (tests/fakes/vectors.py): a merged upstream call
+    # that hands a request someone else's vector shows up here.
+    check_vectors: bool = False
+    # Seconds to wait between warm-up and load: the paced upstream counts the last second.
+    settle_seconds: float = 0.0
 
     @property
     def vectors(self) -> int:
@@ -40,6 +60,12 @@ class Target:
     url: str  # the embeddings endpoint
     headers: list[str]
     process: Managed  # whose CPU and memory are measured
+    # Models this target reaches some other way (a peer's failover route: another path or
+    # other headers): model -> (url, headers).
+    routes: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+
+    def endpoint(self, model: str) -> tuple[str, list[str]]:
+        return self.routes.get(model, (self.url, self.headers))
 
 
 @dataclass
@@ -57,10 +83,25 @@ class Result:
     peak_rss_mb: float
     loadgen_cpu_s: float
     statuses: dict[str, int] = field(default_factory=dict)
+    ok: int = 0  # answers with status 200
+    upstream_calls: int | None = None  # embedding calls the fakes received during the load
+    vectors_checked: int | None = None  # with Scenario.check_vectors
+    vectors_wrong: int | None = None
 
     @property
     def cpu_ms_per_request(self) -> float:
         return 1000 * self.cpu_s / self.completed if self.completed else 0.0
+
+    @property
+    def ok_rps(self) -> float:
+        """Successful answers a second (`rps` counts every answer, errors too)."""
+        return self.rps * self.ok / self.completed if self.completed else 0.0
+
+    @property
+    def calls_per_request(self) -> float | None:
+        if self.upstream_calls is None or not self.completed:
+            return None
+        return self.upstream_calls / self.completed
 
 
 @dataclass
@@ -69,28 +110,30 @@ class Bench:
 
     args: argparse.Namespace
     workdir: Path
-    main_fake: Managed | None = None
-    faulty_fake: Managed | None = None
-    main_url: str = ""
-    faulty_url: str = ""
+    # The fake upstreams by name (servers.UPSTREAMS): their process and base URL.
+    upstreams: dict[str, tuple[Managed, str]] = field(default_factory=dict)
     gateway: Target | None = None
-    peers: list[Target] = field(default_factory=list)  # LiteLLM, ...: see bench/peers
+    peers: list[Target] = field(default_factory=list)  # nginx, Portkey, LiteLLM: bench/peers
     results: list[Result] = field(default_factory=list)
+    # Why the local model cannot run here (servers.local_model_problem), or None if it can.
+    local_model_problem: str | None = None
+
+    @property
+    def main_url(self) -> str:
+        return self.upstreams["main"][1]
+
+    @property
+    def faulty_url(self) -> str:
+        return self.upstreams["faulty"][1]
 
     def targets(self, scenario: Scenario) -> list[Target]:
-        assert self.main_fake is not None and self.faulty_fake is not None
-        upstream_url, upstream = (
-            (self.faulty_url, self.faulty_fake)
-            if scenario.faulty_upstream
-            else (self.main_url, self.main_fake)
-        )
-        direct = Target(
-            "direct",
-            upstream_url + "/v1/embeddings",
-            [f"Authorization: Bearer {UPSTREAM_KEY}"],
-            upstream,
-        )
-        return [t for t in (direct, self.gateway, *self.peers) if t is not None]
+        found: list[Target] = []
+        if scenario.upstream is not None:
+            upstream, upstream_url = self.upstreams[scenario.upstream]
+            headers = [f"Authorization: Bearer {UPSTREAM_KEY}"]
+            found.append(Target("direct", upstream_url + "/v1/embeddings", headers, upstream))
+        found += [t for t in (self.gateway, *self.peers) if t is not None]
+        return [t for t in found if scenario.targets is None or t.name in scenario.targets]
 
 
 def log(message: str) -> None:

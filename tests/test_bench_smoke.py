@@ -1,7 +1,10 @@
 """`python bench/run.py --quick` still runs end to end, so the benchmark cannot rot.
 
 Timings depend on the machine and on whatever else runs beside it: nothing here asserts one.
-It checks that the script exits 0 and prints a row with numbers for every scenario and target.
+It checks that the script exits 0, prints a row with numbers for every scenario and target
+(the peers are opt-in, installed from npm and Debian, so not here), and that the throughput
+targets are reported: upstream calls per request for batching (with every vector exact),
+pacing's multiple and errors, and the local model's ratio.
 """
 
 from __future__ import annotations
@@ -14,10 +17,35 @@ from pathlib import Path
 from tests.redis_server import available as redis_available
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("latency", "small-float", "small-base64", "large-base64", "failover")
-TARGETS = ("direct", "gateway")
+BOTH = ("direct", "gateway")
+# Which targets each scenario measures without peers.
+SCENARIOS = {
+    "latency": BOTH,
+    "small-float": BOTH,
+    "small-base64": BOTH,
+    "shipped-defaults": BOTH,
+    "failover": BOTH,
+    "batching": BOTH,
+    "paced": ("gateway",),  # only the gateway is told the upstream's limit
+    "large-base64": BOTH,
+    "local": BOTH,  # direct: the ONNX session fed batches in process
+}
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 RSS_RANGE = re.compile(r"^\d+ → \d+$")
+
+
+def table_rows(stdout: str) -> dict[tuple[str, str], dict[str, str]]:
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    header: list[str] = []
+    for line in stdout.splitlines():
+        if not line.startswith("| "):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if cells[:2] == ["scenario", "target"]:
+            header = cells
+        elif header and len(cells) == len(header) and cells[1] in BOTH:
+            rows[(cells[0], cells[1])] = dict(zip(header, cells, strict=True))
+    return rows
 
 
 def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
@@ -31,27 +59,40 @@ def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    rows = table_rows(result.stdout)
 
-    rows: dict[tuple[str, str], dict[str, str]] = {}
-    header: list[str] = []
-    for line in result.stdout.splitlines():
-        if not line.startswith("| "):
-            continue
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if cells[:2] == ["scenario", "target"]:
-            header = cells
-        elif header and len(cells) == len(header) and cells[1] in TARGETS:
-            rows[(cells[0], cells[1])] = dict(zip(header, cells, strict=True))
-
-    assert set(rows) == {(s, t) for s in SCENARIOS for t in TARGETS}, result.stdout
+    expected = {(s, t) for s, targets in SCENARIOS.items() for t in targets}
+    local_skipped = "local: skipped" in result.stdout  # the model's package is missing here
+    if local_skipped:
+        expected -= {("local", t) for t in BOTH}
+    assert set(rows) == expected, result.stdout
     for (scenario, target), row in rows.items():
-        for column in ("req/s", "p50 ms", "p99 ms", "CPU s", "CPU ms/req", "peak RSS MB"):
+        for column in ("req/s", "p50 ms", "p99 ms", "CPU s", "CPU ms/req"):
             assert NUMBER.match(row[column]), (scenario, target, column, row[column])
-        assert RSS_RANGE.match(row["RSS MB start → end"]), (scenario, target, row)
         ok, _, completed = row["errors"].partition("/")
         assert ok.isdigit() and int(completed) > 0, (scenario, target, row["errors"])
-        if target == "gateway":
+        if scenario == "local":
+            assert row["upstream calls/req"] == "—", row  # no upstream at all
+        else:
+            assert NUMBER.match(row["upstream calls/req"]), (scenario, target, row)
+        if (scenario, target) != ("local", "direct"):  # in-process, not a server's memory
+            assert RSS_RANGE.match(row["RSS MB start → end"]), (scenario, target, row)
+            assert NUMBER.match(row["peak RSS MB"]), (scenario, target, row)
+        if target == "gateway" and scenario not in ("paced", "local"):
             assert NUMBER.match(row["added p50 ms"]), (scenario, row["added p50 ms"])
+    # Straight to the fake, one call is one request.
+    assert float(rows[("batching", "direct")]["upstream calls/req"]) == 1.0
 
     assert "gateway/direct req/s" in result.stdout
     assert "Micro-benchmark" in result.stdout
+    report = result.stdout[result.stdout.index("Throughput targets") :]
+    # Whatever merging does to the call count, every client must get its own vector.
+    batching = re.search(
+        r"- batching: [\d.]+ upstream calls .*vectors (\d+) of (\d+) exact", report
+    )
+    assert batching is not None and batching[1] == batching[2] != "0", report
+    assert "WRONG" not in report, report
+    assert re.search(r"- paced: [\d.]+ client req/s .* [\d.]+ x .* (\d+) client errors", report)
+    if not local_skipped:
+        assert re.search(r"- local: [\d.]+ req/s through the gateway .* = [\d.]+ ", report)
+    assert re.search(r"- shipped-defaults, CPU ms per request: .*gateway [\d.]+", report), report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -9,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
+from app.tokens import count_tokens
 from tests.conftest import (
     CLIENT_KEY,
     INTERNAL_TOKEN,
@@ -113,14 +116,26 @@ def test_duplicates_in_a_batch_reach_the_upstream_once(cached, nanogpt):
     assert response.json()["usage"]["prompt_tokens"] == 12  # what the client sent: 6 x 2
 
 
+def test_duplicates_count_every_occurrence_at_the_upstreams_count(cached, nanogpt):
+    text = "semi-colon-separated;hyphenated-words"  # one word to the fake, many cl100k tokens
+    assert fake_token_count(text) < count_tokens([text])[0]
+    for model in ("uncached", MODEL):
+        response = embed(cached, [text] * 3, model=model)
+        assert response.json()["usage"]["prompt_tokens"] == 3 * fake_token_count(text)
+
+
 def test_concurrent_identical_requests_make_one_upstream_call(cached, nanogpt):
     nanogpt.latency = 0.4
-    batch = ["coalesce me", "and me"]
+    batch = ["coalesce me, please!", "and-me-too (if you can)"]
+    upstream = sum(fake_token_count(t) for t in batch)
+    assert upstream != sum(count_tokens(batch))
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda _: embed(cached, batch, model="uncached"), range(6)))
     assert len(nanogpt.embedding_requests()) == 1
     for response in results:
         np.testing.assert_array_equal(vectors(response), expected(batch, model="uncached"))
+        # The requests that waited count the items as the one that fetched them did.
+        assert response.json()["usage"]["prompt_tokens"] == upstream
 
 
 def test_no_cache_skips_reading_but_refreshes(cached, nanogpt, redis_server):
@@ -138,18 +153,35 @@ def test_no_cache_skips_reading_but_refreshes(cached, nanogpt, redis_server):
     assert keys and all(t > cached.settings.CACHE_TTL_SECONDS - 5 for t in ttls)
 
 
-def test_cached_values_are_float32_bytes_with_a_ttl(cached, redis_server):
-    embed(cached, ["bytes please"])
+def cached_key(gateway, redis_server, value: bytes) -> bytes:
+    """The cache key holding `value`, once the background write has landed."""
     client = redis_server.client()
-    wanted = fake_vector(MODEL, "bytes please", 16).astype("<f4").tobytes()
-    pattern = f"{cached.settings.CACHE_KEY_PREFIX}{MODEL}:*:16:*"
-    wait_until(lambda: any(client.get(k) == wanted for k in client.keys(pattern)))
-    key = next(
-        k
-        for k in client.keys(f"{cached.settings.CACHE_KEY_PREFIX}{MODEL}:*:16:*")
-        if client.get(k) == fake_vector(MODEL, "bytes please", 16).astype("<f4").tobytes()
-    )
-    assert 0 < client.ttl(key) <= cached.settings.CACHE_TTL_SECONDS
+    pattern = f"{gateway.settings.CACHE_KEY_PREFIX}{MODEL}:*:16:*"
+    wait_until(lambda: any(client.get(k) == value for k in client.keys(pattern)))
+    return next(k for k in client.keys(pattern) if client.get(k) == value)
+
+
+def test_cached_values_are_float32_bytes_then_the_items_tokens_with_a_ttl(cached, redis_server):
+    text = "bytes, please: float32-little-endian"
+    embed(cached, [text])
+    vector = fake_vector(MODEL, text, 16).astype("<f4").tobytes()
+    key = cached_key(cached, redis_server, vector + struct.pack("<I", fake_token_count(text)))
+    assert 0 < redis_server.client().ttl(key) <= cached.settings.CACHE_TTL_SECONDS
+
+
+def test_an_entry_cached_before_token_counts_is_served_at_the_gateways_count(
+    cached, redis_server, nanogpt
+):
+    text = "cached-by-an-older-gateway: no count"
+    embed(cached, [text])
+    vector = fake_vector(MODEL, text, 16).astype("<f4").tobytes()
+    key = cached_key(cached, redis_server, vector + struct.pack("<I", fake_token_count(text)))
+    redis_server.client().set(key, vector, keepttl=True)  # what the gateway wrote before
+    nanogpt.clear()
+    response = embed(cached, [text, text])
+    assert response.headers["x-cache"] == "hit" and nanogpt.embedding_requests() == []
+    np.testing.assert_array_equal(vectors(response), expected([text, text]))
+    assert response.json()["usage"]["prompt_tokens"] == 2 * count_tokens([text])[0]
 
 
 def test_ttl_expiry(registry_path, redis_server, nanogpt):
@@ -239,3 +271,43 @@ def test_redis_stopped_means_bypass_not_errors(tmp_path_factory, registry_path, 
         time.sleep(1.1)  # the bypass window after a failure
         embed(gateway, ["after the outage"])
         assert embed(gateway, ["after the outage"]).headers["x-cache"] == "hit"
+
+
+def test_a_hit_a_miss_and_a_partial_hit_report_the_upstreams_usage(cached, nanogpt):
+    """The same 100 inputs through the OpenAI SDK: the same prompt_tokens however many of them
+    the cache answered, and that figure is the upstream's count (the fake counts words), not
+    the gateway's cl100k count."""
+    client = openai.OpenAI(base_url=f"{cached.url}/v1", api_key=CLIENT_KEY, max_retries=0)
+    batch = [f"input {i}: semi-colon;separated, hyphen-ated (and 0x{i:04x})" for i in range(100)]
+    upstream = sum(fake_token_count(t) for t in batch)
+    assert upstream != sum(count_tokens(batch))  # the two counts tell the paths apart
+    before = usage(cached, CLIENT_KEY)["total"]
+
+    def create(texts, **extra):
+        raw = client.embeddings.with_raw_response.create(model=MODEL, input=texts, **extra)
+        return raw.headers["x-cache"], raw.parse()
+
+    seen = [create(batch[:50])]  # a miss that warms half of the batch
+    nanogpt.clear()
+    seen.append(create(batch))
+    assert sent_upstream(nanogpt) == batch[50:]
+    seen.append(create(batch))
+    seen.append(create(batch, extra_headers={"cache-control": "no-cache"}))
+    seen.append(create(batch))  # now cached from the miss just before
+    assert [status for status, _ in seen] == ["miss", "partial", "hit", "miss", "hit"]
+    assert seen[0][1].usage.prompt_tokens == sum(fake_token_count(t) for t in batch[:50])
+    for _, response in seen[1:]:
+        assert response.usage.prompt_tokens == upstream
+        assert response.usage.total_tokens == upstream
+        got = np.array([d.embedding for d in response.data], dtype=np.float32)
+        np.testing.assert_array_equal(got, expected(batch))
+
+    # What usage records and charges agrees with what the responses said.
+    after = usage(cached, CLIENT_KEY)["total"]
+    total = {k: after[k] - before[k] for k in before}
+    assert total["requests"] == len(seen)
+    assert total["input_tokens"] == sum(r.usage.prompt_tokens for _, r in seen)
+    assert total["upstream_tokens"] == 2 * upstream  # the first half, the second half, a miss
+    # The partial's hits (the first half, at what its miss reported), then two whole hits.
+    assert total["cached_tokens"] == seen[0][1].usage.prompt_tokens + 2 * upstream
+    assert total["cost_usd"] == pytest.approx(2 * upstream * 0.02 / 1_000_000)

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,11 +30,13 @@ from app.providers.local import (
     LocalModelUnavailable,
     LocalProvider,
     load_session,
+    load_tokenizer,
     sub_batches,
 )
 from app.registry import RegistryError
 from app.registry_loader import load_registry
 from app.settings import Settings
+from app.tokens import count_tokens
 from tests.harness import ROOT, ThreadedGateway, model_entry, write_registry
 
 MODEL = "all-MiniLM-L6-v2"
@@ -243,11 +246,12 @@ def registry_error(path: Path) -> str:
 
 
 def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
-    path = registry_file(tmp_path, {"type": "local", "threads": 2, "max_seq_length": 128})
+    path = registry_file(tmp_path, {"type": "local", "workers": 3, "max_seq_length": 128})
     registry = load_registry(path, {})
     config = registry.providers["local"]
     assert not hasattr(config, "base_url") and not hasattr(config, "api_key")
-    assert (config.threads, config.workers, config.max_seq_length) == (2, 2, 128)
+    assert (config.threads, config.workers, config.max_seq_length) == (2, 3, 128)
+    assert config.max_inflight_calls == 3  # one call in flight per worker, unless set
     providers = build_providers(registry)
     assert isinstance(providers["local"], LocalProvider)
     asyncio.run(providers["local"].aclose())
@@ -419,3 +423,53 @@ def test_a_big_batch_does_not_block_the_event_loop(local_gateway, client, monkey
         response = big.result(timeout=60)
     assert len(response.data) == 512
     assert all(len(d.embedding) == DIMS for d in response.data)
+
+
+@pytest.fixture(scope="module")
+def local_cached_gateway(tmp_path_factory, redis_server) -> Iterator[ThreadedGateway]:
+    path = registry_file(
+        tmp_path_factory.mktemp("local-cached-registry"),
+        {"type": "local", "max_batch_size": 16, "workers": 2, "threads": 1},
+        max_tokens=256,
+    )
+    with ThreadedGateway(
+        MODELS_CONFIG=str(path),
+        GATEWAY_API_KEYS=CLIENT_KEY,
+        REDIS_URL=redis_server.url,
+        RATE_LIMIT_PER_SECOND=0,
+        CACHE_KEY_PREFIX=f"local:{uuid.uuid4().hex[:8]}:",
+        USAGE_KEY_PREFIX=f"local-usage:{uuid.uuid4().hex[:8]}:",
+    ) as server:
+        yield server
+
+
+def test_a_cache_hit_reports_the_models_word_pieces_as_its_miss_did(local_cached_gateway):
+    client = openai.OpenAI(
+        base_url=f"{local_cached_gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0
+    )
+    batch = [
+        f"Sentence {i}: the quick brown fox jumps over {i * 37} lazy dogs." for i in range(100)
+    ]
+    tokenizer = load_tokenizer(LOCAL_MODELS[MODEL], 256)
+    word_pieces = sum(len(encoded.ids) for encoded in tokenizer.encode_batch(batch))
+    assert word_pieces != sum(count_tokens(batch))  # [CLS] and [SEP] at least
+
+    def create(texts: list[str], **extra: Any) -> tuple[str, Any]:
+        raw = client.embeddings.with_raw_response.create(
+            model=MODEL, input=texts, encoding_format="float", **extra
+        )
+        return raw.headers["x-cache"], raw.parse()
+
+    seen = [
+        create(batch[:50]),  # warms half: the next request is a partial hit
+        create(batch),
+        create(batch),
+        create(batch, extra_headers={"cache-control": "no-cache"}),
+        create(batch),
+    ]
+    assert [status for status, _ in seen] == ["miss", "partial", "hit", "miss", "hit"]
+    assert [response.usage.prompt_tokens for _, response in seen[1:]] == [word_pieces] * 4
+    partial, hit = seen[1][1], seen[2][1]
+    np.testing.assert_array_equal(
+        [d.embedding for d in partial.data], [d.embedding for d in hit.data]
+    )

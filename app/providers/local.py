@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from app.providers.base import Capabilities, Failure, UpstreamCall, UpstreamError, UpstreamResult
 from app.registry import Model, ProviderConfig, Route
@@ -233,14 +233,23 @@ class _Stopped(Exception):
 class LocalConfig(ProviderConfig):
     type: Literal["local"]
     # Intra-op threads per inference run, and runs at once: threads x workers is the most
-    # cores the model uses, so the defaults leave an HTTP-serving core on small boxes.
-    threads: int = Field(default=1, ge=1, le=64)
-    workers: int = Field(default=2, ge=1, le=64)
-    # One call per worker thread: more in flight would only queue in the executor, where
+    # cores the model uses. One run at a time on both cores of a small box, fed merged batches
+    # (micro-batching), serves more than two single-threaded runs: those and the event loop
+    # would be three busy threads on two cores (README, "Benchmarks": local).
+    threads: int = Field(default=2, ge=1, le=64)
+    workers: int = Field(default=1, ge=1, le=64)
+    # Unset, one call in flight per worker: more would only queue in the executor, where
     # concurrent requests no longer merge into one run.
-    max_inflight_calls: int = Field(default=2, ge=1, le=1024)
+    max_inflight_calls: int = Field(default=1, ge=1, le=1024)
     # Truncate inputs at this many word pieces; unset means the model's own limit.
     max_seq_length: int | None = Field(default=None, ge=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_call_per_worker(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_inflight_calls") is None:
+            return {**data, "max_inflight_calls": data.get("workers", 1)}
+        return data
 
 
 class LocalProvider:

@@ -1,20 +1,29 @@
-"""Other gateways measured side by side with this one, on the same fake upstreams.
+"""Other proxies measured side by side with this gateway, on the same fake upstreams.
 
 A peer is one module here with a `start(bench) -> Target` that installs it if needed (into its
-own venv or directory under bench/, never this one) and starts it on 127.0.0.1 in front of
-`bench.main_url` / `bench.faulty_url`, serving the models of servers.write_registry; run.py
-starts each peer named on the command line (`--litellm`). To add one (Portkey, nginx as the
-floor of a proxy's cost): a module, a line in PEERS, a flag in run.parse_args, and its name in
-session.TARGETS for the ratio table.
+own directory under bench/, gitignored, or as a Debian package; never into this venv) and
+starts it on 127.0.0.1 in front of `bench.main_url` / `bench.faulty_url`, serving the models
+of servers.write_registry (a model it reaches another way goes in `Target.routes`). run.py
+starts those named by `--peers` (`--litellm` still adds LiteLLM). To add one: a module and a
+line in PEERS (and its display name in reports.PEER_LABELS).
+
+- nginx: a plain reverse proxy with keep-alive upstream connections, the floor of what one
+  proxy leg costs;
+- portkey: Portkey's open-source AI gateway (Node), from npm;
+- litellm: LiteLLM's proxy (Python), from PyPI, in its own venv (~750 MB).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.peers import litellm
+from bench.peers import litellm, nginx, portkey
 from bench.session import Bench, Target
 
 PEERS: dict[str, Callable[[Bench], Target]] = {
+    "nginx": nginx.start,
+    "portkey": portkey.start,
     "litellm": litellm.start,
 }
+# What a bare `--peers` starts: the two that install in seconds.
+DEFAULT_PEERS = ("nginx", "portkey")
