@@ -8,7 +8,10 @@ another route remains: a hung upstream would only hang again. Every call's timeo
 its work and is capped at a fair share of the deadline (app/timeouts.py). A call that is slow
 to answer may be hedged on the next route (app/hedging.py, which also runs the race). Only when
 every item has a vector does the job succeed: there is no partial answer. What is done, pending
-and failed, and how items are chunked per route, is app/job_progress.py.
+and failed, and how items are chunked per route, is app/job_progress.py. Each chunk's call goes
+through its route's batcher, which may merge it with other requests' chunks
+(app/batching.py), and every upstream call is paced under its provider's
+`max_requests_per_second` (app/pacing.py).
 
 (Over ~300 lines on purpose: the retry loop, the hedged attempt and the single call share the
 Router's per-route health, latency and budgets; split further, each piece would take half the
