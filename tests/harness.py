@@ -130,7 +130,9 @@ class GatewayProcess:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raise RuntimeError(f"gateway did not start: {self.output()}")
+        output = self.output()
+        self.stop()  # a gateway that never answered must not outlive the test (or the suite)
+        raise RuntimeError(f"gateway did not start: {output}")
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
