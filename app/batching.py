@@ -81,11 +81,12 @@ class RouteBatcher:
         self._in_flight = 0
         self._queues: dict[Shape, deque[_Chunk]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._requests_per_call = metrics.UPSTREAM_BATCH_REQUESTS.labels(provider)
 
     async def embed(self, call: UpstreamCall, tokens: Callable[[], int]) -> UpstreamResult:
         if self._in_flight < self._slots and not self._queues and not self._window:
             self._in_flight += 1
-            metrics.UPSTREAM_BATCH_REQUESTS.labels(self._provider).observe(1)
+            self._requests_per_call.observe(1)
             try:
                 return await self._send(call)
             finally:
@@ -191,7 +192,7 @@ class RouteBatcher:
         waiting = [chunk for chunk in chunks if not chunk.future.done()]
         if not waiting:
             return
-        metrics.UPSTREAM_BATCH_REQUESTS.labels(self._provider).observe(len(waiting))
+        self._requests_per_call.observe(len(waiting))
         try:
             result = await self._send(self._merged(waiting))
         except UpstreamError as exc:
