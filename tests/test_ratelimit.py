@@ -25,6 +25,7 @@ from app.api.admission import duration
 from app.ratelimit import LocalRateLimiter, RedisRateLimiter
 from tests.conftest import CLIENT_KEY, INTERNAL_TOKEN
 from tests.harness import GatewayProcess, ThreadedGateway, free_port
+from tests.limit_load import offer
 from tests.redis_server import RedisServer
 
 # Without redis-server these tests must fail (through the fixture), never skip.
@@ -542,55 +543,18 @@ async def test_four_workers_share_one_exact_limit(registry_path, redis_server):
             assert time.monotonic() < deadline, gateway.output()
             await asyncio.sleep(0.05)
 
-        statuses: list[int] = []
-        # Few connections: httpx's pool costs grow with their number, and at 64 the client
-        # itself could no longer offer 250 requests/s on a 2-CPU machine.
-        gate = asyncio.Semaphore(16)
-        async with httpx.AsyncClient(
-            base_url=gateway.url, timeout=5, limits=httpx.Limits(max_connections=16)
-        ) as client:
-            internal = {"authorization": f"Bearer {INTERNAL_TOKEN}"}
-            await asyncio.gather(*(client.get("/v1/models", headers=internal) for _ in range(16)))
-            await asyncio.sleep(1.1)  # the start-up probe's hit leaves the window
+        load = await offer(gateway.url, rate, seconds, INTERNAL_TOKEN)
 
-            loop = asyncio.get_running_loop()
-            latencies: list[float] = []
-
-            async def one() -> None:
-                sent = loop.time()
-                try:
-                    response = await client.get("/api/v1/models")
-                    statuses.append(response.status_code)
-                    latencies.append(loop.time() - sent)
-                finally:
-                    gate.release()
-
-            tasks = []
-            async with asyncio.timeout(seconds + 10):
-                started = loop.time()
-                for i in range(int(rate * seconds)):
-                    await asyncio.sleep(max(0.0, started + i / rate - loop.time()))
-                    await gate.acquire()
-                    if loop.time() - started >= seconds:
-                        gate.release()
-                        break  # a busy machine sends fewer, never for longer than the window
-                    tasks.append(asyncio.create_task(one()))
-                offered_for = loop.time() - started
-                await asyncio.gather(*tasks)
-
+    statuses = load.statuses
     admitted, limited = statuses.count(200), statuses.count(429)
     expected = limit * seconds
     print(
-        f"\n4 workers, limit {limit}/s, {len(statuses)} requests offered over {offered_for:.2f} s: "
+        f"\n4 workers, limit {limit}/s, {len(statuses)} offered over {load.seconds:.2f} s: "
         f"{admitted} admitted (expected {expected:.0f}, {100 * (admitted / expected - 1):+.1f} %), "
         f"{limited} limited"
     )
     assert admitted + limited == len(statuses)
     # The load stayed well over the limit for the whole span (5x when the machine keeps up).
     assert len(statuses) >= 2 * limit * seconds
-    assert offered_for < seconds + 0.1
-    # The gateway stamps each request when it handles it, not when it was sent: a busy machine's
-    # varying delay stretches the window the gateway sees by up to the spread of latencies, and
-    # an exact limit admits that much more. A count per process would admit several times over.
-    stretch = limit * (max(latencies) - min(latencies))
-    assert -0.02 * expected <= admitted - expected <= 0.02 * expected + stretch
+    assert load.seconds < seconds + 0.1
+    assert -0.02 * expected <= admitted - expected <= 0.02 * expected + load.stretch(limit)

@@ -28,6 +28,7 @@ from tests.conftest import (
 )
 from tests.fakes import fake_token_count, fake_vector
 from tests.harness import GatewayProcess, ThreadedGateway, write_registry
+from tests.limit_load import offer
 
 MODES = ["standalone", "cluster", "sentinel"]
 MODEL = "text-embedding-3-small"
@@ -197,56 +198,21 @@ async def test_two_workers_share_one_exact_limit(registry, redis_env, mode):
         "LOG_LEVEL": "info",
         **redis_env,
     }
-    statuses: list[int] = []
     with GatewayProcess(env) as server:
         deadline = time.monotonic() + 30
         while server.output().count("rate limits are counted in Redis") < 2:
             assert time.monotonic() < deadline, server.output()
             await asyncio.sleep(0.05)
-        gate = asyncio.Semaphore(16)
-        async with httpx.AsyncClient(
-            base_url=server.url, timeout=5, limits=httpx.Limits(max_connections=16)
-        ) as client:
-            internal = {"authorization": f"Bearer {INTERNAL_TOKEN}"}
-            await asyncio.gather(*(client.get("/v1/models", headers=internal) for _ in range(16)))
-            await asyncio.sleep(1.1)
-
-            loop = asyncio.get_running_loop()
-            latencies: list[float] = []
-
-            async def one() -> None:
-                sent = loop.time()
-                try:
-                    response = await client.get("/api/v1/models")
-                    statuses.append(response.status_code)
-                    latencies.append(loop.time() - sent)
-                finally:
-                    gate.release()
-
-            tasks = []
-            async with asyncio.timeout(seconds + 10):
-                started = loop.time()
-                for i in range(int(rate * seconds)):
-                    await asyncio.sleep(max(0.0, started + i / rate - loop.time()))
-                    await gate.acquire()
-                    if loop.time() - started >= seconds:
-                        gate.release()
-                        break
-                    tasks.append(asyncio.create_task(one()))
-                offered_for = loop.time() - started
-                await asyncio.gather(*tasks)
+        load = await offer(server.url, rate, seconds, INTERNAL_TOKEN)
+    statuses = load.statuses
     admitted, limited = statuses.count(200), statuses.count(429)
     expected_admitted = limit * seconds
     print(
-        f"\n{mode}: 2 workers, limit {limit}/s, {len(statuses)} offered over {offered_for:.2f} s: "
+        f"\n{mode}: 2 workers, limit {limit}/s, {len(statuses)} offered over {load.seconds:.2f} s: "
         f"{admitted} admitted ({100 * (admitted / expected_admitted - 1):+.1f} %)"
     )
     assert admitted + limited == len(statuses)
     assert len(statuses) >= 2 * limit * seconds  # well over the limit the whole time
-    assert offered_for < seconds + 0.1
-    # The gateway stamps each request when it handles it, not when it was sent: a busy machine's
-    # varying delay stretches the window the gateway sees by up to the spread of latencies, and
-    # an exact limit admits that much more. A count per process would admit several times over.
-    stretch = limit * (max(latencies) - min(latencies))
+    assert load.seconds < seconds + 0.1
     excess = admitted - expected_admitted
-    assert -0.05 * expected_admitted <= excess <= 0.05 * expected_admitted + stretch
+    assert -0.05 * expected_admitted <= excess <= 0.05 * expected_admitted + load.stretch(limit)
