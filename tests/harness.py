@@ -150,6 +150,8 @@ class GatewayProcess:
             self._log.close()
 
     def __enter__(self) -> GatewayProcess:
+        if self.process is not None and self.process.poll() is None:
+            return self  # started already (`with started(GatewayProcess(...))`): one process
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
