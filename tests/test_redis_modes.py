@@ -18,6 +18,7 @@ import pytest
 from app.redis_client import connect, slot_of
 from app.settings import Settings
 from app.usage import UsageLedger, today
+from tests.cache_support import check_mixed_orders
 from tests.conftest import (
     CLIENT_KEY,
     INTERNAL_TOKEN,
@@ -101,19 +102,7 @@ def sent_upstream(fake) -> list[str]:
 def test_mixed_hits_and_misses_in_any_order(served, nanogpt, mode):
     # Thirty items spread over every slot of a Cluster, so reads and writes cross nodes.
     corpus = [f"{mode} item {i} " + uuid.uuid4().hex[:6] for i in range(30)]
-    embed(served, corpus[::3])
-    warm = set(corpus[::3])
-    for seed in range(4):
-        order = np.random.default_rng(seed).permutation(len(corpus))
-        batch = [corpus[i] for i in order[:12]]
-        nanogpt.clear()
-        response = embed(served, batch)
-        np.testing.assert_array_equal(vectors(response), expected(batch))
-        misses = [t for t in batch if t not in warm]
-        assert sent_upstream(nanogpt) == misses  # only the misses, in input order
-        status = "hit" if not misses else ("miss" if len(misses) == len(batch) else "partial")
-        assert response.headers["x-cache"] == status
-        warm |= set(batch)
+    check_mixed_orders(served.url, nanogpt, corpus, MODEL, rounds=4, take=12)
 
 
 def test_a_clean_stop_leaves_cache_and_usage_in_redis(registry, redis_env, nanogpt, mode):
