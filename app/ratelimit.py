@@ -1,7 +1,7 @@
 """Requests per client per second, counted in Redis or, without it, in this process.
 
-(Over ~300 lines on purpose: the Redis script, the batching of checks per hash slot and the
-in-process fallback are one algorithm that must count alike; apart they would drift.)
+The Redis script and the in-process fallback are one algorithm that must count alike, so
+they live together here.
 
 The algorithm is a sliding log over a 1-second window: each admitted request is a timestamp, and
 a request is admitted while fewer than `limit` timestamps are younger than one second. It is
@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from app import metrics
-from app.redis_client import REDIS_FAILURES, RedisClient, by_slot, connect
+from app.redis_client import REDIS_FAILURES, RedisClient, connect
+from app.redis_coalesce import Coalescer
 
 log = logging.getLogger("app.ratelimit")
 
@@ -162,16 +163,13 @@ return out
 """
 
 Counted = tuple[int, int, int]  # admitted (0/1), count in the window, µs until the oldest leaves
-_Waiting = tuple[str, str, "asyncio.Future[Counted | None]"]  # key, member, its answer
 
 
 class RedisRateLimiter(RateLimiter):
     """The sliding log in Redis, shared by every worker and gateway using the same prefix.
 
-    One script call counts every check that is waiting for it: a check made while no call is
-    on its way goes at once, alone; checks made while one is on its way go together in the next
-    call. At rest that is one round trip per request, as before; under load, one round trip
-    serves many requests, which saves most of the client's per-command CPU.
+    One script call counts every check that is waiting for it (`app.redis_coalesce`): alone
+    at rest, many together under load, applied in order, so still exact.
 
     On any Redis error or timeout the checks are counted by an in-process `LocalRateLimiter`
     instead, one warning marks the outage, and at most one request per `probe_interval` tries
@@ -205,9 +203,10 @@ class RedisRateLimiter(RateLimiter):
         self.fallback = LocalRateLimiter(limit, window=window, clock=clock)
         self._down = False
         self._next_probe = 0.0
-        self._calling = False  # a script call is on its way
-        self._waiting: list[_Waiting] = []  # checks for the next call
-        self._batches: set[asyncio.Task[None]] = set()
+        # Each check is (its client's key, its member); each client's log is one key.
+        self._count: Coalescer[tuple[str, str], Counted] = Coalescer(
+            self._redis, self._call, lambda check: check[0], failed=lambda: self._down
+        )
 
     @property
     def using_redis(self) -> bool:
@@ -231,7 +230,8 @@ class RedisRateLimiter(RateLimiter):
             if now < self._next_probe:
                 return self.fallback.hit(bucket)
             self._next_probe = now + self._probe_interval  # the other requests stay local
-        counted = await self._count(self._prefix + bucket)
+        member = f"{self._member_prefix}{next(self._members)}"
+        counted = await self._count((self._prefix + bucket, member))
         if counted is None:  # Redis failed this call: it is now marked down
             return self.fallback.hit(bucket)
         if probing and self._down:
@@ -241,68 +241,14 @@ class RedisRateLimiter(RateLimiter):
         return self._decision(bool(admitted), int(count), int(reset_us) / 1_000_000)
 
     async def aclose(self) -> None:
-        for batch in list(self._batches):
-            batch.cancel()
+        self._count.cancel()
         if self._owns_client:
             await self._redis.aclose()
 
-    async def _count(self, key: str) -> Counted | None:
-        member = f"{self._member_prefix}{next(self._members)}"
-        if self._calling:
-            answer: asyncio.Future[Counted | None] = asyncio.get_running_loop().create_future()
-            self._waiting.append((key, member, answer))
-            return await answer
-        self._calling = True
-        try:
-            counted = await self._call([key], [member])
-        finally:
-            self._send_waiting()
-        return counted[0] if counted else None
-
-    def _send_waiting(self) -> None:
-        """After a call: send the checks that queued up meanwhile, or note that none is out."""
-        waiting, self._waiting = self._waiting, []
-        if not waiting or self._down:
-            self._calling = False
-            for _, _, answer in waiting:  # Redis just failed: no second timeout for these
-                if not answer.done():
-                    answer.set_result(None)
-            return
-        batch = asyncio.create_task(self._call_for(waiting))
-        self._batches.add(batch)
-        batch.add_done_callback(self._batches.discard)
-
-    async def _call_for(self, waiting: list[_Waiting]) -> None:
-        try:
-            # A Cluster runs a script on one slot's keys: one call per slot, all at once.
-            # Each client's log is one key, so per-client order is kept within its slot.
-            groups = by_slot(self._redis, waiting, lambda w: w[0])
-            answered = await asyncio.gather(
-                *(self._call([w[0] for w in g], [w[1] for w in g]) for g in groups)
-            )
-            waiting = [w for g in groups for w in g]
-            counted = [
-                one
-                for g, answers in zip(groups, answered, strict=True)
-                for one in (answers or [None] * len(g))
-            ]
-        except Exception as exc:  # not Redis's failure (that is None): each waiter gets it
-            for _, _, answer in waiting:
-                if not answer.done():
-                    answer.set_exception(exc)
-        except BaseException:  # this task was cancelled (shutdown)
-            for _, _, answer in waiting:
-                answer.cancel()
-            raise
-        else:
-            for (_, _, answer), one in zip(waiting, counted, strict=True):
-                if not answer.done():  # its request may have gone away meanwhile
-                    answer.set_result(one)
-        finally:
-            self._send_waiting()
-
-    async def _call(self, keys: list[str], members: list[str]) -> list[Counted] | None:
+    async def _call(self, checks: list[tuple[str, str]]) -> list[Counted] | None:
         """The script's answers, in order; None when Redis failed (it is then marked down)."""
+        keys = [key for key, _ in checks]
+        members = [member for _, member in checks]
         try:
             async with asyncio.timeout(self._timeout):
                 flat = await self._script(keys=keys, args=[self.limit, self._window_us, *members])
