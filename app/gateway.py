@@ -11,7 +11,7 @@ from app.auth import Authenticator
 from app.auth_throttle import AuthFailureThrottle
 from app.cache import EmbeddingCache
 from app.embedder import Embedder
-from app.keys.limits import KeyLimits
+from app.keys.checks import KeyChecks
 from app.keys.service import ManagedKeys
 from app.providers import Provider
 from app.ratelimit import RateLimiter
@@ -43,7 +43,7 @@ class Services:
     limiter: RateLimiter | None = None  # None: RATE_LIMIT_PER_SECOND is 0
     redis: Redis | None = None  # None: REDIS_URL is unset
     keys: ManagedKeys | None = None  # None: no key store (no Redis, no admin token, no KEYS_DB)
-    key_limits: KeyLimits | None = None
+    key_checks: KeyChecks | None = None  # with keys: their limits and budgets
     auth_failures: AuthFailureThrottle | None = None  # None: AUTH_FAILURES_PER_MINUTE is 0
     usage: UsageLedger = field(init=False)
 
@@ -85,8 +85,8 @@ class Services:
         finally:
             if self.limiter is not None:
                 await self.limiter.aclose()
-            if self.key_limits is not None:
-                await self.key_limits.aclose()
+            if self.key_checks is not None:
+                await self.key_checks.aclose()
             if self.keys is not None:
                 await self.keys.aclose()
             if self.auth_failures is not None:

@@ -27,7 +27,7 @@ from app.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
 from app.auth_throttle import AuthFailureThrottle
 from app.config_report import settings_summary
 from app.gateway import Services, build_cache
-from app.keys.build import build_key_limits, build_keys
+from app.keys.build import build_key_checks, build_keys
 from app.lifecycle import Lifecycle
 from app.logs import configure_logging
 from app.pacing import Pacing
@@ -75,7 +75,7 @@ def build_gateway(
         limiter=build_limiter(settings, redis),
         redis=redis,
         keys=keys,
-        key_limits=build_key_limits(settings, redis) if keys is not None else None,
+        key_checks=build_key_checks(settings, redis, keys) if keys is not None else None,
         auth_failures=build_auth_failure_throttle(settings, redis),
     )
     return gateway

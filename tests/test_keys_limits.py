@@ -1,14 +1,30 @@
-"""Per-key token limits: the weighted sliding log, in process (injected clock) and in Redis."""
+"""Per-key limits and budgets: the weighted token log in process (injected clock), and a key's
+whole policy in one script call on a real Redis and a real Cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
+import pytest_asyncio
+from redis.asyncio.cluster import RedisCluster
 
-from app.keys.limits import KeyLimits, LocalTokenLimiter
-from app.redis_client import connect
+from app.errors import BudgetSpent, KeyStoreUnavailable
+from app.keys.build import build_key_checks, build_keys
+from app.keys.checks import KEY_POLICY, KeyChecks
+from app.keys.limits import LocalTokenLimiter
+from app.keys.model import ApiKeyRecord, KeyPolicy
+from app.keys.service import ManagedKeys
+from app.keys.sqlite_store import SQLiteKeyStore
+from app.redis_client import RedisClient, connect, is_cluster
+from app.registry import Registry
+from app.settings import Settings
+from tests.conftest import redis_settings
 
 
 class Clock:
@@ -39,31 +55,153 @@ def test_a_request_bigger_than_the_whole_limit_never_fits():
     assert not verdict.allowed and verdict.retry_after is None
 
 
-async def test_redis_tokens_are_exact_under_concurrency(redis_server):
-    redis = connect(redis_server.url, 1.0)
-    limits = KeyLimits(
-        redis, url=redis_server.url, prefix=f"t:{uuid.uuid4().hex[:8]}:", timeout=1.0
+# What the key-policy script calls, lower case as INFO names them.
+SCRIPT_COMMANDS = {name.lower() for name in re.findall(r"redis\.call\('(\w+)'", KEY_POLICY)}
+
+
+@pytest_asyncio.fixture(params=["standalone", "cluster"], loop_scope="function")
+async def checks(request) -> AsyncIterator[Checks]:
+    """A key store and the per-key checks on one real Redis (or Cluster), as a gateway has
+    them, under prefixes of their own."""
+    settings = Settings(_env_file=None, **redis_settings(request, request.param))  # type: ignore[call-arg]
+    assert settings.REDIS_URL is not None
+    redis = connect(settings.REDIS_URL, 1.0, settings.redis_options)
+    tag = uuid.uuid4().hex[:8]
+    settings = settings.model_copy(
+        update={"RATE_LIMIT_KEY_PREFIX": f"rl:{tag}:", "KEYS_KEY_PREFIX": f"keys:{tag}:"}
     )
+    keys = build_keys(settings, redis, Registry("test", {}, {}))
+    assert keys is not None
+    key_checks = build_key_checks(settings, redis, keys)
     try:
-        verdicts = await asyncio.gather(*(limits.check_tokens("k", 1000, 30) for _ in range(100)))
-        assert sum(v.allowed for v in verdicts) == 33  # 33 x 30 = 990: the 34th would not fit
-        refused = next(v for v in verdicts if not v.allowed)
-        assert refused.remaining == 10
-        assert 59 < refused.retry_after <= 60
-        assert (await limits.check_tokens("k", 1000, 10)).allowed  # exactly what is left
-        assert (await limits.check_tokens("k", 1000, 2000)).retry_after is None
+        yield Checks(redis, keys, key_checks)
     finally:
-        await limits.aclose()
+        await key_checks.aclose()
         await redis.aclose()
 
 
-async def test_redis_down_counts_tokens_in_process(caplog):
+@dataclass
+class Checks:
+    redis: RedisClient
+    keys: ManagedKeys
+    key_checks: KeyChecks
+
+    async def key(self, **policy) -> ApiKeyRecord:
+        record, _ = await self.keys.create(KeyPolicy(**policy), "test")
+        return record
+
+    async def commands(self) -> Counter[str]:
+        """Every command Redis's masters have run so far, by name, INFO itself left out."""
+        if is_cluster(self.redis):
+            per_node = await self.redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        else:
+            per_node = {"one": await self.redis.info("commandstats")}
+        calls: Counter[str] = Counter()
+        for stats in per_node.values():
+            for name, figures in stats.items():
+                if name != "cmdstat_info":
+                    calls[name.removeprefix("cmdstat_")] += figures["calls"]
+        return calls
+
+
+async def test_redis_tokens_are_exact_under_concurrency(checks):
+    record = await checks.key(tokens_per_minute=1000)
+    verdicts = await asyncio.gather(*(checks.key_checks.check(record, 30, 0.0) for _ in range(100)))
+    assert sum(v.refused is None for v in verdicts) == 33  # 33 x 30 = 990: no 34th
+    refused = next(v for v in verdicts if v.refused == "tokens")
+    assert refused.tokens is not None and refused.tokens.remaining == 10
+    assert refused.tokens.retry_after is not None and 59 < refused.tokens.retry_after <= 60
+    assert (await checks.key_checks.check(record, 10, 0.0)).refused is None  # what is left
+    too_big = await checks.key_checks.check(record, 2000, 0.0)
+    assert too_big.tokens is not None and too_big.tokens.retry_after is None
+
+
+async def test_rate_tokens_and_budget_are_one_script_call(checks):
+    record = await checks.key(rate_limit_per_second=100, tokens_per_minute=10_000, budget_usd=1.0)
+    await checks.key_checks.check(record, 10, 0.0)  # the script is loaded now
+    before = await checks.commands()
+    verdict = await checks.key_checks.check(record, 10, 0.25)
+    ran = await checks.commands() - before
+    # The commands a script runs count too: one EVALSHA is the one round trip (each of the
+    # three parts used to be a script call of its own), and nothing ran outside it.
+    assert ran["evalsha"] == 1 and "eval" not in ran
+    assert set(ran) <= {"evalsha", *SCRIPT_COMMANDS}
+    assert verdict.refused is None
+    assert verdict.requests is not None and verdict.requests.remaining == 98
+    assert verdict.tokens is not None and verdict.tokens.remaining == 10_000 - 20
+    assert (await checks.keys.spend(record.id))["total"] == pytest.approx(0.25)
+
+
+async def test_a_refused_request_uses_up_none_of_the_other_limits(checks):
+    record = await checks.key(rate_limit_per_second=1000, tokens_per_minute=200, budget_usd=1.0)
+    assert (await checks.key_checks.check(record, 95, 0.5)).refused is None
+    refused = await checks.key_checks.check(record, 200, 0.5)  # 295 tokens would not fit
+    assert refused.refused == "tokens"
+    # Not counted: 999 left (1000 if the first left the 1-second window meanwhile), never 998.
+    assert refused.requests is not None and refused.requests.remaining in (999, 1000)
+    assert (await checks.keys.spend(record.id))["total"] == pytest.approx(0.5)  # not charged
+    assert (await checks.key_checks.check(record, 5, 0.5)).refused is None  # spends the rest
+    with pytest.raises(BudgetSpent):
+        await checks.key_checks.check(record, 50, 0.5)
+    assert (await checks.keys.spend(record.id))["total"] == pytest.approx(1.0)
+    # The budget's refusal counted none of its 50 tokens: 100 are used, so 100 more fit.
+    unbudgeted = record.model_copy(update={"budget_usd": None})
+    assert (await checks.key_checks.check(unbudgeted, 100, 0.0)).refused is None
+
+
+async def test_concurrent_keys_in_many_slots_each_keep_their_own_count(checks):
+    records = [await checks.key(rate_limit_per_second=5, budget_usd=10.0) for _ in range(8)]
+    verdicts = await asyncio.gather(
+        *(checks.key_checks.check(r, 1, 1.0) for r in records for _ in range(7))
+    )
+    admitted = [v.refused is None for v in verdicts]
+    assert [sum(admitted[i * 7 : i * 7 + 7]) for i in range(8)] == [5] * 8
+    spent = [(await checks.keys.spend(r.id))["total"] for r in records]
+    assert spent == [pytest.approx(5.0)] * 8
+
+
+async def test_prefixes_with_hash_tags_of_their_own_still_check_the_budget(request):
+    """In a Cluster the limits and the spend then live in different slots: the budget is a
+    call of its own, after the limits, and still holds."""
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        **redis_settings(request, "cluster"),
+        RATE_LIMIT_KEY_PREFIX=f"{{rl{uuid.uuid4().hex[:6]}}}:",
+        KEYS_KEY_PREFIX=f"{{keys{uuid.uuid4().hex[:6]}}}:",
+    )
+    assert settings.REDIS_URL is not None
+    redis = connect(settings.REDIS_URL, 1.0, settings.redis_options)
+    keys = build_keys(settings, redis, Registry("test", {}, {}))
+    assert keys is not None
+    key_checks = build_key_checks(settings, redis, keys)
+    try:
+        record, _ = await keys.create(KeyPolicy(rate_limit_per_second=10, budget_usd=1.0), "t")
+        assert (await key_checks.check(record, 1, 0.6)).refused is None
+        assert (await key_checks.check(record, 1, 0.6)).refused is None  # 0.6 < 1: admitted
+        with pytest.raises(BudgetSpent):
+            await key_checks.check(record, 1, 0.6)
+        assert (await keys.spend(record.id))["total"] == pytest.approx(1.2)
+    finally:
+        await key_checks.aclose()
+        await redis.aclose()
+
+
+async def test_redis_down_counts_limits_in_process_and_budgets_fail_closed(caplog, tmp_path):
+    settings = Settings(_env_file=None, REDIS_URL="redis://127.0.0.1:1/0")  # type: ignore[call-arg]
     redis = connect("redis://127.0.0.1:1/0", 0.2)
-    limits = KeyLimits(redis, url="redis://127.0.0.1:1/0", prefix="t:", timeout=0.2)
+    keys = ManagedKeys(
+        SQLiteKeyStore(tmp_path / "keys.db"), cache_seconds=1, model_exists=bool, backend="t"
+    )
+    key_checks = build_key_checks(settings, redis, keys)
+    limited, _ = await keys.create(KeyPolicy(tokens_per_minute=50), "t")
+    budgeted, _ = await keys.create(KeyPolicy(budget_usd=1.0), "t")
     try:
-        assert (await limits.check_tokens("k", 50, 30)).allowed
-        assert not (await limits.check_tokens("k", 50, 30)).allowed
+        with pytest.raises(KeyStoreUnavailable):
+            await key_checks.check(budgeted, 1, 0.1)
+        assert (await key_checks.check(limited, 30, 0.0)).refused is None
+        assert (await key_checks.check(limited, 30, 0.0)).refused == "tokens"
     finally:
-        await limits.aclose()
+        await key_checks.aclose()
         await redis.aclose()
+        await keys.aclose()
     assert any("counted in process" in r.getMessage() for r in caplog.records)

@@ -17,6 +17,7 @@ from app.embedder import Embedded
 from app.errors import RATE_LIMIT, GatewayError
 from app.gateway import Services
 from app.jobs import EmbeddingJob
+from app.keys.checks import KeyVerdict
 from app.keys.model import ApiKeyRecord
 from app.keys.service import Charge
 
@@ -29,11 +30,16 @@ async def apply_policy(
     if caller.kind is not CallerKind.MANAGED or gateway.keys is None:
         return None
     assert isinstance(record, ApiKeyRecord)
-    if record.limited and gateway.key_limits is not None:
-        await _check_limits(scope, gateway, record, job)
+    budgeted = record.budget_usd is not None
+    if not (record.limited or budgeted) or gateway.key_checks is None:
+        return Charge(record.id, 0.0)
     price = job.model.config.pricing.per_million_tokens
-    estimate = job.prompt_tokens() * price / 1_000_000 if record.budget_usd is not None else 0.0
-    return await gateway.keys.reserve(record, estimate)
+    tokens = job.prompt_tokens() if record.tokens_per_minute is not None or budgeted else 0
+    estimate = tokens * price / 1_000_000 if budgeted else 0.0
+    # One round trip for all of it (limits and budget), counted only if all of it admits.
+    verdict = await gateway.key_checks.check(record, tokens, estimate)
+    _report(scope, verdict, tokens)
+    return Charge(record.id, estimate)
 
 
 async def settle(gateway: Services, charge: Charge | None, job: EmbeddingJob, result: Embedded):
@@ -49,47 +55,42 @@ async def refund(gateway: Services, charge: Charge | None) -> None:
         await gateway.keys.settle(charge, 0.0)
 
 
-async def _check_limits(
-    scope: Scope, gateway: Services, record: ApiKeyRecord, job: EmbeddingJob
-) -> None:
-    limits = gateway.key_limits
-    assert limits is not None
+def _report(scope: Scope, verdict: KeyVerdict, tokens: int) -> None:
+    """The key's own limits replace the per-IP figures: they are the ones this client can use."""
     headers = extra_headers(scope)
-    if record.rate_limit_per_second is not None:
-        decision = await limits.check_requests(record.id, record.rate_limit_per_second)
-        # The key's own limit replaces the per-IP figures: it is the one this client can use.
+    if (requests := verdict.requests) is not None:
         headers.update(
             {
-                "x-ratelimit-limit-requests": str(decision.limit),
-                "x-ratelimit-remaining-requests": str(decision.remaining),
-                "x-ratelimit-reset-requests": duration(decision.reset),
+                "x-ratelimit-limit-requests": str(requests.limit),
+                "x-ratelimit-remaining-requests": str(requests.remaining),
+                "x-ratelimit-reset-requests": duration(requests.reset),
             }
         )
-        if not decision.allowed:
+        if verdict.refused == "requests":
             raise _limited(
-                f"{decision.limit} requests per second for this key", decision.retry_after
+                f"{requests.limit} requests per second for this key", requests.retry_after
             )
-    if record.tokens_per_minute is not None:
-        tokens = job.prompt_tokens()
-        verdict = await limits.check_tokens(record.id, record.tokens_per_minute, tokens)
+    if (verdict_tokens := verdict.tokens) is not None:
         headers.update(
             {
-                "x-ratelimit-limit-tokens": str(verdict.limit),
-                "x-ratelimit-remaining-tokens": str(verdict.remaining),
-                "x-ratelimit-reset-tokens": duration(verdict.reset),
+                "x-ratelimit-limit-tokens": str(verdict_tokens.limit),
+                "x-ratelimit-remaining-tokens": str(verdict_tokens.remaining),
+                "x-ratelimit-reset-tokens": duration(verdict_tokens.reset),
             }
         )
-        if verdict.allowed:
+        if verdict.refused != "tokens":
             return
-        if verdict.retry_after is None:
+        if verdict_tokens.retry_after is None:
             error = _limited(
-                f"{verdict.limit} tokens per minute for this key, and this request alone has "
-                f"{tokens}",
+                f"{verdict_tokens.limit} tokens per minute for this key, and this request alone "
+                f"has {tokens}",
                 None,
             )
             error.headers.update(NO_RETRY)
             raise error
-        raise _limited(f"{verdict.limit} tokens per minute for this key", verdict.retry_after)
+        raise _limited(
+            f"{verdict_tokens.limit} tokens per minute for this key", verdict_tokens.retry_after
+        )
 
 
 def _limited(what: str, retry_after: float | None) -> GatewayError:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from app.keys.limits import KeyLimits
-from app.keys.redis_store import RedisKeyStore
+from app.keys.checks import KeyChecks
+from app.keys.redis_store import RedisKeyStore, spend_key
 from app.keys.service import ManagedKeys
 from app.keys.sqlite_store import SQLiteKeyStore
 from app.keys.store import KeyStore
@@ -39,10 +39,13 @@ def build_keys(
     )
 
 
-def build_key_limits(settings: Settings, redis: Redis | None) -> KeyLimits:
-    return KeyLimits(
+def build_key_checks(settings: Settings, redis: Redis | None, keys: ManagedKeys) -> KeyChecks:
+    """With Redis the key store is Redis too (`build_keys`), so one script sees both."""
+    return KeyChecks(
         redis,
-        url=settings.REDIS_URL,
+        keys,
         prefix=settings.RATE_LIMIT_KEY_PREFIX + "key:",
+        spend_key=lambda key_id: spend_key(settings.KEYS_KEY_PREFIX, key_id),
         timeout=settings.REDIS_TIMEOUT_MS / 1000,
+        store_timeout=settings.CACHE_TIMEOUT_MS / 1000,  # the key store's own bound
     )

@@ -38,6 +38,11 @@ return {1, tostring(spent)}
 """
 
 
+def spend_key(prefix: str, key_id: str) -> str:
+    """A key's spend hash; the per-key limits' keys share its slot (`app.keys.checks`)."""
+    return f"{prefix}spend:{key_id}"
+
+
 class RedisKeyStore:
     def __init__(self, redis: RedisClient, *, prefix: str, timeout: float) -> None:
         self._redis = redis
@@ -60,7 +65,7 @@ class RedisKeyStore:
         return f"{self._prefix}hash:{digest}"
 
     def _spend(self, key_id: str) -> str:
-        return f"{self._prefix}spend:{key_id}"
+        return spend_key(self._prefix, key_id)
 
     async def _run(self, call: Awaitable[T]) -> T:
         try:

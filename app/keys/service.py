@@ -89,8 +89,13 @@ class ManagedKeys:
             self.store.reserve(record.id, estimate_usd, record.budget_period, budget, utcnow())
         )
         if not admitted:
-            raise BudgetSpent(_period_name(record.budget_period), budget, spent)
+            raise self.budget_spent(record, spent)
         return Charge(record.id, estimate_usd)
+
+    @staticmethod
+    def budget_spent(record: ApiKeyRecord, spent_usd: float) -> BudgetSpent:
+        assert record.budget_usd is not None
+        return BudgetSpent(_period_name(record.budget_period), record.budget_usd, spent_usd)
 
     async def settle(self, charge: Charge, actual_usd: float) -> None:
         """Replace the reservation with what the upstreams really cost (cache hits are free)."""
