@@ -17,6 +17,7 @@ reported no usage, or the entry predates the count) the item counts at the gatew
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
@@ -59,10 +60,21 @@ class Embedder:
         self._cache = cache
         self._in_flight: dict[str, asyncio.Future[_Fetched]] = {}
 
-    async def embed(self, job: EmbeddingJob, timeout: float, *, read_cache: bool) -> Embedded:
+    async def embed(
+        self,
+        job: EmbeddingJob,
+        timeout: float,
+        *,
+        read_cache: bool,
+        admitted: Awaitable[object] | None = None,
+    ) -> Embedded:
         """The job's vectors and what they cost. A DomainError from routing this request's own
         items carries its `trace`; one shared from an identical in-flight request carries that
-        request's (the calls this one waited on)."""
+        request's (the calls this one waited on).
+
+        `admitted`: the caller's policy check, already on its way: it runs beside the cache
+        lookup (both are a Redis round trip: one of wall time, not two), and nothing goes
+        upstream or is answered before it passes; what it raises, `embed` raises."""
         dims = job.expected_dims
         cache = self._cache if job.model.config.cache else None
         keys = [
@@ -79,6 +91,8 @@ class Embedder:
             for key, item in zip(unique, await cache.get_many(unique, dims), strict=True):
                 if item is not None:
                     found[key] = item
+        if admitted is not None:
+            await admitted
         hits = set(found)
         missing = [key for key in first if key not in found]
 

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from app.tokens import count_tokens
 from tests.conftest import (
     CLIENT_KEY,
     INTERNAL_TOKEN,
@@ -320,6 +321,22 @@ def test_cache_hits_do_not_count_against_the_budget(keyed):
         assert hit.headers["x-cache"] == "hit"
     again = admin(keyed.url, "GET", f"/keys/{created['id']}").json()["spend_usd"]["total"]
     assert again == pytest.approx(spent)
+
+
+@pytest.mark.parametrize("keyed", ["redis"], indirect=True)  # the embedding cache needs Redis
+def test_a_cache_hit_still_waits_for_the_keys_own_limits(keyed):
+    """The key's check runs beside the cache lookup, not before it: a hit must still be
+    refused when the key's limit says no."""
+    text = f"limited cached text {uuid.uuid4().hex}"
+    tokens = count_tokens([text])[0]
+    created = create_key(keyed.url, tokens_per_minute=tokens)  # one request's worth
+    first = embed(keyed.url, created["key"], MODEL, text)
+    assert first.status_code == 200 and first.headers["x-cache"] == "miss"
+    again = embed(keyed.url, created["key"], MODEL, text)  # a hit, over the key's tokens
+    assert again.status_code == 429 and "x-cache" not in again.headers
+    assert again.json()["error"]["code"] == "rate_limit_exceeded"
+    assert again.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert embed(keyed.url, CLIENT_KEY, MODEL, text).headers["x-cache"] == "hit"  # it is cached
 
 
 def test_usage_is_per_key_for_clients_and_by_team_for_the_admin(keyed):

@@ -1,5 +1,5 @@
-"""POST /embeddings: (limit by IP) → authenticate → validate → apply the key's policy → route →
-call upstream → encode → respond.
+"""POST /embeddings: (limit by IP) → authenticate → validate → apply the key's policy (beside
+the cache lookup) → route → call upstream → encode → respond.
 
 The one hot endpoint is a plain ASGI app on a Starlette `Route`, not a FastAPI operation:
 FastAPI's per-request machinery (its request wrapper, dependency solving, response handling)
@@ -18,7 +18,7 @@ from app import metrics
 from app.api.admission import authenticate
 from app.api.context import request_context
 from app.api.middleware import request_id
-from app.api.policy import apply_policy, refund, settle
+from app.api.policy import PolicyCheck, refund, settle
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
 from app.api.validation import UnknownModel, parse_embedding_request
@@ -55,18 +55,21 @@ async def _create_embeddings(
         context.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
         raise
     context.model = job.model.id
-    charge = await apply_policy(scope, gateway, caller, job)
+    policy = PolicyCheck(scope, gateway, caller, job)
     try:
         result = await serving.embedder.embed(
-            job, gateway.settings.REQUEST_TIMEOUT_SECONDS, read_cache=_may_read_cache(request)
+            job,
+            gateway.settings.REQUEST_TIMEOUT_SECONDS,
+            read_cache=_may_read_cache(request),
+            admitted=policy.check,
         )
     except BaseException as error:
-        await refund(gateway, charge)
+        await refund(gateway, await policy.outcome())
         if isinstance(error, DomainError) and error.trace is not None:
             context.upstream(error.trace)
         raise
     context.upstream(result.trace)
-    await settle(gateway, charge, job, result)
+    await settle(gateway, await policy.outcome(), job, result)
     context.prompt_tokens, context.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)
     gateway.usage.record(

@@ -1,9 +1,10 @@
 """The caller's policy on one embeddings request, after validation, before the upstream call:
-per-key request and token limits, then the budget. Static keys and the internal token have
-the default policy, which costs nothing here."""
+per-key request and token limits and the budget, in one check. Static keys and the internal
+token have the default policy, which costs nothing here."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from starlette.types import Scope
@@ -17,27 +18,49 @@ from app.embedder import Embedded
 from app.errors import RATE_LIMIT, GatewayError
 from app.gateway import Services
 from app.jobs import EmbeddingJob
-from app.keys.checks import KeyVerdict
+from app.keys.checks import KeyChecks, KeyVerdict
 from app.keys.model import ApiKeyRecord
 from app.keys.service import Charge
 
 
-async def apply_policy(
-    scope: Scope, gateway: Services, caller: Caller, job: EmbeddingJob
-) -> Charge | None:
+class PolicyCheck:
+    """The caller's policy on one request: started before the cache lookup so that its Redis
+    round trip and the lookup's go at once (`Embedder.embed(admitted=...)`)."""
+
+    def __init__(self, scope: Scope, gateway: Services, caller: Caller, job: EmbeddingJob):
+        """Start the check, if the caller's policy needs one."""
+        self.charge: Charge | None = None  # what was reserved, once `check` has passed
+        self.check: asyncio.Task[Charge] | None = None  # None: nothing to ask the store
+        record = caller.policy
+        if caller.kind is not CallerKind.MANAGED or gateway.keys is None:
+            return
+        assert isinstance(record, ApiKeyRecord)
+        self.charge = Charge(record.id, 0.0)  # a key's spend is recorded even without a budget
+        checks = gateway.key_checks
+        if checks is not None and (record.limited or record.budget_usd is not None):
+            self.check = asyncio.ensure_future(_apply(scope, checks, record, job))
+
+    async def outcome(self) -> Charge | None:
+        """What was reserved, whatever became of the request (nothing if the check refused)."""
+        if self.check is not None:
+            try:
+                self.charge = await self.check
+            except Exception:  # the check's own refusal, or the store down: nothing reserved
+                self.charge = None
+            self.check = None
+        return self.charge
+
+
+async def _apply(
+    scope: Scope, checks: KeyChecks, record: ApiKeyRecord, job: EmbeddingJob
+) -> Charge:
     """Raise a 429 when a per-key limit or the budget says no; else what was reserved."""
-    record = caller.policy
-    if caller.kind is not CallerKind.MANAGED or gateway.keys is None:
-        return None
-    assert isinstance(record, ApiKeyRecord)
     budgeted = record.budget_usd is not None
-    if not (record.limited or budgeted) or gateway.key_checks is None:
-        return Charge(record.id, 0.0)
     price = job.model.config.pricing.per_million_tokens
     tokens = job.prompt_tokens() if record.tokens_per_minute is not None or budgeted else 0
     estimate = tokens * price / 1_000_000 if budgeted else 0.0
     # One round trip for all of it (limits and budget), counted only if all of it admits.
-    verdict = await gateway.key_checks.check(record, tokens, estimate)
+    verdict = await checks.check(record, tokens, estimate)
     _report(scope, verdict, tokens)
     return Charge(record.id, estimate)
 
