@@ -10,7 +10,12 @@ from pathlib import Path
 from bench.session import Result
 
 # How the report names a peer's target (bench/peers), in the ratio table and the targets.
-PEER_LABELS = {"nginx": "nginx", "portkey": "Portkey", "litellm": "LiteLLM"}
+PEER_LABELS = {
+    "nginx": "nginx",
+    "stack-floor": "stack floor",
+    "portkey": "Portkey",
+    "litellm": "LiteLLM",
+}
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

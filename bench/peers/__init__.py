@@ -10,20 +10,23 @@ line in PEERS (and its display name in reports.PEER_LABELS).
 - nginx: a plain reverse proxy with keep-alive upstream connections, the floor of what one
   proxy leg costs;
 - portkey: Portkey's open-source AI gateway (Node), from npm;
-- litellm: LiteLLM's proxy (Python), from PyPI, in its own venv (~750 MB).
+- litellm: LiteLLM's proxy (Python), from PyPI, in its own venv (~750 MB);
+- stack-floor: uvicorn + aiohttp forwarding bytes unchanged, with none of the gateway's work:
+  what the gateway's own stack costs for one proxy leg.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.peers import litellm, nginx, portkey
+from bench.peers import litellm, nginx, portkey, stack_floor
 from bench.session import Bench, Target
 
 PEERS: dict[str, Callable[[Bench], Target]] = {
     "nginx": nginx.start,
     "portkey": portkey.start,
     "litellm": litellm.start,
+    "stack-floor": stack_floor.start,
 }
-# What a bare `--peers` starts: the two that install in seconds.
-DEFAULT_PEERS = ("nginx", "portkey")
+# What a bare `--peers` starts: those that install in seconds (or need nothing).
+DEFAULT_PEERS = ("nginx", "portkey", "stack-floor")
