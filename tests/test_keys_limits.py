@@ -24,7 +24,11 @@ from app.keys.sqlite_store import SQLiteKeyStore
 from app.redis_client import RedisClient, connect, is_cluster
 from app.registry import Registry
 from app.settings import Settings
-from tests.conftest import redis_settings
+from app.tokens import count_tokens
+from tests.conftest import CLIENT_KEY, redis_settings
+from tests.harness import ThreadedGateway
+from tests.keys_support import ADMIN_TOKEN, create_key, embed, wait_until
+from tests.redis_server import RedisServer
 
 
 class Clock:
@@ -54,6 +58,8 @@ def test_a_request_bigger_than_the_whole_limit_never_fits():
     verdict = LocalTokenLimiter(clock=Clock()).hit("k", 100, 101)
     assert not verdict.allowed and verdict.retry_after is None
 
+
+MODEL = "text-embedding-3-small"
 
 # What the key-policy script calls, lower case as INFO names them.
 SCRIPT_COMMANDS = {name.lower() for name in re.findall(r"redis\.call\('(\w+)'", KEY_POLICY)}
@@ -205,3 +211,51 @@ async def test_redis_down_counts_limits_in_process_and_budgets_fail_closed(caplo
         await redis.aclose()
         await keys.aclose()
     assert any("counted in process" in r.getMessage() for r in caplog.records)
+
+
+# --- through a real gateway ---------------------------------------------------------------------
+
+
+def test_when_the_policy_script_fails_limits_count_in_process_and_budgets_fail_closed(
+    registry_path,
+):
+    """Redis refusing scripts (an ACL here; a full or read-only Redis does the same) while key
+    lookups still work: a key's limits are counted in process, a budget is never spent
+    unchecked (503), and once Redis runs scripts again the limits are shared again."""
+    with (
+        RedisServer() as redis_server,
+        ThreadedGateway(
+            MODELS_CONFIG=str(registry_path),
+            GATEWAY_API_KEYS=CLIENT_KEY,
+            GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN,
+            REDIS_URL=redis_server.url,
+            RATE_LIMIT_PER_SECOND=0,
+            AUTH_FAILURES_PER_MINUTE=0,
+        ) as gateway,
+        redis_server.client() as redis,
+    ):
+        text = f"policy down {uuid.uuid4().hex}"
+        tokens = count_tokens([text])[0]
+        limited = create_key(gateway.url, tokens_per_minute=2 * tokens)
+        budgeted = create_key(gateway.url, budget_usd=100)
+        assert embed(gateway.url, limited["key"], MODEL, text).status_code == 200  # in Redis
+        redis.execute_command("ACL", "SETUSER", "default", "-evalsha", "-eval")
+        # In process the count starts afresh: two requests fit, the third does not.
+        statuses = [embed(gateway.url, limited["key"], MODEL, text).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        refused = embed(gateway.url, budgeted["key"], MODEL, text)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "key_store_unavailable"
+        assert refused.headers["retry-after"] == "1"
+
+        redis.execute_command("ACL", "SETUSER", "default", "+@all")
+        probe = create_key(gateway.url, tokens_per_minute=10**6)
+
+        def probe_counted_in_redis() -> bool:
+            assert embed(gateway.url, probe["key"], MODEL, text).status_code == 200
+            return bool(redis.keys(f"*tpm:{probe['id']}:*"))
+
+        wait_until(probe_counted_in_redis)
+        # Back on Redis, which counted the first request: one more fits, then the log is full.
+        statuses = [embed(gateway.url, limited["key"], MODEL, text).status_code for _ in range(2)]
+        assert statuses == [200, 429]
