@@ -4,6 +4,7 @@ whole policy in one script call on a real Redis and a real Cluster."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import uuid
 from collections import Counter
@@ -166,7 +167,7 @@ async def test_concurrent_keys_in_many_slots_each_keep_their_own_count(checks):
     assert spent == [pytest.approx(5.0)] * 8
 
 
-async def test_prefixes_with_hash_tags_of_their_own_still_check_the_budget(request):
+async def test_prefixes_with_hash_tags_of_their_own_still_check_the_budget(request, caplog):
     """In a Cluster the limits and the spend then live in different slots: the budget is a
     call of its own, after the limits, and still holds."""
     settings = Settings(  # type: ignore[call-arg]
@@ -187,6 +188,9 @@ async def test_prefixes_with_hash_tags_of_their_own_still_check_the_budget(reque
         with pytest.raises(BudgetSpent):
             await key_checks.check(record, 1, 0.6)
         assert (await keys.spend(record.id))["total"] == pytest.approx(1.2)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # all in Redis
+        requests_log = key_checks._keys_of(record.id)[0]
+        assert await redis.zcard(requests_log) == 3
     finally:
         await key_checks.aclose()
         await redis.aclose()

@@ -188,7 +188,7 @@ class KeyChecks:
         self._budget_in_script = True
         if redis is not None:
             self._script = redis.register_script(KEY_POLICY)
-            self._calls = Coalescer(redis, self._send, lambda c: c.keys[3], failed=self._is_down)
+            self._calls = Coalescer(redis, self._send, lambda c: c.keys[0], failed=self._is_down)
             sample = self._keys_of("sample")
             self._budget_in_script = not is_cluster(redis) or len({*map(slot_of, sample)}) == 1
 
@@ -252,8 +252,11 @@ class KeyChecks:
             if with_budget
             else ("", "", "")
         )
+        requests_log, tokens_log, tokens_sum, spend = self._keys_of(record.id)
+        # Without its budget the spend key is left out: it may be in another slot (a Cluster
+        # refuses a script whose keys span slots), and the script does not touch it then.
         return _Check(
-            self._keys_of(record.id),
+            (requests_log, tokens_log, tokens_sum, spend if with_budget else requests_log),
             (
                 given(record.rate_limit_per_second),
                 given(record.tokens_per_minute),
