@@ -126,6 +126,9 @@ async def test_usage_is_the_models_word_pieces_special_tokens_included(provider)
     result = await provider.embed(call(TEXTS))
     # The fixture's counts come from sentence-transformers' tokenizer, truncation included.
     assert result.prompt_tokens == sum(WORD_PIECES[text] for text in TEXTS)
+    # Each input's own count too, so a merged call's usage splits exactly (app/batching.py).
+    assert result.input_tokens is not None
+    assert result.input_tokens.tolist() == [WORD_PIECES[text] for text in TEXTS]
 
 
 async def test_a_very_long_input_is_truncated_at_256_word_pieces(provider):

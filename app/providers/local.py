@@ -328,7 +328,7 @@ class LocalProvider:
                 self.name, Failure.BAD_REQUEST, f"{self.display_name} takes strings only"
             )
         texts = cast(list[str], call.inputs)
-        vectors, tokens = await self._run(spec, texts, timeout=call.timeout)
+        vectors, lengths = await self._run(spec, texts, timeout=call.timeout)
         if vectors.shape != (len(texts), call.expected_dims):
             raise UpstreamError(
                 self.name,
@@ -336,11 +336,11 @@ class LocalProvider:
                 f"{self.display_name} made {vectors.shape[1]}-dimensional vectors, "
                 f"expected {call.expected_dims}",
             )
-        return UpstreamResult(vectors, tokens)
+        return UpstreamResult(vectors, int(lengths.sum()), input_tokens=lengths)
 
     async def _run(
         self, spec: LocalModelSpec, texts: list[str], timeout: float | None
-    ) -> tuple[np.ndarray, int]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         if self._closed.is_set():
             raise self._shut_down()
         stop = threading.Event()
@@ -386,8 +386,9 @@ class LocalProvider:
 
     def _embed(
         self, spec: LocalModelSpec, texts: list[str], stop: threading.Event
-    ) -> tuple[np.ndarray, int]:
-        """Runs in a worker thread: tokenise, run in sub-batches, pool, normalise."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Runs in a worker thread: tokenise, run in sub-batches, pool, normalise. Returns the
+        vectors and each input's word pieces."""
         session = load_session(spec, self._threads)
         tokenizer = load_tokenizer(spec, self._max_length(spec))
         encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
@@ -397,7 +398,7 @@ class LocalProvider:
             if stop.is_set() or self._closed.is_set():
                 raise _Stopped
             out[rows] = self._run_batch(session, [encodings[i] for i in rows])
-        return out, int(lengths.sum())
+        return out, lengths
 
     @staticmethod
     def _run_batch(session: onnxruntime.InferenceSession, encodings: list[Any]) -> np.ndarray:
