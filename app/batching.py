@@ -10,9 +10,10 @@ company even when a slot is free (unless its batch fills first).
 
 Each request gets exactly its own rows of the merged answer, in its own order. The upstream's
 one token total is split across the chunks in proportion to the gateway's own count for each
-(largest remainder: the parts sum to the total). A 400 about the input of a merged call is
-bisected: the halves are sent again until the chunk at fault is alone, so only its request gets
-the 400. Any other failure is every chunk's, and goes back to each caller's own retry and
+(largest remainder: the parts sum to the total), or, from an upstream that counts each input
+(the local model), summed from each chunk's own inputs. A 400 about the input of a merged call
+is bisected: the halves are sent again until the chunk at fault is alone, so only its request
+gets the 400. Any other failure is every chunk's, and goes back to each caller's own retry and
 failover. A caller that gives up (its timeout, a hedge that won, a client gone) leaves the
 queue, or the call, which is cancelled once nobody waits for it.
 """
@@ -229,14 +230,29 @@ class RouteBatcher:
             if not chunks[0].future.done():
                 chunks[0].future.set_result(result)
             return
-        shares: list[int | None]
-        if result.prompt_tokens is None:
-            shares = [None] * len(chunks)
-        else:
-            shares = list(split_proportionally(result.prompt_tokens, [c.tokens() for c in chunks]))
+        counts = result.input_tokens
         start = 0
-        for chunk, share in zip(chunks, shares, strict=True):
+        for chunk, share in zip(chunks, RouteBatcher._shares(chunks, result), strict=True):
             end = start + len(chunk.call.inputs)
             if not chunk.future.done():
-                chunk.future.set_result(UpstreamResult(result.vectors[start:end], share))
+                own = None if counts is None else counts[start:end]
+                chunk.future.set_result(UpstreamResult(result.vectors[start:end], share, own))
             start = end
+
+    @staticmethod
+    def _shares(chunks: list[_Chunk], result: UpstreamResult) -> list[int | None]:
+        """Each chunk's part of the call's tokens: its own inputs' counts when the upstream gave
+        them, else a share in proportion to the gateway's count."""
+        if result.prompt_tokens is None:
+            return [None] * len(chunks)
+        counts = result.input_tokens
+        if counts is None:
+            return list(split_proportionally(result.prompt_tokens, [c.tokens() for c in chunks]))
+        each = counts.tolist()
+        shares: list[int | None] = []
+        start = 0
+        for chunk in chunks:
+            end = start + len(chunk.call.inputs)
+            shares.append(sum(each[start:end]))
+            start = end
+        return shares

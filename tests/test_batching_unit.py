@@ -98,6 +98,27 @@ async def test_chunks_queued_behind_busy_slots_share_one_call_and_get_their_own_
     assert sum(shares) == 10 * 12 + 1 and all(s > 0 for s in shares)
 
 
+async def test_an_upstream_s_own_count_per_input_gives_each_chunk_exactly_its_inputs_tokens():
+    upstream = Upstream()
+    plain = upstream.send
+
+    async def counting(c: UpstreamCall) -> UpstreamResult:
+        result = await plain(c)
+        counts = np.array([len(t) for t in c.inputs], dtype=np.int64)  # type: ignore[arg-type]
+        return UpstreamResult(result.vectors, int(counts.sum()), input_tokens=counts)
+
+    b = RouteBatcher("up", "Up", RoutePolicy(max_inflight_calls=1), counting)
+    burst = [call("aaaa", "b"), call("cc"), call("ddddddd", "eee", "f")]
+    # Our own counts are far off; they must not be used at all.
+    results = await busy_then_burst(b, upstream, burst, slots=1)
+    assert upstream.calls[1:] == [[t for c in burst for t in c.inputs]]
+    for c, result in zip(burst, results, strict=True):
+        assert isinstance(result, UpstreamResult)
+        assert result.prompt_tokens == sum(len(t) for t in c.inputs)
+        assert result.input_tokens is not None
+        assert result.input_tokens.tolist() == [len(t) for t in c.inputs]
+
+
 async def test_a_batch_stops_at_max_batch_size_and_different_shapes_never_merge():
     upstream = Upstream()
     b = batcher(upstream, max_inflight_calls=1, max_batch_size=3)

@@ -26,6 +26,7 @@ from app.providers import Failure, UpstreamCall, UpstreamError, build_providers
 from app.providers.local import (
     LOCAL_MODELS,
     RUN_BATCH,
+    SPIN_MICROSECONDS,
     LocalConfig,
     LocalModelUnavailable,
     LocalProvider,
@@ -126,6 +127,9 @@ async def test_usage_is_the_models_word_pieces_special_tokens_included(provider)
     result = await provider.embed(call(TEXTS))
     # The fixture's counts come from sentence-transformers' tokenizer, truncation included.
     assert result.prompt_tokens == sum(WORD_PIECES[text] for text in TEXTS)
+    # Each input's own count too, so a merged call's usage splits exactly (app/batching.py).
+    assert result.input_tokens is not None
+    assert result.input_tokens.tolist() == [WORD_PIECES[text] for text in TEXTS]
 
 
 async def test_a_very_long_input_is_truncated_at_256_word_pieces(provider):
@@ -226,6 +230,14 @@ async def test_warm_up_loads_the_session_once_per_process(provider):
         await other.aclose()
     spec = LOCAL_MODELS[MODEL]
     assert load_session(spec, 1) is load_session(spec, 1)
+
+
+def test_the_session_runs_on_its_threads_and_its_pool_spins_only_briefly():
+    options = load_session(LOCAL_MODELS[MODEL], 2).get_session_options()
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    spin = options.get_session_config_entry("session.intra_op.spin_duration_us")
+    assert spin == str(SPIN_MICROSECONDS) and 0 < SPIN_MICROSECONDS <= 1000
 
 
 # --- the registry ----------------------------------------------------------------------------

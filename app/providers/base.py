@@ -42,6 +42,9 @@ class Capabilities:
 class UpstreamResult:
     vectors: np.ndarray  # (len(inputs), expected_dims) float32, validated, in input order
     prompt_tokens: int | None  # what the upstream says it billed, when it says
+    # Each input's own count, summing to prompt_tokens, from an upstream that gives one (the
+    # local model): a merged call's usage is then split exactly, with no tokenising of ours.
+    input_tokens: np.ndarray | None = None
 
 
 class Failure(Enum):
