@@ -17,6 +17,7 @@ from tests.conftest import CLIENT_KEY
 from tests.fakes import FakeUpstream, fake_vector
 from tests.fakes.vectors import fake_token_count
 from tests.harness import GatewayProcess, ThreadedGateway, model_entry, write_registry
+from tests.keys_support import wait_until
 from tests.redis_server import RedisServer
 
 UPSTREAM_KEY = "batching-upstream-secret-0001"
@@ -127,9 +128,13 @@ def test_concurrent_single_input_requests_share_calls_and_each_gets_its_own_vect
 
 def test_merging_keeps_models_dimensions_and_cache_hits_apart(gateway, upstream):
     warm = [f"warm {i}" for i in range(8)]
-    vectors(burst(gateway.url, [body("merged", warm)], concurrency=1)[0])  # now cached
+    vectors(burst(gateway.url, [body("merged", warm)], concurrency=1)[0])
+    # Cache writes are batched in the background: wait until these are really in Redis.
+    wait_until(lambda: burst(gateway.url, [body("merged", warm)], 1)[0].headers["x-cache"] == "hit")
     upstream.clear()
-    upstream.latency = 0.2
+    # Slow enough that the calls stay busy while even a busy machine's clients send the burst,
+    # so how few calls there are depends on merging, not on timing.
+    upstream.latency = 0.5
     bodies, wanted = [], []
     for i in range(48):
         texts = [f"mixed {i}", warm[i % 8], f"mixed {i} b"]
