@@ -204,7 +204,7 @@ class KeyChecks:
             if with_budget:
                 raise KeyStoreUnavailable()
             return await self._check_here(record, tokens, estimate_usd)
-        verdict = self._verdict(record, tokens, answer)
+        verdict = self._verdict(record, answer)
         if verdict.refused == "budget":
             raise self._keys.budget_spent(record, verdict.spent_usd)
         if verdict.refused is None and record.budget_usd is not None and not with_budget:
@@ -294,7 +294,7 @@ class KeyChecks:
     def _is_down(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def _verdict(self, record: ApiKeyRecord, tokens: int, answer: list) -> KeyVerdict:
+    def _verdict(self, record: ApiKeyRecord, answer: list) -> KeyVerdict:
         refused_code, count, req_reset, used, tok_reset, tok_wait, spent = answer
         refused = _REFUSALS[int(refused_code)]
         requests = tokens_verdict = None
