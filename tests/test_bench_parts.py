@@ -67,8 +67,13 @@ def test_the_vector_check_passes_the_fakes_own_answers_and_catches_a_swap(
 
 def test_peers_options() -> None:
     assert run.parse_args([]).peers == []
-    assert run.parse_args(["--peers"]).peers == ["nginx", "portkey"]
-    assert run.parse_args(["--peers", "all"]).peers == ["nginx", "portkey", "litellm"]
+    assert run.parse_args(["--peers"]).peers == ["nginx", "portkey", "stack-floor"]
+    assert run.parse_args(["--peers", "all"]).peers == [
+        "nginx",
+        "portkey",
+        "litellm",
+        "stack-floor",
+    ]
     assert run.parse_args(["--litellm", "--peers", "nginx,litellm"]).peers == ["nginx", "litellm"]
     assert run.parse_args(["--litellm"]).peers == ["litellm"]
     with pytest.raises(SystemExit):

@@ -34,7 +34,9 @@ NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 RSS_RANGE = re.compile(r"^\d+ → \d+$")
 
 
-def table_rows(stdout: str) -> dict[tuple[str, str], dict[str, str]]:
+def table_rows(
+    stdout: str, targets: tuple[str, ...] = BOTH
+) -> dict[tuple[str, str], dict[str, str]]:
     rows: dict[tuple[str, str], dict[str, str]] = {}
     header: list[str] = []
     for line in stdout.splitlines():
@@ -43,7 +45,7 @@ def table_rows(stdout: str) -> dict[tuple[str, str], dict[str, str]]:
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         if cells[:2] == ["scenario", "target"]:
             header = cells
-        elif header and len(cells) == len(header) and cells[1] in BOTH:
+        elif header and len(cells) == len(header) and cells[1] in targets:
             rows[(cells[0], cells[1])] = dict(zip(header, cells, strict=True))
     return rows
 
@@ -96,3 +98,26 @@ def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
     if not local_skipped:
         assert re.search(r"- local: [\d.]+ req/s through the gateway .* = [\d.]+ ", report)
     assert re.search(r"- shipped-defaults, CPU ms per request: .*gateway [\d.]+", report), report
+
+
+def test_the_stack_floor_peer_runs_beside_the_gateway() -> None:
+    """The one peer that needs nothing installed: it starts, serves every request of the
+    load, and is reported beside the gateway."""
+    result = subprocess.run(
+        [
+            sys.executable, "bench/run.py", "--quick", "--duration", "0.5", "--no-micro",
+            "--only", "shipped-defaults", "--peers", "stack-floor",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table_rows(result.stdout, ("gateway", "stack-floor"))
+    assert set(rows) == {("shipped-defaults", "gateway"), ("shipped-defaults", "stack-floor")}
+    floor = rows[("shipped-defaults", "stack-floor")]
+    ok, _, completed = floor["errors"].partition("/")
+    assert ok == "0" and int(completed) > 0, floor
+    assert NUMBER.match(floor["CPU ms/req"]), floor
+    assert "stack floor" in result.stdout  # its ratio columns
