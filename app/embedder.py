@@ -92,7 +92,9 @@ class Embedder:
                 if item is not None:
                     found[key] = item
         if admitted is not None:
-            await admitted
+            # Shielded: a client that goes away must not cut the check short, or what it
+            # reserved could not be refunded (the caller awaits its outcome either way).
+            await asyncio.shield(admitted)
         hits = set(found)
         missing = [key for key in first if key not in found]
 

@@ -45,7 +45,7 @@ class PolicyCheck:
         if self.check is not None:
             try:
                 self.charge = await self.check
-            except Exception:  # the check's own refusal, or the store down: nothing reserved
+            except (Exception, asyncio.CancelledError):  # refused, store down, or shut down
                 self.charge = None
             self.check = None
         return self.charge
