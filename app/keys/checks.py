@@ -155,7 +155,6 @@ class KeyVerdict:
 class _Check:
     keys: tuple[str, str, str, str]
     args: tuple[str | int, ...]
-    record: ApiKeyRecord
     with_budget: bool
 
 
@@ -265,7 +264,6 @@ class KeyChecks:
                 *budget,
                 *buckets.values(),
             ),
-            record,
             with_budget,
         )
 
