@@ -15,15 +15,16 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.config import STARTUP_FAILURE
 
-from app.config_errors import one_line
-from app.config_report import model_table, settings_summary
-from app.gateway import Services
+from app.config.errors import one_line
+from app.config.registry import RegistryError
+from app.config.report import model_table, settings_summary
+from app.config.settings import Settings
 from app.keys.store import KeyStoreError
 from app.logs import uvicorn_log_config
-from app.main import build_gateway
-from app.registry import RegistryError
-from app.settings import Settings
-from app.signals import GatewayServer, GatewaySupervisor
+from app.runtime.build import build_gateway
+from app.runtime.services import Services
+from app.server.supervisor import GatewaySupervisor
+from app.server.worker import GatewayServer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,13 +88,13 @@ def serve(settings: Settings) -> None:
         server_header=False,
         loop="uvloop",
         # httptools with the header cap, slow-client timeouts and load cap it lacks.
-        http="app.server:GatewayHttpProtocol",
+        http="app.server.protocol:GatewayHttpProtocol",
         timeout_keep_alive=settings.KEEPALIVE_TIMEOUT_SECONDS,
         # Accepted requests get this long to finish once the gateway stops accepting.
         timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_SECONDS,  # type: ignore[arg-type]
     )
     # uvicorn.run() with our server and supervisor: drain on SIGTERM, reload on SIGHUP
-    # (app/signals.py says what uvicorn's own do instead).
+    # (app/server/worker.py says what uvicorn's own do instead).
     delay = settings.SHUTDOWN_DELAY_SECONDS
     if settings.WORKERS > 1:
         GatewaySupervisor(config, [config.bind_socket()], shutdown_delay=delay).run()

@@ -1,79 +1,25 @@
 """Errors as values: raised where they are known, rendered in OpenAI's shape in one place.
 
-Two kinds. Below the HTTP layer (routing, the embedder, auth, managed keys) code raises a
-`DomainError`: what happened, with the facts, and no HTTP in it. `app/api/errors.py` maps each
-one to a `GatewayError` (status, OpenAI error type, code, headers) in one table. The HTTP layer
-itself (validation, policy, the server's protocol errors) raises `GatewayError` directly.
+Below the HTTP layer code raises a `DomainError`: what happened, with the facts, and no HTTP in
+it. These are the ones shared by authentication and managed keys; routing's own are in
+app/core/errors.py (they carry what reaching the upstreams cost). `app/api/errors.py` maps each
+one to a `GatewayError` (status, OpenAI error type, code, headers) in one table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
-
-import orjson
-
-from app.trace import UpstreamTrace
-
-INVALID_REQUEST = "invalid_request_error"
-AUTHENTICATION = "authentication_error"
-RATE_LIMIT = "rate_limit_error"
-UPSTREAM = "upstream_error"
-TIMEOUT = "timeout_error"
-SERVER = "server_error"
-NOT_FOUND = "not_found_error"
-
-
-class GatewayError(Exception):
-    """An error a client sees: status, OpenAI error type, message, and optionally param/code."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = INVALID_REQUEST,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def body(self) -> bytes:
-        return orjson.dumps(
-            {
-                "error": {
-                    "message": self.message,
-                    "type": self.type,
-                    "param": self.param,
-                    "code": self.code,
-                }
-            }
-        )
-
-
-def invalid_request(message: str, *, param: str | None = None, code: str | None = None):
-    return GatewayError(400, message, param=param, code=code)
 
 
 class DomainError(Exception):
     """Something the core knows went wrong for this request, with the facts; no status."""
-
-    # What reaching the upstreams cost before it went wrong (routing's errors carry it).
-    trace: UpstreamTrace | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-# -- who is calling (app/auth.py, app/keys/service.py, app/auth_throttle.py) ----------------
+# -- who is calling (app/auth/callers.py, app/keys/service.py, app/auth/throttle.py) ---------
 
 
 class AuthenticationFailed(DomainError):
@@ -143,54 +89,3 @@ class InvalidKeyChange(DomainError):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
-
-
-# -- routing (app/routing.py) ------------------------------------------------------------
-
-
-class UndecodableInput(DomainError):
-    """Token IDs a route needs as text that cl100k_base cannot decode."""
-
-
-class InputRejected(DomainError):
-    """An upstream refused the input itself: no other route or retry can fix that."""
-
-    def __init__(self, provider: str, detail: str) -> None:
-        super().__init__(f"{provider} rejected the input: {detail}")
-        self.provider = provider
-        self.detail = detail
-
-
-class RoutesCoolingDown(DomainError):
-    """Every route was skipped: each is cooling down after repeated failures."""
-
-    def __init__(self, model_id: str, skipped: Sequence[str]) -> None:
-        super().__init__(
-            f"Every route for model '{model_id}' is cooling down after repeated failures "
-            f"({', '.join(skipped) or 'none'}); try again shortly"
-        )
-        self.model_id = model_id
-        self.skipped = list(skipped)
-
-
-class UpstreamsFailed(DomainError):
-    """Every route tried failed. `timed_out`: every failure was a timeout; `auth`: every one
-    was the upstream refusing the gateway's own key."""
-
-    def __init__(self, model_id: str, details: Sequence[str], *, timed_out: bool, auth: bool):
-        super().__init__(f"Upstream failure for model '{model_id}': {'; '.join(details)}")
-        self.model_id = model_id
-        self.details = list(details)
-        self.timed_out = timed_out
-        self.auth = auth
-
-
-class DeadlineExceeded(DomainError):
-    """No upstream answered within the request's deadline."""
-
-    def __init__(self, model_id: str, timeout: float, details: Sequence[str]) -> None:
-        tried = f" ({'; '.join(details)})" if details else ""
-        super().__init__(f"No upstream answered for model '{model_id}' within {timeout:g}s" + tried)
-        self.model_id = model_id
-        self.timeout = timeout
-        self.details = list(details)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,150 +15,22 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
-from redis.asyncio import Redis
 
 from app.api import admin, embeddings, models, ops, usage
 from app.api.admission import IPLimit
 from app.api.errors import install_error_handlers
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
-from app.auth import Authenticator
-from app.auth_throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
-from app.auth_throttle import AuthFailureThrottle
-from app.config_report import settings_summary
-from app.gateway import Services, build_cache
-from app.keys.build import build_key_checks, build_keys
-from app.lifecycle import Lifecycle
+from app.config.report import settings_summary
+from app.config.settings import Settings
+from app.core.tokens import warm_up
 from app.logs import configure_logging
-from app.pacing import Pacing
-from app.pacing_redis import RedisTimeline
-from app.providers import build_providers
-from app.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
-from app.redis_client import connect as connect_redis
-from app.redis_client import follow_master
-from app.registry import Model, Registry
-from app.registry_loader import load_registry
-from app.reload import Reloader
-from app.routing import Router
-from app.serving import Serving
-from app.settings import Settings
-from app.tokens import warm_up
+from app.runtime.build import build_gateway, start_limiter
+from app.runtime.lifecycle import Lifecycle
+from app.runtime.reload import Reloader
+from app.state.redis_client import follow_master
 from app.ui import install as install_console
 
 log = logging.getLogger("app")
-
-
-def build_gateway(
-    settings: Settings,
-    clock: Callable[[], float] = time.monotonic,
-    rng: random.Random | None = None,
-) -> Services:
-    registry = load_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
-    providers = build_providers(registry)
-    timeout = settings.REDIS_TIMEOUT_MS / 1000
-    redis = None
-    if settings.REDIS_URL:
-        redis = connect_redis(settings.REDIS_URL, timeout, settings.redis_options)
-    router = Router(registry, providers, clock=clock, rng=rng, pacing=build_pacing(settings, redis))
-    serving = Serving(registry, providers, router, build_cache(settings, redis))
-    # Key policies name models: checked against whatever registry is current, reloads included.
-    keys = build_keys(settings, redis, _CurrentRegistry(lambda: gateway.registry))
-    gateway = Services(
-        settings=settings,
-        serving=serving,
-        auth=Authenticator(
-            settings.GATEWAY_API_KEYS,
-            settings.GATEWAY_INTERNAL_TOKEN,
-            keys,
-            enabled=settings.auth_enabled,
-        ),
-        limiter=build_limiter(settings, redis),
-        redis=redis,
-        keys=keys,
-        key_checks=build_key_checks(settings, redis, keys) if keys is not None else None,
-        auth_failures=build_auth_failure_throttle(settings, redis),
-    )
-    return gateway
-
-
-class _CurrentRegistry(Registry):
-    """A registry that is always the gateway's current one, for what is built before it."""
-
-    def __init__(self, current: Callable[[], Registry]) -> None:  # the one method keys call
-        self._current = current
-
-    def get(self, model_id: str) -> Model | None:
-        return self._current().get(model_id)
-
-
-def build_pacing(settings: Settings, redis: Redis | None) -> Pacing:
-    """Providers' `max_requests_per_second` timelines: in Redis when there is one, else each
-    worker paces at its share of the rate."""
-    if redis is None:
-        return Pacing(None, local_share=settings.WORKERS)
-    timeline = RedisTimeline(
-        redis, key_prefix=settings.RATE_LIMIT_KEY_PREFIX, timeout=settings.REDIS_TIMEOUT_MS / 1000
-    )
-    return Pacing(timeline, local_share=settings.WORKERS)
-
-
-def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None:
-    """No I/O here: clients connect on first use."""
-    limit = settings.RATE_LIMIT_PER_SECOND
-    if limit == 0:
-        return None
-    if settings.REDIS_URL is None:
-        return LocalRateLimiter(limit)
-    return RedisRateLimiter(
-        settings.REDIS_URL,
-        limit,
-        key_prefix=settings.RATE_LIMIT_KEY_PREFIX,
-        timeout=settings.REDIS_TIMEOUT_MS / 1000,
-        client=redis,
-    )
-
-
-def build_auth_failure_throttle(
-    settings: Settings, redis: Redis | None
-) -> AuthFailureThrottle | None:
-    """The same sliding log as the request limit, over a minute, under its own key prefix.
-
-    Not started like the request limiter: its script loads on first use, and one start-up line
-    about where limits are counted is enough. With auth off nothing can fail to authenticate.
-    """
-    limit = settings.AUTH_FAILURES_PER_MINUTE
-    if limit == 0 or not settings.auth_enabled:
-        return None
-    limiter: RateLimiter
-    if settings.REDIS_URL is None:
-        limiter = LocalRateLimiter(limit, window=AUTH_FAILURE_WINDOW)
-    else:
-        limiter = RedisRateLimiter(
-            settings.REDIS_URL,
-            limit,
-            key_prefix=settings.RATE_LIMIT_KEY_PREFIX + "authfail:",
-            timeout=settings.REDIS_TIMEOUT_MS / 1000,
-            client=redis,
-            window=AUTH_FAILURE_WINDOW,
-        )
-    return AuthFailureThrottle(limiter)
-
-
-async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None:
-    limit = settings.RATE_LIMIT_PER_SECOND
-    if limiter is None:
-        log.info("rate limit off (RATE_LIMIT_PER_SECOND=0)")
-        return
-    log.info("rate limit: %d requests per second per client IP on the API routes", limit)
-    if isinstance(limiter, LocalRateLimiter) and settings.WORKERS > 1:
-        log.warning(
-            "REDIS_URL is unset, so rate limits are counted per process: with %d workers a "
-            "client may get up to %d requests per second",
-            settings.WORKERS,
-            limit * settings.WORKERS,
-        )
-    elif isinstance(limiter, LocalRateLimiter):
-        log.info("REDIS_URL is unset, so rate limits are counted per process (in memory)")
-    await limiter.start()
 
 
 def create_app(
@@ -209,7 +80,7 @@ def create_app(
         gc.collect()
         gc.freeze()
         try:
-            # The server (app/signals.py) and the HTTP protocol find the drain state here.
+            # The server (app/server/worker.py) and the HTTP protocol find the drain state here.
             yield {"lifecycle": lifecycle}
         finally:
             flusher.cancel()

@@ -16,9 +16,9 @@ import httpx
 import uvicorn
 import yaml
 
+from app.config.settings import Settings
 from app.main import create_app
-from app.server import protocol_class
-from app.settings import Settings
+from app.server.protocol import protocol_class
 
 ROOT = Path(__file__).resolve().parent.parent
 

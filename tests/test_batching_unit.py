@@ -8,9 +8,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from app.batching import RouteBatcher
+from app.config.registry import RoutePolicy
+from app.core.routing.batching import RouteBatcher
 from app.providers import Failure, UpstreamCall, UpstreamError, UpstreamResult
-from app.registry import RoutePolicy
 
 DIMS = 4
 

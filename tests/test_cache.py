@@ -13,7 +13,7 @@ import numpy as np
 import openai
 import pytest
 
-from app.tokens import count_tokens
+from app.core.tokens import count_tokens
 from tests.cache_support import check_mixed_orders
 from tests.conftest import (
     CLIENT_KEY,

@@ -9,9 +9,8 @@ import time
 import numpy as np
 import redis
 
-from app.cache import EmbeddingCache
-from app.cache_value import CachedItem
-from app.redis_client import connect
+from app.state.cache import CachedItem, EmbeddingCache
+from app.state.redis_client import connect
 
 DIMS = 8
 

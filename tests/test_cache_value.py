@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from app.cache_value import MAX_COUNT, CachedItem, decode, encode
+from app.state.cache import MAX_COUNT, CachedItem, decode, encode
 
 DIMS = 8
 VECTOR = np.arange(DIMS, dtype=np.float32) / 7

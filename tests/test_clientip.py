@@ -7,8 +7,8 @@ from ipaddress import ip_network
 import pytest
 from pydantic import ValidationError
 
-from app.clientip import client_ip, parse_address
-from app.settings import Settings
+from app.api.client_ip import client_ip, parse_address
+from app.config.settings import Settings
 
 LOCAL = (ip_network("127.0.0.1/32"),)
 PROXIES = (ip_network("127.0.0.1/32"), ip_network("10.0.0.0/8"), ip_network("fd00::/8"))

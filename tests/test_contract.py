@@ -21,7 +21,7 @@ from schemathesis.checks import (
 )
 from schemathesis.schemas import BaseSchema
 
-from app.tokens import decode_tokens
+from app.core.tokens import decode_tokens
 from tests.conftest import CLIENT_KEY, standard_models
 from tests.fakes import fake_vector
 
@@ -171,8 +171,8 @@ def test_text_to_a_route_that_accepts_token_ids_is_embedded(
     api_schema: BaseSchema, nanogpt, raw: str | list[str]
 ) -> None:
     # `accepts_token_ids: true` means token IDs may go through as they are, not that text is
-    # refused: OpenAI-shaped upstreams take both. Fails today with a 500: app/routing.py sends
-    # `job.token_ids`, which is None for text input, and trips `assert inputs is not None`.
+    # refused: OpenAI-shaped upstreams take both. Failed with a 500: app/core/routing/router.py
+    # sent `job.token_ids`, which is None for text input, and tripped `assert inputs is not None`.
     body = {"model": "nano-tokens", "input": raw}
     response = call(api_schema, EMBEDDINGS, "POST", body=body, headers=dict(AUTH))
     assert response.status_code == 200

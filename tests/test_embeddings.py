@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from app.tokens import decode_tokens
+from app.core.tokens import decode_tokens
 from tests.conftest import AIML_KEY, CLIENT_KEY, NANOGPT_KEY, NUGEN_KEY
 from tests.fakes import fake_vector
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.registry import RegistryError
-from app.registry_loader import load_registry
-from app.tokens import count_tokens
+from app.config.registry import RegistryError
+from app.core.tokens import count_tokens
+from app.runtime.build import read_registry
 from tests.harness import GatewayProcess, ThreadedGateway, model_entry, write_registry
 from tests.hostile_upstream import DIMS, HostileUpstream
 
@@ -123,7 +123,7 @@ def test_max_response_bytes_is_refused_for_a_local_provider(tmp_path):
         {},
     )
     with pytest.raises(RegistryError, match="max_response_bytes"):
-        load_registry(str(path), {})
+        read_registry(str(path), {})
 
 
 def _memory_kb(pid: int) -> dict[str, int]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.job_progress import JobProgress
-from app.jobs import EmbeddingJob
+from app.core.job import EmbeddingJob
+from app.core.routing.progress import JobProgress
+from app.core.tokens import count_tokens
 from app.providers import UpstreamResult
-from app.registry_loader import load_registry
-from app.tokens import count_tokens
+from app.runtime.build import read_registry
 from tests.harness import model_entry, write_registry
 
 DIMS = 8
@@ -20,7 +20,7 @@ def model(tmp_path_factory):
     path = tmp_path_factory.mktemp("shares") / "models.yaml"
     provider = {"type": "openai", "base_url": "http://127.0.0.1:1", "api_key": "k"}
     entry = model_entry([{"provider": "up", "model": "m"}], dimensions=DIMS)
-    return load_registry(write_registry(path, {"up": provider}, {"m": entry}), {}).models["m"]
+    return read_registry(write_registry(path, {"up": provider}, {"m": entry}), {}).models["m"]
 
 
 def job_of(model, texts: list[str]) -> EmbeddingJob:

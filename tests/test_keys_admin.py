@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from app.tokens import count_tokens
+from app.core.tokens import count_tokens
 from tests.conftest import (
     CLIENT_KEY,
     INTERNAL_TOKEN,

@@ -15,6 +15,9 @@ import pytest
 import pytest_asyncio
 from redis.asyncio.cluster import RedisCluster
 
+from app.config.registry import Registry
+from app.config.settings import Settings
+from app.core.tokens import count_tokens
 from app.errors import BudgetSpent, KeyStoreUnavailable
 from app.keys.build import build_key_checks, build_keys
 from app.keys.checks import KEY_POLICY, KeyChecks
@@ -22,10 +25,7 @@ from app.keys.limits import LocalTokenLimiter
 from app.keys.model import ApiKeyRecord, KeyPolicy
 from app.keys.service import ManagedKeys
 from app.keys.sqlite_store import SQLiteKeyStore
-from app.redis_client import RedisClient, connect, is_cluster
-from app.registry import Registry
-from app.settings import Settings
-from app.tokens import count_tokens
+from app.state.redis_client import RedisClient, connect, is_cluster
 from tests.conftest import CLIENT_KEY, redis_settings
 from tests.harness import ThreadedGateway
 from tests.keys_support import ADMIN_TOKEN, create_key, embed, wait_until

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from app.tokens import count_tokens
+from app.core.tokens import count_tokens
 from tests.conftest import CLIENT_KEY
 from tests.fakes import fake_token_count
 from tests.harness import ROOT, GatewayProcess

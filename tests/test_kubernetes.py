@@ -19,8 +19,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.settings import Settings
-from app.signals import FLUSH_MARGIN_SECONDS
+from app.config.settings import Settings
+from app.server.supervisor import FLUSH_MARGIN_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"

@@ -1,11 +1,26 @@
-"""The layers run one way: the HTTP layer (`app/api`) imports the core, never the reverse, and
-no group of packages under `app/` imports itself round in a circle.
+"""The package is built in layers, and imports only go down them.
+
+```
+app.main, app.cli        the wiring and the command
+app.ui                   the console: a second HTTP front over the API layer
+app.server               the process: HTTP protocol, worker server, supervisor (uvicorn's shape)
+app.api                  the HTTP layer: endpoints, admission, validation, the one error table
+app.runtime              the services one process runs with, their building, reload, drain state
+app.batches              the Batch API's durable work
+app.auth                 who is calling
+app.keys                 managed keys: records, stores, policy checks
+app.core                 the typed job, the embedder, token accounting, routing
+app.state | providers    what is kept in Redis (and other stores) | the upstream adapters
+app.config               settings, the registry and its file
+app.local_model          data only (the local model's tokenizer)
+app.errors, metrics, logs, encoding    shared by every layer
+```
+
+A module may import from its own package and from any layer below its own, never from its own
+layer's siblings or from above. So nothing but the wiring, the console and the server imports
+`app.api`, nothing below the core imports it, and there can be no import cycle between packages.
 
 Read from the source with `ast`, so an import inside a function or under TYPE_CHECKING counts.
-Each subpackage (`app/api`, `app/keys`, `app/providers`, …) is one node; each top-level module
-of `app` is its own node. Only `app/main.py`, the wiring, and the console (`app/ui`, a second
-HTTP front on the same port, which reuses the API layer's validation and admin rules) may import
-from `app/api`; nothing imports `app/ui` but the wiring.
 """
 
 from __future__ import annotations
@@ -14,9 +29,24 @@ import ast
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent / "app"
-WIRING = {"app.main"}
-# HTTP fronts above the API layer: they may use it, and only the wiring may use them.
-FRONTS = {"app.ui"}
+
+LAYERS: list[set[str]] = [
+    {"app.main", "app.cli"},
+    {"app.ui"},
+    {"app.server"},
+    {"app.api"},
+    {"app.runtime"},
+    {"app.batches"},
+    {"app.auth"},
+    {"app.keys"},
+    {"app.core"},
+    {"app.state", "app.providers"},
+    {"app.config"},
+    {"app.local_model"},
+    {"app.errors", "app.metrics", "app.logs", "app.encoding"},
+]
+RANK = {node: rank for rank, layer in enumerate(LAYERS) for node in layer}
+MAX_TOP_LEVEL_MODULES = 8
 
 
 def module_name(path: Path) -> str:
@@ -51,19 +81,23 @@ def app_modules() -> dict[str, set[str]]:
 
 
 def node(module: str) -> str:
-    """The package a module belongs to: `app.api.auth` → `app.api`; `app.routing` stays."""
-    parts = module.split(".")
-    if len(parts) > 2 or (APP / parts[-1]).is_dir():
-        return ".".join(parts[:2])
-    return module
+    """The package (or top-level module) a module belongs to: `app.core.routing.router` →
+    `app.core`; `app.metrics` stays."""
+    return ".".join(module.split(".")[:2])
 
 
-def package_graph(modules: dict[str, set[str]]) -> dict[str, set[str]]:
-    graph: dict[str, set[str]] = {}
-    for module, imported in modules.items():
-        edges = graph.setdefault(node(module), set())
-        edges.update(node(i) for i in imported if node(i) != node(module))
-    return graph
+def violations(modules: dict[str, set[str]]) -> list[str]:
+    """Every import that does not go down the layers."""
+    found = []
+    for module, imported in sorted(modules.items()):
+        here = node(module)
+        for target in sorted(imported):
+            there = node(target)
+            if there in (here, "app"):
+                continue
+            if RANK[there] <= RANK[here]:
+                found.append(f"{module} imports {target}")
+    return found
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -101,36 +135,43 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_only_the_http_layer_and_the_wiring_import_the_http_layer():
-    offenders = sorted(
-        f"{module} imports {imported}"
-        for module, imports in app_modules().items()
-        if node(module) != "app.api" and node(module) not in FRONTS and module not in WIRING
-        for imported in imports
-        if node(imported) == "app.api"
-    )
-    assert offenders == []
+def package_graph(modules: dict[str, set[str]]) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for module, imported in modules.items():
+        edges = graph.setdefault(node(module), set())
+        edges.update(node(i) for i in imported if node(i) != node(module))
+    return graph
 
 
-def test_only_the_wiring_imports_the_console():
-    offenders = sorted(
-        f"{module} imports {imported}"
-        for module, imports in app_modules().items()
-        if node(module) not in FRONTS and module not in WIRING
-        for imported in imports
-        if node(imported) in FRONTS
-    )
-    assert offenders == []
+def test_every_package_and_top_level_module_has_a_layer():
+    unplaced = sorted({node(m) for m in app_modules()} - set(RANK) - {"app"})
+    assert unplaced == [], "add it to LAYERS (and the picture above)"
+
+
+def test_imports_only_go_down_the_layers():
+    assert violations(app_modules()) == []
 
 
 def test_no_import_cycle_between_packages_under_app():
     assert cycles(package_graph(app_modules())) == []
 
 
-def test_the_checks_see_a_cycle_and_a_core_module_importing_the_http_layer(tmp_path):
-    # The checks themselves can fail: a made-up graph with the old cycle is caught.
-    graph = {"app.gateway": {"app.api"}, "app.api": {"app.gateway"}, "app.routing": set()}
-    assert cycles(graph) == [["app.api", "app.gateway"]]
+def test_ls_app_shows_the_layers_not_a_flat_list_of_modules():
+    top = sorted(p.name for p in APP.glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
+
+
+def test_the_checks_see_an_import_up_the_layers_and_a_cycle(tmp_path):
+    # The checks themselves can fail: made-up imports up the layers and round a circle.
+    assert violations({"app.core.embedder": {"app.api.errors"}}) == [
+        "app.core.embedder imports app.api.errors"
+    ]
+    assert violations({"app.state.cache": {"app.providers.base"}}) == [
+        "app.state.cache imports app.providers.base"
+    ]
+    assert violations({"app.api.embeddings": {"app.core.embedder", "app.api.errors"}}) == []
+    graph = {"app.runtime": {"app.api"}, "app.api": {"app.runtime"}, "app.core": set()}
+    assert cycles(graph) == [["app.api", "app.runtime"]]
     source = tmp_path / "core.py"
-    source.write_text("from app.api.auth import presented_key\nfrom . import routing\n")
-    assert imports_of(source, "app.core") >= {"app.api.auth", "app.routing"}
+    source.write_text("from app.api.admission import presented_key\nfrom . import routing\n")
+    assert imports_of(source, "app.core") >= {"app.api.admission", "app.routing"}

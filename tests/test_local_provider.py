@@ -22,6 +22,9 @@ import openai
 import pytest
 import tiktoken
 
+from app.config.registry import RegistryError
+from app.config.settings import Settings
+from app.core.tokens import count_tokens
 from app.providers import Failure, UpstreamCall, UpstreamError, build_providers
 from app.providers.local import (
     LOCAL_MODELS,
@@ -34,10 +37,7 @@ from app.providers.local import (
     load_tokenizer,
     sub_batches,
 )
-from app.registry import RegistryError
-from app.registry_loader import load_registry
-from app.settings import Settings
-from app.tokens import count_tokens
+from app.runtime.build import read_registry
 from tests.harness import ROOT, ThreadedGateway, model_entry, write_registry
 
 MODEL = "all-MiniLM-L6-v2"
@@ -127,7 +127,8 @@ async def test_usage_is_the_models_word_pieces_special_tokens_included(provider)
     result = await provider.embed(call(TEXTS))
     # The fixture's counts come from sentence-transformers' tokenizer, truncation included.
     assert result.prompt_tokens == sum(WORD_PIECES[text] for text in TEXTS)
-    # Each input's own count too, so a merged call's usage splits exactly (app/batching.py).
+    # Each input's own count too, so a merged call's usage splits exactly
+    # (app/core/routing/batching.py).
     assert result.input_tokens is not None
     assert result.input_tokens.tolist() == [WORD_PIECES[text] for text in TEXTS]
 
@@ -251,7 +252,7 @@ def registry_file(tmp_path: Path, provider: dict[str, Any], **model: Any) -> Pat
 
 def registry_error(path: Path) -> str:
     with pytest.raises(RegistryError) as caught:
-        build_providers(load_registry(path, {}))
+        build_providers(read_registry(path, {}))
     message = str(caught.value)
     assert message.startswith(str(path)) and "\n" not in message
     return message
@@ -259,7 +260,7 @@ def registry_error(path: Path) -> str:
 
 def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
     path = registry_file(tmp_path, {"type": "local", "workers": 3, "max_seq_length": 128})
-    registry = load_registry(path, {})
+    registry = read_registry(path, {})
     config = registry.providers["local"]
     assert not hasattr(config, "base_url") and not hasattr(config, "api_key")
     assert (config.threads, config.workers, config.max_seq_length) == (2, 3, 128)
@@ -322,7 +323,7 @@ def test_a_bad_local_registry_names_file_entry_and_field(tmp_path, provider, mod
 
 def test_the_shipped_registry_serves_minilm_locally():
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    registry = load_registry(ROOT / "config" / "models.yaml", settings.interpolation_env({}))
+    registry = read_registry(ROOT / "config" / "models.yaml", settings.interpolation_env({}))
     model = registry.models[MODEL]
     assert model.config.dimensions == DIMS and not model.config.supports_dimensions
     assert model.config.owned_by == "sentence-transformers"

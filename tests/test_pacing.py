@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from app.pacing import HEADROOM, PacingExceeded, ProviderPacer
-from app.pacing_redis import RedisTimeline
-from app.redis_client import connect
+from app.core.routing.pacing import HEADROOM, PacingExceeded, ProviderPacer
+from app.state.pacing_timeline import RedisTimeline
+from app.state.redis_client import connect
 from tests.harness import free_port
 
 

@@ -15,8 +15,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from app.config.settings import Settings
 from app.providers.catalog import env_names as provider_env_names
-from app.settings import Settings
 from tests.harness import ROOT
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import openai
 import pytest
 
+from app.config.registry import RegistryError
 from app.providers import build_providers
-from app.registry import RegistryError
-from app.registry_loader import load_registry
+from app.runtime.build import read_registry
 from tests.conftest import CLIENT_KEY
 from tests.fakes import FakeUpstream, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry
@@ -96,7 +96,7 @@ def test_a_route_that_cannot_take_dimensions_must_say_truncate(tmp_path, tei):
     models = {"nomic": model_entry([route], dimensions=NATIVE, supports_dimensions=True)}
     path = write_registry(tmp_path / "models.yaml", {"tei": self_hosted(tei)}, models)
     with pytest.raises(RegistryError) as caught:
-        build_providers(load_registry(path, {}))
+        build_providers(read_registry(path, {}))
     assert "models.nomic.routes.0.dimensions_mode: OpenAI-compatible upstream cannot shorten" in (
         str(caught.value)
     )
@@ -105,11 +105,11 @@ def test_a_route_that_cannot_take_dimensions_must_say_truncate(tmp_path, tei):
 def test_openai_itself_can_require_its_key(tmp_path):
     provider = {"type": "openai", "api_key": "${UNSET_OPENAI_KEY_FOR_TEST:-}"}
     models = {"m": model_entry([{"provider": "openai", "model": "text-embedding-3-small"}])}
-    optional = load_registry(write_registry(tmp_path / "a.yaml", {"openai": provider}, models), {})
+    optional = read_registry(write_registry(tmp_path / "a.yaml", {"openai": provider}, models), {})
     assert optional.models["m"].available  # a self-hosted server may need no key
     required = {**provider, "requires_api_key": True}
     path = write_registry(tmp_path / "b.yaml", {"openai": required}, models)
-    registry = load_registry(path, {})
+    registry = read_registry(path, {})
     assert not registry.models["m"].available
     assert registry.models["m"].missing_keys == ["UNSET_OPENAI_KEY_FOR_TEST"]
     assert registry.providers["openai"].base_url == "https://api.openai.com/v1"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from app.config.registry import RegistryError
 from app.providers import build_providers
-from app.registry import RegistryError
-from app.registry_loader import load_registry
+from app.runtime.build import read_registry
 from tests.harness import model_entry, write_registry
 
 
@@ -14,7 +14,7 @@ def registry_error(tmp_path, provider: dict, route: dict) -> str:
     models = {"m": model_entry([{"provider": "p", "model": "x", **route}])}
     path = write_registry(tmp_path / "models.yaml", {"p": {"api_key": "k", **provider}}, models)
     with pytest.raises(RegistryError) as caught:
-        build_providers(load_registry(path, {}))
+        build_providers(read_registry(path, {}))
     return str(caught.value)
 
 
@@ -39,7 +39,7 @@ def test_the_openai_type_takes_token_ids_only_when_the_registry_says_so(tmp_path
     models = {"m": model_entry([{"provider": "p", "model": "x", "accepts_token_ids": True}])}
     provider = {"type": "openai", "supports_token_ids": True}
     path = write_registry(tmp_path / "ok.yaml", {"p": provider}, models)
-    assert set(build_providers(load_registry(path, {}))) == {"p"}
+    assert set(build_providers(read_registry(path, {}))) == {"p"}
 
 
 @pytest.mark.parametrize("type_", ["aiml", "nugen", "cohere", "gemini"])

@@ -20,7 +20,7 @@ import numpy as np
 import openai
 import pytest
 
-from app.tokens import count_tokens
+from app.core.tokens import count_tokens
 from tests.conftest import CLIENT_KEY
 from tests.fakes import FakeUpstream, RecordedRequest, fake_token_count, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry

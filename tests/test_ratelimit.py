@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 
 from app.api.admission import duration
-from app.ratelimit import LocalRateLimiter, RedisRateLimiter
+from app.state.rate_limits import LocalRateLimiter, RedisRateLimiter
 from tests.conftest import CLIENT_KEY, INTERNAL_TOKEN
 from tests.harness import GatewayProcess, ThreadedGateway, free_port
 from tests.limit_load import offer

@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from app.redis_client import connect, slot_of
-from app.settings import Settings
-from app.usage import UsageLedger, today
+from app.config.settings import Settings
+from app.state.redis_client import connect, slot_of
+from app.state.usage_ledger import UsageLedger, today
 from tests.cache_support import check_mixed_orders
 from tests.conftest import (
     CLIENT_KEY,

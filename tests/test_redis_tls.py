@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.redis_client import REDIS_FAILURES, connect
-from app.settings import Settings
+from app.config.settings import Settings
+from app.state.redis_client import REDIS_FAILURES, connect
 from tests.harness import free_port
 from tests.redis_server import RedisServer
 

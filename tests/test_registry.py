@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.registry import RegistryError
-from app.registry_loader import load_registry
-from app.settings import Settings
+from app.config.registry import RegistryError
+from app.config.settings import Settings
+from app.runtime.build import read_registry
 from tests.harness import ROOT
 
 
@@ -38,7 +38,7 @@ models:
 
 
 def test_interpolation_defaults_and_route_overrides(tmp_path):
-    registry = load_registry(write(tmp_path, GOOD), {"UP_KEY": "k-123"})
+    registry = read_registry(write(tmp_path, GOOD), {"UP_KEY": "k-123"})
     provider = registry.providers["up"]
     assert provider.base_url == "http://127.0.0.1:1/v1"
     assert provider.api_key is not None and provider.api_key.get_secret_value() == "k-123"
@@ -52,7 +52,7 @@ def test_interpolation_defaults_and_route_overrides(tmp_path):
 
 
 def test_env_default_applies_to_an_empty_variable(tmp_path):
-    registry = load_registry(write(tmp_path, GOOD), {"UP_KEY": "k", "UP_URL": ""})
+    registry = read_registry(write(tmp_path, GOOD), {"UP_KEY": "k", "UP_URL": ""})
     assert registry.providers["up"].base_url == "http://127.0.0.1:1/v1"
 
 
@@ -89,7 +89,7 @@ def test_a_bad_file_gives_one_message_naming_file_entry_and_field(
 ):
     path = write(tmp_path, text)
     with pytest.raises(RegistryError) as caught:
-        load_registry(path, environ)
+        read_registry(path, environ)
     message = str(caught.value)
     assert message.startswith(str(path))
     assert expected in message
@@ -98,7 +98,7 @@ def test_a_bad_file_gives_one_message_naming_file_entry_and_field(
 
 def test_missing_file(tmp_path):
     with pytest.raises(RegistryError, match="file not found"):
-        load_registry(tmp_path / "nope.yaml", {})
+        read_registry(tmp_path / "nope.yaml", {})
 
 
 def test_nugen_routes_cannot_take_token_ids(tmp_path):
@@ -106,12 +106,12 @@ def test_nugen_routes_cannot_take_token_ids(tmp_path):
 
     text = GOOD.replace("type: nanogpt", "type: nugen")
     with pytest.raises(RegistryError, match="accepts_token_ids: Nugen takes strings only"):
-        build_providers(load_registry(write(tmp_path, text), {"UP_KEY": "k"}))
+        build_providers(read_registry(write(tmp_path, text), {"UP_KEY": "k"}))
 
 
 def test_the_shipped_registry():
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    registry = load_registry(ROOT / "config" / "models.yaml", settings.interpolation_env({}))
+    registry = read_registry(ROOT / "config" / "models.yaml", settings.interpolation_env({}))
     models = registry.models
     nanogpt_models = [m for m in models.values() if m.routes[0].provider == "nanogpt"]
     assert len(nanogpt_models) == 16

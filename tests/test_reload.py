@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.core.routing.router import Router
 from app.providers import build_providers
-from app.registry_loader import load_registry
-from app.routing import Router
+from app.runtime.build import read_registry
 from tests.conftest import CLIENT_KEY
 from tests.fakes import FakeUpstream
 from tests.harness import ROOT, GatewayProcess, model_entry, write_registry
@@ -228,7 +228,7 @@ def test_route_health_carries_over_only_for_routes_that_did_not_change(tmp_path,
             "same": model_entry([{"provider": "p", "model": "m"}]),
             "changed": model_entry([{"provider": "q", "model": "m"}]),
         }
-        return load_registry(write_registry(path, providers, models), {})
+        return read_registry(write_registry(path, providers, models), {})
 
     old = registry(tmp_path / "a.yaml", 5.0)
     router = Router(old, build_providers(old))

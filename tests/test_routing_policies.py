@@ -7,18 +7,23 @@ from collections import Counter
 
 import pytest
 
-from app.balancing import EXPLORE, order_routes
-from app.hedging import AUTO_CEILING_SECONDS, AUTO_FLOOR_SECONDS, HedgeBudget, hedge_delay
-from app.latency import RouteLatency
-from app.providers.nanogpt import NanoGPTConfig
-from app.registry import (
+from app.config.registry import (
     RegistryError,
     Route,
     RouteConfig,
     RoutePolicy,
 )
-from app.registry_loader import load_registry
-from app.timeouts import call_timeout, estimated_tokens
+from app.core.routing.balancing import EXPLORE, order_routes
+from app.core.routing.hedging import (
+    AUTO_CEILING_SECONDS,
+    AUTO_FLOOR_SECONDS,
+    HedgeBudget,
+    hedge_delay,
+)
+from app.core.routing.latency import RouteLatency
+from app.core.routing.timeouts import call_timeout, estimated_tokens
+from app.providers.nanogpt import NanoGPTConfig
+from app.runtime.build import read_registry
 
 
 class FakeClock:
@@ -225,7 +230,7 @@ models:
 def test_resilience_fields_are_read_and_overridden_per_route(tmp_path):
     path = tmp_path / "models.yaml"
     path.write_text(registry_text(model_extra="strategy: weighted"))
-    model = load_registry(path, {}).models["m"]
+    model = read_registry(path, {}).models["m"]
     assert model.config.strategy == "weighted"
     assert [r.policy.hedge_after_ms for r in model.routes] == [150.0, "auto", 0.0]
     assert [r.weight for r in model.routes] == [1.0, 2.0, 1.0]
@@ -247,5 +252,5 @@ def test_bad_resilience_fields_name_the_field(tmp_path, route_extra, model_extra
     path = tmp_path / "models.yaml"
     path.write_text(registry_text(route_extra, model_extra))
     with pytest.raises(RegistryError) as caught:
-        load_registry(path, {})
+        read_registry(path, {})
     assert message in str(caught.value)

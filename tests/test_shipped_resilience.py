@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from app.registry_loader import load_registry
+from app.runtime.build import read_registry
 from tests.conftest import AIML_KEY, CLIENT_KEY, NANOGPT_KEY
 from tests.fakes import FakeUpstream, Fault
 from tests.harness import ROOT, ThreadedGateway
@@ -63,7 +63,7 @@ def embed(gateway: ThreadedGateway, texts: list[str]) -> httpx.Response:
 
 
 def test_the_shipped_registry_hedges_nothing_by_default():
-    registry = load_registry(
+    registry = read_registry(
         SHIPPED, {"NANOGPT_BASE_URL": "x", "AIML_BASE_URL": "x"} | {"NUGEN_BASE_URL": "x"}
     )
     for model in registry.models.values():

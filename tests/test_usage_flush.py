@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from app.redis_client import connect
-from app.usage import UsageLedger, today
+from app.state.redis_client import connect
+from app.state.usage_ledger import UsageLedger, today
 from tests.redis_server import RedisServer
 
 MODEL = "m"

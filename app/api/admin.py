@@ -17,15 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.auth import presented_key
+from app.api.admission import presented_key
+from app.api.errors import AUTHENTICATION, NOT_FOUND, GatewayError, invalid_request
 from app.api.responses import json_response
-from app.errors import AUTHENTICATION, NOT_FOUND, GatewayError, invalid_request
-from app.gateway import Services
+from app.config.registry import RegistryError
 from app.keys.model import ApiKeyRecord, KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey, audit, audit_log
-from app.lifecycle import Lifecycle
-from app.registry import RegistryError
-from app.usage import FIGURES, UsageRow, today
+from app.runtime.lifecycle import Lifecycle
+from app.runtime.services import Services
+from app.state.usage_ledger import FIGURES, UsageRow, today
 
 router = APIRouter()
 

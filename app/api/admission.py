@@ -11,17 +11,27 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
-from app.api.auth import presented_key
+from app.api.client_ip import client_ip
 from app.api.context import request_context
+from app.api.errors import GatewayError, duration, too_many_requests
 from app.api.middleware import api_route, extra_headers, send_error
-from app.api.retry_after import duration, too_many_requests
-from app.auth import Caller
-from app.auth_throttle import AuthFailureThrottle
-from app.clientip import client_ip
-from app.errors import AuthenticationFailed, GatewayError
-from app.gateway import Services
+from app.auth.callers import Caller
+from app.auth.throttle import AuthFailureThrottle
+from app.errors import AuthenticationFailed
+from app.runtime.services import Services
 
-__all__ = ["IPLimit", "authenticate", "duration", "limit_by_ip"]
+__all__ = ["IPLimit", "authenticate", "limit_by_ip", "presented_key"]
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key a request presents: `Authorization: Bearer <key>`, else `x-api-key`."""
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    api_key = headers.get("x-api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
 
 
 class IPLimit:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import Scope
 
-from app.trace import UpstreamTrace
+from app.core.upstream_cost import UpstreamCost
 
 
 @dataclass(slots=True)
@@ -24,8 +24,8 @@ class RequestContext:
     prompt_tokens: int | None = None
     upstream_tokens: int | None = None
 
-    def upstream(self, trace: UpstreamTrace) -> None:
-        self.providers, self.upstream_seconds = trace.providers, trace.seconds
+    def upstream(self, cost: UpstreamCost) -> None:
+        self.providers, self.upstream_seconds = cost.providers, cost.seconds
 
 
 def request_context(scope: Scope) -> RequestContext:

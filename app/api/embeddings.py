@@ -22,9 +22,9 @@ from app.api.policy import PolicyCheck, refund, settle
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
 from app.api.validation import UnknownModel, parse_embedding_request
-from app.errors import DomainError
-from app.gateway import Services
-from app.serving import Serving
+from app.core.errors import RoutingError
+from app.core.serving import Serving
+from app.runtime.services import Services
 
 PATH = "/embeddings"
 
@@ -65,10 +65,10 @@ async def _create_embeddings(
         )
     except BaseException as error:
         await refund(gateway, await policy.outcome())
-        if isinstance(error, DomainError) and error.trace is not None:
-            context.upstream(error.trace)
+        if isinstance(error, RoutingError) and error.cost is not None:
+            context.upstream(error.cost)
         raise
-    context.upstream(result.trace)
+    context.upstream(result.cost)
     await settle(gateway, await policy.outcome(), job, result)
     context.prompt_tokens, context.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)

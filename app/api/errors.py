@@ -1,43 +1,110 @@
 """Render every error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 
-This is the one place a domain error (app/errors.py) gets its HTTP status, OpenAI error type,
-code and headers: `gateway_error` below.
+`GatewayError` is an error as a client sees it: status, OpenAI error type, message, param, code
+and headers. The HTTP layer raises it directly (validation, its own limits, the server's
+protocol errors); below it code raises domain errors (app/errors.py, app/core/errors.py), and
+this is the one place one gets its HTTP status, type, code and headers: `gateway_error` below.
 """
 
 from __future__ import annotations
 
+import math
+
+import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.retry_after import too_many_requests
-from app.errors import (
-    AUTHENTICATION,
-    INVALID_REQUEST,
-    NOT_FOUND,
-    SERVER,
-    TIMEOUT,
-    UPSTREAM,
-    BudgetSpent,
+from app.core.errors import (
     DeadlineExceeded,
-    DomainError,
-    GatewayError,
     InputRejected,
+    RoutesCoolingDown,
+    UndecodableInput,
+    UpstreamsFailed,
+)
+from app.errors import (
+    BudgetSpent,
+    DomainError,
     InvalidApiKey,
     InvalidKeyChange,
     KeyStoreUnavailable,
     ManagedKeyRefused,
     MissingApiKey,
-    RoutesCoolingDown,
     TooManyFailedAuthentications,
-    UndecodableInput,
-    UpstreamsFailed,
 )
+
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+RATE_LIMIT = "rate_limit_error"
+UPSTREAM = "upstream_error"
+TIMEOUT = "timeout_error"
+SERVER = "server_error"
+NOT_FOUND = "not_found_error"
 
 INSUFFICIENT_QUOTA = "insufficient_quota"
 NO_RETRY = {"x-should-retry": "false"}  # the OpenAI SDKs' signal that retrying cannot help
+
+
+class GatewayError(Exception):
+    """An error a client sees: status, OpenAI error type, message, and optionally param/code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }
+        )
+
+
+def invalid_request(message: str, *, param: str | None = None, code: str | None = None):
+    return GatewayError(400, message, param=param, code=code)
+
+
+def too_many_requests(message: str, retry_after: float, *, code: str) -> GatewayError:
+    wait_ms = max(1, _ceil_ms(retry_after))
+    return GatewayError(
+        429,
+        f"{message} Please try again in {duration(wait_ms / 1000)}.",
+        type=RATE_LIMIT,
+        code=code,
+        headers={"retry-after": str(math.ceil(wait_ms / 1000)), "retry-after-ms": str(wait_ms)},
+    )
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's style for reset times: `250ms` below a second, `1s` or `1.5s` above."""
+    ms = max(0, _ceil_ms(seconds))
+    return f"{ms}ms" if ms < 1000 else f"{ms / 1000:g}s"
+
+
+def _ceil_ms(seconds: float) -> int:
+    # Round to the microsecond first, so 0.25 s that arrived as 0.2500000001 is still 250 ms.
+    return math.ceil(round(seconds * 1000, 3))
 
 
 def gateway_error(error: DomainError) -> GatewayError:

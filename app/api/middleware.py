@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
 from app.api.context import RequestContext, request_context
-from app.errors import SERVER, GatewayError
+from app.api.errors import SERVER, GatewayError
 
 log = logging.getLogger("app.api")
 access_log = logging.getLogger("app.access")

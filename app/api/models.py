@@ -10,12 +10,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import authenticate
+from app.api.errors import GatewayError
 from app.api.responses import json_response
 from app.api.schemas import MODEL_DETAILS_RESPONSES, MODEL_RESPONSES, MODELS_RESPONSES
-from app.auth import Caller
-from app.errors import GatewayError
-from app.gateway import Services
-from app.registry import Model
+from app.auth.callers import Caller
+from app.config.registry import Model
+from app.runtime.services import Services
 
 router = APIRouter()
 

@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app import metrics
+from app.api.errors import GatewayError
 from app.api.responses import json_response
-from app.errors import GatewayError
 
 router = APIRouter()
 

@@ -11,16 +11,15 @@ from starlette.types import Scope
 
 from app import metrics
 from app.api.admission import duration
-from app.api.errors import NO_RETRY
+from app.api.errors import NO_RETRY, RATE_LIMIT, GatewayError
 from app.api.middleware import extra_headers
-from app.auth import Caller, CallerKind
-from app.embedder import Embedded
-from app.errors import RATE_LIMIT, GatewayError
-from app.gateway import Services
-from app.jobs import EmbeddingJob
+from app.auth.callers import Caller, CallerKind
+from app.core.embedder import Embedded
+from app.core.job import EmbeddingJob
 from app.keys.checks import KeyChecks, KeyVerdict
 from app.keys.model import ApiKeyRecord
 from app.keys.service import Charge
+from app.runtime.services import Services
 
 
 class PolicyCheck:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.registry import MAX_INPUTS
+from app.config.registry import MAX_INPUTS
 
 NonEmptyText = Annotated[str, Field(min_length=1)]
 NonEmptyTokens = Annotated[list[int], Field(min_length=1)]

@@ -10,11 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import authenticate
+from app.api.errors import invalid_request
 from app.api.responses import json_response
 from app.api.schemas import USAGE_RESPONSES
-from app.errors import invalid_request
-from app.gateway import Services
-from app.usage import ANONYMOUS, today, totals
+from app.runtime.services import Services
+from app.state.usage_ledger import ANONYMOUS, today, totals
 
 router = APIRouter()
 

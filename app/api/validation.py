@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 
-from app.errors import SERVER, GatewayError, invalid_request
-from app.jobs import EmbeddingJob
-from app.registry import MAX_INPUTS, Registry
-from app.tokens import vocabulary_size
+from app.api.errors import SERVER, GatewayError, invalid_request
+from app.config.registry import MAX_INPUTS, Registry
+from app.core.job import EmbeddingJob
+from app.core.tokens import vocabulary_size
 
 # tiktoken runs at a few MB/s: past this many bytes of text, count in a worker thread.
 TOKENISE_OFF_LOOP_BYTES = 64 * 1024

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from app.config.registry import Registry
+from app.config.settings import Settings
 from app.keys.checks import KeyChecks
 from app.keys.redis_store import RedisKeyStore, spend_key
 from app.keys.service import ManagedKeys
 from app.keys.sqlite_store import SQLiteKeyStore
 from app.keys.store import KeyStore
-from app.registry import Registry
-from app.settings import Settings
 
 
 def build_keys(

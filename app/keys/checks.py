@@ -31,9 +31,9 @@ from app.keys.limits import TOKEN_WINDOW_SECONDS, LocalKeyLimits, TokenDecision
 from app.keys.model import ApiKeyRecord, utcnow
 from app.keys.service import ManagedKeys
 from app.keys.store import spend_buckets
-from app.ratelimit import WINDOW_SECONDS, Decision
-from app.redis_client import REDIS_FAILURES, RedisClient, hash_tag, is_cluster, slot_of
-from app.redis_coalesce import Coalescer
+from app.state.coalescing import Coalescer
+from app.state.rate_limits import WINDOW_SECONDS, Decision
+from app.state.redis_client import REDIS_FAILURES, RedisClient, hash_tag, is_cluster, slot_of
 
 log = logging.getLogger("app.keys")
 

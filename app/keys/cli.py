@@ -13,16 +13,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.config_errors import one_line
+from app.config.errors import one_line
+from app.config.registry import RegistryError
+from app.config.registry_file import load_registry
+from app.config.settings import Settings
 from app.errors import DomainError
 from app.keys.build import build_keys
 from app.keys.model import KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey
 from app.logs import configure_logging
-from app.redis_client import connect as connect_redis
-from app.registry import RegistryError
-from app.registry_loader import load_registry
-from app.settings import Settings
+from app.providers.catalog import config_types
+from app.state.redis_client import connect as connect_redis
 
 ACTOR = "cli"
 _NONE = "none"  # `--budget-usd none` clears a field
@@ -32,9 +33,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings()
-        registry = load_registry(
-            settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ))
-        )
+        environ = settings.interpolation_env(dict(os.environ))
+        registry = load_registry(settings.MODELS_CONFIG, environ, config_types())
     except (RegistryError, ValidationError) as exc:
         print(f"embeddings-gateway keys: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from app.ratelimit import Clock, Decision, LocalRateLimiter
+from app.state.rate_limits import Clock, Decision, LocalRateLimiter
 
 TOKEN_WINDOW_SECONDS = 60.0
 

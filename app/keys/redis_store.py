@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from app.keys.model import ApiKeyRecord, BudgetPeriod
 from app.keys.store import KeyStoreError, spend_buckets
-from app.redis_client import REDIS_FAILURES, RedisClient, is_cluster, mget
+from app.state.redis_client import REDIS_FAILURES, RedisClient, is_cluster, mget
 
 T = TypeVar("T")
 

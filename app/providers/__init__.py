@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.config.registry import Model, ProviderConfig, Registry, RegistryError, Route
 from app.providers.base import (
     Failure,
     Provider,
@@ -11,7 +12,6 @@ from app.providers.base import (
     UpstreamResult,
 )
 from app.providers.catalog import PROVIDER_TYPES
-from app.registry import Model, ProviderConfig, Registry, RegistryError, Route
 
 __all__ = [
     "PROVIDER_TYPES",

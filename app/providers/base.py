@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from app.registry import Model, ProviderConfig, Route
+    from app.config.registry import Model, ProviderConfig, Route
 
 
 @dataclass(slots=True)

@@ -3,6 +3,7 @@ one module beside this one and one line here (plus a fake in tests/ and a README
 
 from __future__ import annotations
 
+from app.config.registry import ProviderConfig
 from app.providers.aiml import AimlProvider
 from app.providers.azure_openai import AzureOpenAIProvider
 from app.providers.base import ProviderType
@@ -13,7 +14,6 @@ from app.providers.nanogpt import NanoGPTProvider
 from app.providers.nugen import NugenProvider
 from app.providers.openai import OpenAIProvider
 from app.providers.voyage import VoyageProvider
-from app.registry import ProviderConfig
 
 PROVIDER_TYPES: dict[str, ProviderType] = {
     "nanogpt": NanoGPTProvider,

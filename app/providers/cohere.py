@@ -21,10 +21,10 @@ import numpy as np
 import simdjson
 from pydantic import Field
 
+from app.config.registry import MAX_INPUTS
 from app.providers.base import Capabilities, UpstreamCall
 from app.providers.http import HTTPProvider, HTTPProviderConfig
 from app.providers.validation import load_object, parse_vector_list
-from app.registry import MAX_INPUTS
 
 INPUT_TYPES = {"query": "search_query", "document": "search_document"}
 

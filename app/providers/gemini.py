@@ -24,10 +24,10 @@ import numpy as np
 from pydantic import Field
 from yarl import URL
 
+from app.config.registry import MAX_INPUTS
 from app.providers.base import Capabilities, Failure, UpstreamCall
 from app.providers.http import HTTPProvider, HTTPProviderConfig
 from app.providers.validation import load_object, parse_vector_list
-from app.registry import MAX_INPUTS
 
 TASK_TYPES = {"query": "RETRIEVAL_QUERY", "document": "RETRIEVAL_DOCUMENT"}
 

@@ -21,9 +21,9 @@ import orjson
 from pydantic import Field, SecretStr, model_validator
 from yarl import URL
 
+from app.config.registry import Model, ProviderConfig, Route
 from app.providers.base import Capabilities, Failure, UpstreamCall, UpstreamError, UpstreamResult
 from app.providers.validation import MalformedResponse
-from app.registry import Model, ProviderConfig, Route
 
 _NEVER_ROUND = float("inf")
 

@@ -66,8 +66,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 import numpy as np
 from pydantic import Field, model_validator
 
+from app.config.registry import Model, ProviderConfig, Route
 from app.providers.base import Capabilities, Failure, UpstreamCall, UpstreamError, UpstreamResult
-from app.registry import Model, ProviderConfig, Route
 
 if TYPE_CHECKING:  # imported lazily: a gateway without local models never loads them
     import onnxruntime

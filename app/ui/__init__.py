@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route, request_response
 from starlette.staticfiles import StaticFiles
 
 from app.api.middleware import API_PREFIXES
-from app.settings import Settings
+from app.config.settings import Settings
 from app.ui import keys_pages, pages, usage_pages
 from app.ui.console import Console
 from app.ui.stats import RecordEmbeddings, RollingStats

@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from app.api.admin import admin_id
-from app.gateway import Services
-from app.settings import Settings
+from app.config.settings import Settings
+from app.runtime.services import Services
 from app.ui.session import Sessions, token_matches
 from app.ui.stats import RollingStats
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.api.errors import gateway_error
-from app.errors import DomainError, GatewayError
+from app.api.errors import GatewayError, gateway_error
+from app.errors import DomainError
 
 # What a console action may fail with: an HTTP-shaped error, or a core one the API maps.
 ACTION_ERRORS = (GatewayError, DomainError)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.responses import RedirectResponse, Response
 
 from app.api.admin import MAX_GRACE_SECONDS
-from app.errors import GatewayError
+from app.api.errors import GatewayError
 from app.keys.model import KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey
 from app.ui.console import Console

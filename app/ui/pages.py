@@ -11,11 +11,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from app.api.client_ip import client_ip, parse_address
+from app.api.errors import GatewayError
 from app.api.middleware import request_id
 from app.api.validation import parse_embedding_request
-from app.clientip import client_ip, parse_address
-from app.errors import GatewayError
-from app.hedging import hedge_delay
+from app.core.routing.hedging import hedge_delay
 from app.keys.service import audit
 from app.ui.charts import line_chart
 from app.ui.console import Console

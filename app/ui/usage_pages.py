@@ -14,12 +14,12 @@ from typing import Any
 from starlette.responses import Response
 
 from app.api.admin import report_range
-from app.errors import GatewayError
+from app.api.errors import GatewayError
 from app.keys.model import ApiKeyRecord
+from app.state.usage_ledger import FIGURES
 from app.ui.charts import bar_chart
 from app.ui.console import Console
 from app.ui.web import Context, render
-from app.usage import FIGURES
 
 GROUPS = ("key", "team", "model")
 CSV_COLUMNS = ("date", "group", "name", "team", *FIGURES)

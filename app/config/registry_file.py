@@ -1,0 +1,155 @@
+"""Read the registry file: YAML → `${VAR}` interpolation → typed providers, models and routes.
+
+Each provider type owns its configuration model (app/providers/catalog.py); this module builds
+the discriminated union from the table its caller passes (app/runtime/build.py's
+`read_registry`), so configuration never imports the providers that build on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, TypeAdapter, ValidationError
+
+from app.config.errors import one_line
+from app.config.registry import (
+    Model,
+    ProviderConfig,
+    Registry,
+    RegistryError,
+    RegistryFile,
+    Route,
+)
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_registry(
+    path: str | Path,
+    environ: Mapping[str, str],
+    provider_types: Mapping[str, type[ProviderConfig]],
+) -> Registry:
+    """Read, interpolate and validate a registry file; `provider_types` maps each `type` name
+    to its config model (the table in app/providers/catalog.py, which owns them)."""
+    source = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise RegistryError(f"{source}: file not found") from exc
+    except (OSError, yaml.YAMLError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise RegistryError(f"{source}: cannot be read as YAML{at}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{source}: expected a mapping with 'providers' and 'models'")
+    env = {**_env_defaults(provider_types), **environ}
+    interpolated = _interpolate(raw, env, source, ())
+    _remember_key_env(raw, interpolated, provider_types)
+    try:
+        parsed = RegistryFile.model_validate(
+            {**interpolated, "providers": _parse_providers(interpolated, provider_types)}
+        )
+    except ValidationError as exc:
+        raise RegistryError(f"{source}: {_registry_error(exc, provider_types)}") from None
+    created = int(time.time())
+    models = {
+        model_id: Model(
+            model_id,
+            config,
+            [
+                Route(model_id, index, route.provider, route, parsed.providers[route.provider])
+                for index, route in enumerate(config.routes)
+            ],
+            created,
+            parsed.providers,
+        )
+        for model_id, config in parsed.models.items()
+    }
+    return Registry(source, dict(parsed.providers), models)
+
+
+def _env_defaults(provider_types: Mapping[str, type[ProviderConfig]]) -> dict[str, str]:
+    """Each type's documented defaults (e.g. its public base URL) for `${VAR}` to fall back on."""
+    defaults: dict[str, str] = {}
+    for config_type in provider_types.values():
+        defaults.update(getattr(config_type, "env_defaults", {}))
+    return defaults
+
+
+@functools.cache
+def _providers_adapter(types: tuple[type[ProviderConfig], ...]) -> TypeAdapter[Any]:
+    union = Annotated[Union[types], Field(discriminator="type")]  # noqa: UP007
+    # Keyed by "providers" so that errors are located from the top of the file.
+    return TypeAdapter(dict[Literal["providers"], dict[str, union]])
+
+
+def _parse_providers(
+    interpolated: dict[str, Any], provider_types: Mapping[str, type[ProviderConfig]]
+) -> Any:
+    """The `providers` mapping, each entry validated by the model its `type` names."""
+    providers = interpolated.get("providers")
+    if not isinstance(providers, dict):
+        return providers  # RegistryFile reports the shape
+    adapter = _providers_adapter(tuple(provider_types.values()))
+    return adapter.validate_python({"providers": providers})["providers"]
+
+
+def _interpolate(node: Any, environ: Mapping[str, str], source: str, path: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, environ, source, (*path, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, environ, source, (*path, str(i))) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ and (environ[name] != "" or default is None):
+            return environ[name]
+        if default is not None:
+            return default
+        where = ".".join(path)
+        raise RegistryError(
+            f"{source}: {where}: environment variable {name} is not set "
+            f"(write ${{{name}:-}} to allow it to be empty)"
+        )
+
+    return _VAR.sub(substitute, node)
+
+
+def _remember_key_env(
+    raw: dict[str, Any],
+    interpolated: dict[str, Any],
+    provider_types: Mapping[str, type[ProviderConfig]],
+) -> None:
+    """Note which env var each key came from (`api_key_env`), for types that take a key."""
+    providers = raw.get("providers")
+    if not isinstance(providers, dict):
+        return
+    for name, entry in providers.items():
+        if isinstance(entry, dict) and isinstance(entry.get("api_key"), str):
+            config_type = provider_types.get(str(entry.get("type")))
+            if config_type is None or "api_key_env" not in config_type.model_fields:
+                continue  # validation reports the stray api_key itself
+            match = _VAR.search(entry["api_key"])
+            target = interpolated["providers"][name]
+            if match and isinstance(target, dict) and "api_key_env" not in target:
+                target["api_key_env"] = match.group(1)
+
+
+def _registry_error(exc: ValidationError, provider_types: Mapping[str, Any]) -> str:
+    def locate(loc: list[int | str], error_type: str) -> list[int | str]:
+        if len(loc) > 2 and loc[0] == "providers" and loc[2] in provider_types:
+            del loc[2]  # the union's tag: `providers.up.nanogpt.base_url` names the field twice
+        if error_type in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("type")
+        return loc
+
+    return one_line(exc, locate)

@@ -1,0 +1,268 @@
+"""Embed a job at the least upstream cost: cache hits, in-batch duplicates and identical
+in-flight inputs are never sent twice; only what is left goes to routing.
+
+Every input item is identified by the same key the cache uses (model, fingerprint, width,
+input_type, hash of the exact input). Items are resolved in three steps — the cache (unless
+the client said `Cache-Control: no-cache`), an identical item another request in this process is
+already fetching, and finally one routed upstream call for the rest — then put back in
+input order. A vector is only ever copied from the item that produced it, by key, so a mixed
+hit/miss batch cannot shuffle or duplicate vectors.
+
+Each item also carries the tokens it counts for: its share of the usage the upstream reported
+for its call (app/core/token_accounting.py), kept with its cached vector, so `prompt_tokens` is
+the same whether an item was a hit, a miss or coalesced. Where there is no such share (the
+upstream reported no usage, or the entry predates the count) the item counts at the gateway's
+own count."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import NamedTuple
+
+import numpy as np
+
+from app import metrics
+from app.core.errors import RoutingError
+from app.core.job import EmbeddingJob
+from app.core.routing.router import Router
+from app.core.token_accounting import ItemTokens
+from app.core.upstream_cost import UpstreamCost
+from app.state.cache import CacheEntry, EmbeddingCache, item_digest, item_key
+
+
+class CacheStatus(Enum):
+    HIT = "hit"
+    MISS = "miss"
+    PARTIAL = "partial"
+
+
+@dataclass(slots=True)
+class Embedded:
+    vectors: np.ndarray  # (len(job), expected_dims) float32, input order
+    prompt_tokens: int  # what the client sent, each item at its share of an upstream's count
+    upstream_tokens: int  # what was sent (and billed) upstream for this request
+    cached_tokens: int  # the part of prompt_tokens the cache answered
+    cache_status: CacheStatus | None  # None when the cache does not apply to this request
+    cost: UpstreamCost  # what reaching the upstreams cost (empty when nothing was routed)
+
+
+class Embedder:
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        return self._cache
+
+    def __init__(self, router: Router, cache: EmbeddingCache | None) -> None:
+        self._router = router
+        self._cache = cache
+        self._in_flight: dict[str, asyncio.Future[_Fetched]] = {}
+
+    async def embed(
+        self,
+        job: EmbeddingJob,
+        timeout: float,
+        *,
+        read_cache: bool,
+        admitted: Awaitable[object] | None = None,
+    ) -> Embedded:
+        """The job's vectors and what they cost. A RoutingError from routing this request's own
+        items carries its `cost`; one shared from an identical in-flight request carries that
+        request's (the calls this one waited on).
+
+        `admitted`: the caller's policy check, already on its way: it runs beside the cache
+        lookup (both are a Redis round trip: one of wall time, not two), and nothing goes
+        upstream or is answered before it passes; what it raises, `embed` raises."""
+        dims = job.expected_dims
+        cache = self._cache if job.model.config.cache else None
+        keys = [
+            item_key(job.model, dims, item_digest(job.item(i)), job.input_type)
+            for i in range(len(job))
+        ]
+        first: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            first.setdefault(key, index)
+
+        found: dict[str, CacheEntry] = {}
+        if cache is not None and read_cache:
+            unique = list(first)
+            for key, item in zip(unique, await cache.get_many(unique, dims), strict=True):
+                if item is not None:
+                    found[key] = item
+        if admitted is not None:
+            # Shielded: a client that goes away must not cut the check short, or what it
+            # reserved could not be refunded (the caller awaits its outcome either way).
+            await asyncio.shield(admitted)
+        hits = set(found)
+        missing = [key for key in first if key not in found]
+
+        upstream = _UpstreamCost()
+        if missing:
+            fetched = await self._fetch(job, missing, first, timeout, upstream)
+            found.update(fetched)
+            if cache is not None:
+                await cache.put(fetched)  # queued: written (shares split) after the response
+
+        vectors = np.empty((len(job), dims), dtype=np.float32)
+        if upstream.whole_job_tokens is not None:
+            # The upstream saw exactly the client's input: its own count, with no share to add.
+            for index, key in enumerate(keys):
+                vectors[index] = found[key].vector
+            prompt_tokens, cached_tokens = upstream.whole_job_tokens, 0
+        else:
+            prompt_tokens, cached_tokens = _gather(job, keys, found, hits, vectors)
+        status = None
+        if cache is not None:
+            metrics.CACHE_LOOKUPS.labels(job.model.id, "hit").inc(len(hits))
+            metrics.CACHE_LOOKUPS.labels(job.model.id, "miss").inc(len(first) - len(hits))
+            status = _status(len(hits), len(first))
+        return Embedded(
+            vectors, prompt_tokens, upstream.tokens, cached_tokens, status, upstream.cost
+        )
+
+    async def _fetch(
+        self,
+        job: EmbeddingJob,
+        missing: list[str],
+        first: dict[str, int],
+        timeout: float,
+        upstream: _UpstreamCost,
+    ) -> dict[str, _Fetched]:
+        """Items for `missing` keys: joined to identical in-flight work, or routed upstream."""
+        loop = asyncio.get_running_loop()
+        owned: list[str] = []
+        joined: list[tuple[str, asyncio.Future[_Fetched]]] = []
+        for key in missing:
+            future = self._in_flight.get(key)
+            if future is None:
+                future = loop.create_future()
+                future.add_done_callback(_retrieve_exception)
+                self._in_flight[key] = future
+                owned.append(key)
+            else:
+                joined.append((key, future))
+
+        items: dict[str, _Fetched] = {}
+        try:
+            if owned:
+                routed = await self._route(job, owned, first, timeout, upstream)
+                for key in owned:
+                    self._in_flight[key].set_result(routed[key])
+                items.update(routed)
+        except BaseException as exc:
+            for key in owned:
+                future = self._in_flight[key]
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)  # joiners fail the same way: same input
+                else:
+                    future.cancel()  # we were cancelled: joiners fetch for themselves
+            raise
+        finally:
+            for key in owned:
+                self._in_flight.pop(key, None)
+
+        orphans: list[str] = []
+        for key, future in joined:
+            try:
+                items[key] = await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if not future.cancelled():
+                    raise  # this request itself is being cancelled
+                orphans.append(key)  # the request we waited on went away: fetch it ourselves
+        if orphans:
+            items.update(await self._route(job, orphans, first, timeout, upstream))
+        return items
+
+    async def _route(
+        self,
+        job: EmbeddingJob,
+        keys: list[str],
+        first: dict[str, int],
+        timeout: float,
+        upstream: _UpstreamCost,
+    ) -> dict[str, _Fetched]:
+        indices = [first[key] for key in keys]
+        whole = len(indices) == len(job)
+        part = job if whole else job.subset(indices)
+        try:
+            result = await self._router.embed(part, timeout)
+        except RoutingError as error:
+            if error.cost is not None:
+                upstream.cost.add(error.cost)
+            error.cost = upstream.cost  # with this request's earlier calls, if any
+            raise
+        upstream.cost.add(result.cost)
+        tokens = result.upstream_tokens
+        if whole:
+            upstream.whole_job_tokens = tokens
+        upstream.tokens += part.billed_tokens(tokens)
+        upstream.tokens += result.hedge_tokens  # hedges that lost were sent, so may be billed
+        shares = result.item_tokens
+        return {
+            key: _Fetched(vector, shares, position)
+            for position, (key, vector) in enumerate(zip(keys, result.vectors, strict=True))
+        }
+
+
+class _Fetched(NamedTuple):
+    """One item fresh from an upstream call, as its request and any coalesced with it see it."""
+
+    vector: np.ndarray
+    shares: ItemTokens | None  # of the routed job; None when its upstream reported no usage
+    position: int  # the item's index in that routed job
+
+    @property
+    def tokens(self) -> int | None:
+        return None if self.shares is None else self.shares[self.position]
+
+
+def _gather(
+    job: EmbeddingJob,
+    keys: list[str],
+    found: dict[str, CacheEntry],
+    hits: set[str],
+    vectors: np.ndarray,
+) -> tuple[int, int]:
+    """Fill `vectors` in input order and count the job's tokens, every occurrence of an item at
+    its kept count (its share of an upstream's), else the gateway's own: (prompt, cached)."""
+    prompt = cached = 0
+    uncounted: list[int] = []
+    uncounted_hits: list[int] = []
+    for index, key in enumerate(keys):
+        item = found[key]
+        vectors[index] = item.vector
+        tokens = item.tokens
+        if tokens is None:
+            uncounted.append(index)
+            if key in hits:
+                uncounted_hits.append(index)
+            continue
+        prompt += tokens
+        if key in hits:
+            cached += tokens
+    if uncounted:
+        prompt += job.tokens_of(uncounted)
+        cached += job.tokens_of(uncounted_hits)
+    return prompt, cached
+
+
+@dataclass(slots=True)
+class _UpstreamCost:
+    tokens: int = 0  # sent upstream by this request (upstream's count, else ours)
+    whole_job_tokens: int | None = None  # the upstream's count when it saw the whole input
+    cost: UpstreamCost = field(default_factory=UpstreamCost)
+
+
+def _status(hits: int, unique: int) -> CacheStatus:
+    if hits == 0:
+        return CacheStatus.MISS
+    return CacheStatus.HIT if hits == unique else CacheStatus.PARTIAL
+
+
+def _retrieve_exception(future: asyncio.Future[_Fetched]) -> None:
+    # A failure nobody joined must not be reported as "exception never retrieved".
+    if not future.cancelled():
+        future.exception()

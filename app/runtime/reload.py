@@ -1,0 +1,95 @@
+"""Registry reload: re-read the registry file and the `${VAR}` values, swap, retire the old one.
+
+Triggered by SIGHUP (app/server/worker.py) or `POST /admin/v1/reload`. Only the registry and what it
+interpolates change; settings (ports, limits, Redis) need a restart. The new registry is built and
+checked completely before anything is swapped, so an invalid one changes nothing: the caller gets
+the same one-line `RegistryError` `embeddings-gateway check-config` prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+from dotenv import dotenv_values
+
+from app.config.registry import RegistryError
+from app.config.settings import Settings
+from app.core.serving import Serving
+from app.providers import build_providers
+from app.runtime.build import read_registry
+from app.runtime.services import Services
+
+log = logging.getLogger("app.reload")
+
+# How long after the request timeout an old snapshot may still be in use: settling and writing
+# the response take a little longer than the upstream calls.
+_RETIRE_MARGIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    models: int  # models offered after the reload
+    routes_kept: int  # routes whose health carried over
+    routes_new: int
+
+
+def interpolation_env(settings: Settings) -> dict[str, str]:
+    """What `${VAR}` sees now: the process env over the .env file as it is on disk today
+    (the process env cannot change from outside; the file can)."""
+    env_file = Settings.model_config.get("env_file")
+    from_file: dict[str, str | None] = {}
+    if isinstance(env_file, str) and os.path.isfile(env_file):
+        from_file = dotenv_values(env_file)
+    names = {k: v for k, v in from_file.items() if v is not None and k not in Settings.model_fields}
+    return settings.interpolation_env({**names, **os.environ})
+
+
+class Reloader:
+    """One reload at a time per process; a second trigger while one runs waits its turn."""
+
+    def __init__(self, gateway: Services) -> None:
+        self._gateway = gateway
+        self._lock = asyncio.Lock()
+        self._retiring: dict[asyncio.Task[None], Serving] = {}
+
+    async def reload(self) -> Reloaded:
+        async with self._lock:
+            gateway = self._gateway
+            settings = gateway.settings
+            old = gateway.serving
+            try:
+                registry = read_registry(settings.MODELS_CONFIG, interpolation_env(settings))
+                providers = build_providers(registry)
+            except RegistryError as exc:
+                log.error("reload refused, still serving the previous registry: %s", exc)
+                raise
+            router = old.router.successor(registry, providers)
+            gateway.swap(Serving(registry, providers, router, old.cache))
+            longest = settings.REQUEST_TIMEOUT_SECONDS + _RETIRE_MARGIN_SECONDS
+            task = asyncio.create_task(old.retire(longest))
+            self._retiring[task] = old
+            task.add_done_callback(self._retiring.pop)
+            kept = router.routes_carried_over
+            total = sum(len(model.routes) for model in registry.models.values())
+            result = Reloaded(len(registry.available()), kept, total - kept)
+            log.info(
+                "registry reloaded from %s: %d models offered; %d routes kept their health, "
+                "%d are new or changed",
+                registry.source,
+                result.models,
+                result.routes_kept,
+                result.routes_new,
+            )
+            return result
+
+    async def aclose(self) -> None:
+        """At shutdown: old snapshots close now, whatever still runs on them."""
+        retiring = dict(self._retiring)
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        for serving in retiring.values():
+            await serving.aclose()
