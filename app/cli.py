@@ -21,7 +21,7 @@ from app.config.report import model_table, settings_summary
 from app.config.settings import Settings
 from app.keys.store import KeyStoreError
 from app.logs import uvicorn_log_config
-from app.runtime.build import build_gateway
+from app.runtime.build import build_services
 from app.runtime.services import Services
 from app.server.supervisor import GatewaySupervisor
 from app.server.worker import GatewayServer
@@ -38,33 +38,33 @@ def main(argv: list[str] | None = None) -> int:
     command = parser.parse_args(argv).command
     try:
         settings = Settings()
-        gateway = build_gateway(settings)  # fail fast, with one clear line, before serving
+        services = build_services(settings)  # fail fast, with one clear line, before serving
     except (RegistryError, ValidationError) as exc:
         print(f"embeddings-gateway: configuration error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    failure = asyncio.run(_open_key_store(gateway))
+    failure = asyncio.run(_open_key_store(services))
     if failure is not None:
         print(f"embeddings-gateway: configuration error: {failure}", file=sys.stderr)
         return 2
     if command == "check-config":
         print(json.dumps(settings_summary(settings), indent=2))
-        print("\n".join(model_table(gateway.registry)))
+        print("\n".join(model_table(services.registry)))
         return 0
     serve(settings)
     return 0
 
 
-async def _open_key_store(gateway: Services) -> str | None:
+async def _open_key_store(services: Services) -> str | None:
     """An SQLite key store that cannot be opened (say, an unwritable KEYS_DB) stops start-up
     with one line. Redis is not checked here: an outage at start-up is not a config error."""
     try:
-        if gateway.keys is not None and gateway.redis is None:
-            await gateway.keys.store.start()
+        if services.keys is not None and services.redis is None:
+            await services.keys.store.start()
         return None
     except KeyStoreError as exc:
-        return f"KEYS_DB={gateway.settings.KEYS_DB}: {exc}"
+        return f"KEYS_DB={services.settings.KEYS_DB}: {exc}"
     finally:
-        await gateway.aclose()
+        await services.aclose()
 
 
 def serve(settings: Settings) -> None:

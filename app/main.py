@@ -24,11 +24,12 @@ from app.config.report import settings_summary
 from app.config.settings import Settings
 from app.core.tokens import warm_up
 from app.logs import configure_logging
-from app.runtime.build import build_gateway, start_limiter
-from app.runtime.lifecycle import Lifecycle
+from app.runtime.build import build_services, start_limiter
+from app.runtime.lifecycle import Lifecycle, LifespanState
 from app.runtime.reload import Reloader
 from app.state.redis_client import follow_master
 from app.ui import install as install_console
+from app.ui.console import Console
 
 log = logging.getLogger("app")
 
@@ -44,49 +45,52 @@ def create_app(
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
 
     lifecycle = Lifecycle()
+    console: Console | None = None  # /ui, only with GATEWAY_ADMIN_TOKEN
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        gateway = build_gateway(settings, clock, rng)
-        reloader = lifecycle.reloader = Reloader(gateway)
+    async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
+        services = build_services(settings, clock, rng)
+        reloader = lifecycle.reloader = Reloader(services)
         warm_up()
-        await start_limiter(settings, gateway.limiter)
-        if not gateway.auth.enabled:
+        await start_limiter(settings, services.limiter)
+        if not services.auth.enabled:
             log.warning(
                 "AUTH IS OFF: GATEWAY_API_KEYS and GATEWAY_ADMIN_TOKEN are empty, so anyone who "
                 "can reach this gateway can use it and spend its provider credit. Set "
                 "GATEWAY_API_KEYS, or GATEWAY_ADMIN_TOKEN to manage keys through /admin/v1."
             )
-        if gateway.keys is not None:
-            await gateway.keys.store.start()
+        if services.keys is not None:
+            await services.keys.store.start()
             log.info(
                 "managed keys in %s; admin API %s",
-                gateway.keys.backend,
+                services.keys.backend,
                 "on at /admin/v1" if settings.GATEWAY_ADMIN_TOKEN else "off",
             )
         log.info("configuration", extra={"settings": settings_summary(settings)})
-        registry = gateway.registry
+        registry = services.registry
         log.info(
             "serving %d of the %d models in %s (the others lack a provider API key)",
             len(registry.available()),
             len(registry.models),
             registry.source,
         )
-        app.state.gateway = gateway
-        flusher = asyncio.create_task(gateway.usage.run_flusher())
-        follower = asyncio.create_task(follow_master(gateway.redis))  # Sentinel failovers
+        if console is not None:
+            console.attach(services)
+        flusher = asyncio.create_task(services.usage.run_flusher())
+        follower = asyncio.create_task(follow_master(services.redis))  # Sentinel failovers
         # Everything built so far lives as long as the process: keep it out of the collector's
         # sweeps, whose full passes over it were the p99 tail under load (measured: 68 -> 20 ms).
         gc.collect()
         gc.freeze()
         try:
-            # The server (app/server/worker.py) and the HTTP protocol find the drain state here.
-            yield {"lifecycle": lifecycle}
+            # Every request, the server (app/server/worker.py) and the HTTP protocol find the
+            # services and the drain state here.
+            yield {"services": services, "lifecycle": lifecycle}
         finally:
             flusher.cancel()
             follower.cancel()
             await reloader.aclose()
-            await gateway.aclose()
+            await services.aclose()
 
     app = FastAPI(
         title="Embeddings Gateway",
@@ -122,7 +126,7 @@ def create_app(
     # The last added runs first: request ID and body cap, then the per-IP limit, then routing.
     app.add_middleware(IPLimit)
     app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
-    install_console(app, settings)  # /ui, only with GATEWAY_ADMIN_TOKEN; outermost, for its stats
+    console = install_console(app, settings)  # outermost, for its traffic statistics
     return app
 
 

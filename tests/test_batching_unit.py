@@ -4,13 +4,15 @@ input, a failure or a caller that leaves is handled. (Real sockets: tests/test_b
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
 
-from app.config.registry import RoutePolicy
+from app.config.registry import Route, RouteConfig
 from app.core.routing.batching import RouteBatcher
 from app.providers import Failure, UpstreamCall, UpstreamError, UpstreamResult
+from app.providers.openai import OpenAIConfig
 
 DIMS = 4
 
@@ -59,8 +61,26 @@ def call(*texts: str, timeout: float = 5.0, dimensions: int | None = None) -> Up
     )
 
 
+class Sender:
+    """Stands where `Dispatch` does: the batcher's one way to an upstream."""
+
+    def __init__(self, send: Callable[[UpstreamCall], Awaitable[UpstreamResult]]) -> None:
+        self._send = send
+
+    def display_name(self, provider: str) -> str:
+        return provider.title()
+
+    async def send(self, route: Route, call: UpstreamCall) -> UpstreamResult:
+        return await self._send(call)
+
+
+def route_with(**policy: object) -> Route:
+    provider = OpenAIConfig(type="openai", base_url="http://127.0.0.1:9", api_key="k")
+    return Route("m", 0, "up", RouteConfig(provider="up", model="m", **policy), provider)
+
+
 def batcher(upstream: Upstream, **policy: object) -> RouteBatcher:
-    return RouteBatcher("up", "Up", RoutePolicy(**policy), upstream.send)  # type: ignore[arg-type]
+    return RouteBatcher(route_with(**policy), Sender(upstream.send))
 
 
 async def busy_then_burst(
@@ -107,7 +127,7 @@ async def test_an_upstream_s_own_count_per_input_gives_each_chunk_exactly_its_in
         counts = np.array([len(t) for t in c.inputs], dtype=np.int64)  # type: ignore[arg-type]
         return UpstreamResult(result.vectors, int(counts.sum()), input_tokens=counts)
 
-    b = RouteBatcher("up", "Up", RoutePolicy(max_inflight_calls=1), counting)
+    b = RouteBatcher(route_with(max_inflight_calls=1), Sender(counting))
     burst = [call("aaaa", "b"), call("cc"), call("ddddddd", "eee", "f")]
     # Our own counts are far off; they must not be used at all.
     results = await busy_then_burst(b, upstream, burst, slots=1)

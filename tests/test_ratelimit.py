@@ -486,7 +486,7 @@ def test_redis_outage_falls_back_and_recovers(registry_path, caplog):
             MODELS_CONFIG=str(registry_path), RATE_LIMIT_PER_SECOND=3, REDIS_URL=redis_server.url
         ) as gateway,
     ):
-        limiter = gateway.server.config.app.state.gateway.limiter
+        limiter = gateway.server.lifespan.state["services"].limiter
         url = f"{gateway.url}/v1/models"
 
         def keys() -> list[bytes]:

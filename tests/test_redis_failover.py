@@ -109,7 +109,7 @@ def test_failover_under_load_fails_no_request_and_recovers(registry, mode):
             GATEWAY_API_KEYS="",
             **redis_env,
         ) as gateway:
-            limiter = gateway.server.config.app.state.gateway.limiter
+            limiter = gateway.server.lifespan.state["services"].limiter
             assert limiter.using_redis
             stop, spans = threading.Event(), []
             watcher = threading.Thread(target=watch_outage, args=(limiter, stop, spans))

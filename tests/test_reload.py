@@ -235,10 +235,10 @@ def test_route_health_carries_over_only_for_routes_that_did_not_change(tmp_path,
     for model in ("same", "changed"):
         route = old.models[model].routes[0]
         for _ in range(route.policy.cooldown_failures):
-            router.health(route).failure()
-        assert router.health(route).is_open
+            router.state(route).health.failure()
+        assert router.state(route).health.is_open
     new = registry(tmp_path / "b.yaml", 7.0)  # provider q changed, p did not
     successor = router.successor(new, build_providers(new))
-    assert successor.health(new.models["same"].routes[0]).is_open
-    assert not successor.health(new.models["changed"].routes[0]).is_open
+    assert successor.state(new.models["same"].routes[0]).health.is_open
+    assert not successor.state(new.models["changed"].routes[0]).health.is_open
     assert successor.routes_carried_over == 1

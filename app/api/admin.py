@@ -18,13 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import presented_key
+from app.api.context import lifespan_state
 from app.api.errors import AUTHENTICATION, NOT_FOUND, GatewayError, invalid_request
 from app.api.responses import json_response
 from app.config.registry import RegistryError
 from app.keys.model import ApiKeyRecord, KeyPolicy, KeyUpdate
 from app.keys.service import ManagedKeys, UnknownKey, audit, audit_log
-from app.runtime.lifecycle import Lifecycle
-from app.runtime.services import Services
 from app.state.usage_ledger import FIGURES, UsageRow, today
 
 router = APIRouter()
@@ -45,8 +44,8 @@ def admin_id(token: str) -> str:
 
 
 async def _admin(request: Request) -> str:
-    gateway: Services = request.app.state.gateway
-    expected = gateway.settings.GATEWAY_ADMIN_TOKEN
+    services = lifespan_state(request.scope)["services"]
+    expected = services.settings.GATEWAY_ADMIN_TOKEN
     presented = presented_key(request.headers)
     assert expected is not None  # the router is mounted only with a token
     if presented is None or not hmac.compare_digest(
@@ -73,7 +72,7 @@ async def _admin(request: Request) -> str:
 
 
 def _keys(request: Request) -> ManagedKeys:
-    keys = request.app.state.gateway.keys
+    keys = lifespan_state(request.scope)["services"].keys
     assert keys is not None  # an admin token always gives the gateway a key store
     return keys
 
@@ -153,8 +152,8 @@ async def usage_report(
     actor: str = Depends(_admin),
 ) -> Response:
     first, last = report_range(start, end)
-    gateway: Services = request.app.state.gateway
-    rows = await gateway.usage.report(None, first, last)
+    services = lifespan_state(request.scope)["services"]
+    rows = await services.usage.report(None, first, last)
     records = {r.id: r for r in await _keys(request).list()}
     audit(actor, "usage", "*", [], group_by=group_by)
     return json_response(
@@ -215,7 +214,7 @@ def _day(value: str | None, param: str, *, default: date) -> date:
 @router.post("/reload")
 async def reload_registry(request: Request, actor: str = Depends(_admin)) -> Response:
     """Re-read the registry on every worker (README, "Reload"); refused as at start-up."""
-    lifecycle: Lifecycle = request.state.lifecycle
+    lifecycle = lifespan_state(request.scope)["lifecycle"]
     try:
         result = await lifecycle.reload_everywhere()
     except RegistryError as exc:

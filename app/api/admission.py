@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import metrics
 from app.api.client_ip import client_ip
-from app.api.context import request_context
+from app.api.context import lifespan_state, request_context
 from app.api.errors import GatewayError, duration, too_many_requests
 from app.api.middleware import api_route, extra_headers, send_error
 from app.auth.callers import Caller
@@ -48,23 +48,23 @@ class IPLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and api_route(scope["path"]) is not None:
             try:
-                await limit_by_ip(scope, scope["app"].state.gateway)
+                await limit_by_ip(scope, lifespan_state(scope)["services"])
             except GatewayError as error:
                 await send_error(send, error)
                 return
         await self.app(scope, receive, send)
 
 
-async def limit_by_ip(scope: Scope, gateway: Services) -> None:
+async def limit_by_ip(scope: Scope, services: Services) -> None:
     """Count the request against its client IP; raise a 429 when the IP is over its limit.
 
     The x-ratelimit-* headers go into the middleware's extra headers, so they reach the client
     on whatever response this request ends with, errors included.
     """
-    ip = client_ip(scope, gateway.settings.TRUSTED_PROXIES)
+    ip = client_ip(scope, services.settings.TRUSTED_PROXIES)
     request_context(scope).client_ip = ip
-    limiter = gateway.limiter
-    if limiter is None or gateway.auth.is_internal_token(presented_key(Headers(scope=scope))):
+    limiter = services.limiter
+    if limiter is None or services.auth.is_internal_token(presented_key(Headers(scope=scope))):
         return
     decision = await limiter.check(ip)
     extra_headers(scope).update(
@@ -85,15 +85,15 @@ async def limit_by_ip(scope: Scope, gateway: Services) -> None:
 
 
 async def authenticate(
-    scope: Scope, gateway: Services, headers: Headers, *, required: bool
+    scope: Scope, services: Services, headers: Headers, *, required: bool
 ) -> Caller:
     """Who is calling; a 401 for a missing or wrong key, a 429 once an IP fails too often."""
     context = request_context(scope)
-    throttle: AuthFailureThrottle | None = gateway.auth_failures
+    throttle: AuthFailureThrottle | None = services.auth_failures
     if throttle is not None:
         throttle.check(context.client_ip)  # blocked: not even a right key is looked at
     try:
-        caller = await gateway.auth.identify(presented_key(headers), required=required)
+        caller = await services.auth.identify(presented_key(headers), required=required)
     except AuthenticationFailed:
         if throttle is not None:
             await throttle.failed(context.client_ip)

@@ -5,10 +5,12 @@ once at the end for metrics and the log. It is the only thing the gateway keeps 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from starlette.types import Scope
 
 from app.core.upstream_cost import UpstreamCost
+from app.runtime.lifecycle import LifespanState
 
 
 @dataclass(slots=True)
@@ -34,3 +36,9 @@ def request_context(scope: Scope) -> RequestContext:
     if existing is None:
         existing = state["context"] = RequestContext()
     return existing
+
+
+def lifespan_state(scope: Scope) -> LifespanState:
+    """The running gateway's services and drain state, as the lifespan handed them to this
+    request (uvicorn copies the lifespan's state into every request's scope)."""
+    return cast(LifespanState, scope["state"])

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from app import metrics
 from app.api.admission import authenticate
-from app.api.context import request_context
+from app.api.context import lifespan_state, request_context
 from app.api.middleware import request_id
 from app.api.policy import PolicyCheck, refund, settle
 from app.api.responses import JSONBytesResponse, embeddings_body
@@ -34,19 +34,19 @@ class CreateEmbeddings:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        gateway: Services = request.app.state.gateway
+        services = lifespan_state(request.scope)["services"]
         # One registry snapshot for the whole request, whatever a reload swaps meanwhile.
-        with gateway.serving.in_use() as serving:
-            await _create_embeddings(request, send, gateway, serving)
+        with services.serving.in_use() as serving:
+            await _create_embeddings(request, send, services, serving)
 
 
 async def _create_embeddings(
-    request: Request, send: Send, gateway: Services, serving: Serving
+    request: Request, send: Send, services: Services, serving: Serving
 ) -> None:
     scope = request.scope
     context = request_context(scope)
     # The per-IP limit has run already (admission.IPLimit), before anything read the request.
-    caller = await authenticate(scope, gateway, request.headers, required=True)
+    caller = await authenticate(scope, services, request.headers, required=True)
     try:
         job = await parse_embedding_request(
             await request.body(), serving.registry, request_id(scope), caller.policy.allows
@@ -55,24 +55,24 @@ async def _create_embeddings(
         context.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
         raise
     context.model = job.model.id
-    policy = PolicyCheck(scope, gateway, caller, job)
+    policy = PolicyCheck(scope, services, caller, job)
     try:
         result = await serving.embedder.embed(
             job,
-            gateway.settings.REQUEST_TIMEOUT_SECONDS,
+            services.settings.REQUEST_TIMEOUT_SECONDS,
             read_cache=_may_read_cache(request),
             admitted=policy.check,
         )
     except BaseException as error:
-        await refund(gateway, await policy.outcome())
+        await refund(services, await policy.outcome())
         if isinstance(error, RoutingError) and error.cost is not None:
             context.upstream(error.cost)
         raise
     context.upstream(result.cost)
-    await settle(gateway, await policy.outcome(), job, result)
+    await settle(services, await policy.outcome(), job, result)
     context.prompt_tokens, context.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)
-    gateway.usage.record(
+    services.usage.record(
         caller.key_id,
         job.model.id,
         input_tokens=result.prompt_tokens,

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import authenticate
+from app.api.context import lifespan_state
 from app.api.errors import GatewayError
 from app.api.responses import json_response
 from app.api.schemas import MODEL_DETAILS_RESPONSES, MODEL_RESPONSES, MODELS_RESPONSES
@@ -26,27 +27,27 @@ router = APIRouter()
     responses=MODEL_DETAILS_RESPONSES,
 )
 async def list_embedding_models(request: Request) -> Response:
-    gateway: Services = request.app.state.gateway
-    caller = await authenticate(request.scope, gateway, request.headers, required=False)
+    services = lifespan_state(request.scope)["services"]
+    caller = await authenticate(request.scope, services, request.headers, required=False)
     return json_response(
-        {"object": "list", "data": [_detailed(m) for m in _usable(gateway, caller)]}
+        {"object": "list", "data": [_detailed(m) for m in _usable(services, caller)]}
     )
 
 
 @router.get("/models", summary="List models (OpenAI shape)", responses=MODELS_RESPONSES)
 async def list_models(request: Request) -> Response:
-    gateway: Services = request.app.state.gateway
-    caller = await authenticate(request.scope, gateway, request.headers, required=False)
-    return json_response({"object": "list", "data": [_brief(m) for m in _usable(gateway, caller)]})
+    services = lifespan_state(request.scope)["services"]
+    caller = await authenticate(request.scope, services, request.headers, required=False)
+    return json_response({"object": "list", "data": [_brief(m) for m in _usable(services, caller)]})
 
 
 @router.get(
     "/models/{model_id:path}", summary="Retrieve a model (OpenAI shape)", responses=MODEL_RESPONSES
 )
 async def retrieve_model(model_id: str, request: Request) -> Response:
-    gateway: Services = request.app.state.gateway
-    caller = await authenticate(request.scope, gateway, request.headers, required=False)
-    model = gateway.registry.get(model_id)
+    services = lifespan_state(request.scope)["services"]
+    caller = await authenticate(request.scope, services, request.headers, required=False)
+    model = services.registry.get(model_id)
     if model is None or not model.available or not caller.policy.allows(model_id):
         # The same answer for a model that does not exist, cannot be served, or is not this
         # key's to use: a key cannot probe what the gateway has.
@@ -59,9 +60,9 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
     return json_response(_brief(model))
 
 
-def _usable(gateway: Services, caller: Caller) -> list[Model]:
+def _usable(services: Services, caller: Caller) -> list[Model]:
     allows = caller.policy.allows
-    return [m for m in gateway.registry.available() if allows(m.id)]
+    return [m for m in services.registry.available() if allows(m.id)]
 
 
 def _brief(model: Model) -> dict[str, Any]:

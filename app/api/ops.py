@@ -22,20 +22,20 @@ async def healthz() -> Response:
 
 @router.get("/readyz", summary="Readiness: registry loaded, Redis reachable, not shutting down")
 async def readyz(request: Request) -> Response:
-    gateway = getattr(request.app.state, "gateway", None)
-    if gateway is None:
+    state = request.scope.get("state") or {}
+    services, lifecycle = state.get("services"), state.get("lifecycle")
+    if services is None:
         raise _not_ready("the model registry is not loaded yet")
-    lifecycle = getattr(request.state, "lifecycle", None)
     if lifecycle is not None and lifecycle.draining:
         # Still serving (README, "Graceful shutdown"): this is for load balancers to notice.
         raise _not_ready("shutting down")
-    if gateway.redis is not None:
+    if services.redis is not None:
         try:
-            async with asyncio.timeout(max(0.25, gateway.settings.REDIS_TIMEOUT_MS / 1000)):
-                await gateway.redis.ping()
+            async with asyncio.timeout(max(0.25, services.settings.REDIS_TIMEOUT_MS / 1000)):
+                await services.redis.ping()
         except Exception as exc:  # any failure to answer means not ready; say which
             raise _not_ready(f"Redis is unreachable ({type(exc).__name__})") from None
-    return json_response({"status": "ready", "models": len(gateway.registry.available())})
+    return json_response({"status": "ready", "models": len(services.registry.available())})
 
 
 def _not_ready(reason: str) -> GatewayError:

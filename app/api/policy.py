@@ -26,16 +26,16 @@ class PolicyCheck:
     """The caller's policy on one request: started before the cache lookup so that its Redis
     round trip and the lookup's go at once (`Embedder.embed(admitted=...)`)."""
 
-    def __init__(self, scope: Scope, gateway: Services, caller: Caller, job: EmbeddingJob):
+    def __init__(self, scope: Scope, services: Services, caller: Caller, job: EmbeddingJob):
         """Start the check, if the caller's policy needs one."""
         self.charge: Charge | None = None  # what was reserved, once `check` has passed
         self.check: asyncio.Task[Charge] | None = None  # None: nothing to ask the store
         record = caller.policy
-        if caller.kind is not CallerKind.MANAGED or gateway.keys is None:
+        if caller.kind is not CallerKind.MANAGED or services.keys is None:
             return
         assert isinstance(record, ApiKeyRecord)
         self.charge = Charge(record.id, 0.0)  # a key's spend is recorded even without a budget
-        checks = gateway.key_checks
+        checks = services.key_checks
         if checks is not None and (record.limited or record.budget_usd is not None):
             self.check = asyncio.ensure_future(_apply(scope, checks, record, job))
 
@@ -64,17 +64,17 @@ async def _apply(
     return Charge(record.id, estimate)
 
 
-async def settle(gateway: Services, charge: Charge | None, job: EmbeddingJob, result: Embedded):
+async def settle(services: Services, charge: Charge | None, job: EmbeddingJob, result: Embedded):
     """Charge what was really sent upstream: cached items cost nothing."""
-    if charge is None or gateway.keys is None:
+    if charge is None or services.keys is None:
         return
     price = job.model.config.pricing.per_million_tokens
-    await gateway.keys.settle(charge, result.upstream_tokens * price / 1_000_000)
+    await services.keys.settle(charge, result.upstream_tokens * price / 1_000_000)
 
 
-async def refund(gateway: Services, charge: Charge | None) -> None:
-    if charge is not None and gateway.keys is not None:
-        await gateway.keys.settle(charge, 0.0)
+async def refund(services: Services, charge: Charge | None) -> None:
+    if charge is not None and services.keys is not None:
+        await services.keys.settle(charge, 0.0)
 
 
 def _report(scope: Scope, verdict: KeyVerdict, tokens: int) -> None:

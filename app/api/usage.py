@@ -10,10 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import authenticate
+from app.api.context import lifespan_state
 from app.api.errors import invalid_request
 from app.api.responses import json_response
 from app.api.schemas import USAGE_RESPONSES
-from app.runtime.services import Services
 from app.state.usage_ledger import ANONYMOUS, today, totals
 
 router = APIRouter()
@@ -23,8 +23,8 @@ MAX_DAYS = 366
 
 @router.get("/usage", summary="Usage and spend per key, model and day", responses=USAGE_RESPONSES)
 async def get_usage(request: Request) -> Response:
-    gateway: Services = request.app.state.gateway
-    caller = await authenticate(request.scope, gateway, request.headers, required=True)
+    services = lifespan_state(request.scope)["services"]
+    caller = await authenticate(request.scope, services, request.headers, required=True)
     start = _day(request.query_params.get("start"), "start", default=today())
     end = _day(request.query_params.get("end"), "end", default=max(start, today()))
     if end < start:
@@ -32,7 +32,7 @@ async def get_usage(request: Request) -> Response:
     if (end - start).days >= MAX_DAYS:
         raise invalid_request(f"Ask for at most {MAX_DAYS} days at a time.", param="start")
     key_id = None if caller.is_internal else (caller.key_id or ANONYMOUS)
-    rows = await gateway.usage.report(key_id, start, end)
+    rows = await services.usage.report(key_id, start, end)
     return json_response(
         {
             "object": "usage",

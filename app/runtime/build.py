@@ -39,7 +39,7 @@ def read_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
     return load_registry(path, environ, config_types())
 
 
-def build_gateway(
+def build_services(
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
@@ -53,8 +53,8 @@ def build_gateway(
     router = Router(registry, providers, clock=clock, rng=rng, pacing=build_pacing(settings, redis))
     serving = Serving(registry, providers, router, build_cache(settings, redis))
     # Key policies name models: checked against whatever registry is current, reloads included.
-    keys = build_keys(settings, redis, _CurrentRegistry(lambda: gateway.registry))
-    gateway = Services(
+    keys = build_keys(settings, redis, _CurrentRegistry(lambda: services.registry))
+    services = Services(
         settings=settings,
         serving=serving,
         auth=Authenticator(
@@ -69,7 +69,7 @@ def build_gateway(
         key_checks=build_key_checks(settings, redis, keys) if keys is not None else None,
         auth_failures=build_auth_failure_throttle(settings, redis),
     )
-    return gateway
+    return services
 
 
 class _CurrentRegistry(Registry):

@@ -10,8 +10,10 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from typing import TypedDict
 
 from app.runtime.reload import Reloaded, Reloader
+from app.runtime.services import Services
 
 log = logging.getLogger("app.lifecycle")
 
@@ -39,3 +41,11 @@ class Lifecycle:
         if supervisor and supervisor == str(os.getppid()):
             os.kill(int(supervisor), signal.SIGHUP)
         return result
+
+
+class LifespanState(TypedDict):
+    """What the lifespan hands every request (`scope["state"]`, Starlette's lifespan state): the
+    one way the HTTP layer, the console and the server reach the running gateway."""
+
+    services: Services
+    lifecycle: Lifecycle

@@ -50,16 +50,16 @@ def interpolation_env(settings: Settings) -> dict[str, str]:
 class Reloader:
     """One reload at a time per process; a second trigger while one runs waits its turn."""
 
-    def __init__(self, gateway: Services) -> None:
-        self._gateway = gateway
+    def __init__(self, services: Services) -> None:
+        self._services = services
         self._lock = asyncio.Lock()
         self._retiring: dict[asyncio.Task[None], Serving] = {}
 
     async def reload(self) -> Reloaded:
         async with self._lock:
-            gateway = self._gateway
-            settings = gateway.settings
-            old = gateway.serving
+            services = self._services
+            settings = services.settings
+            old = services.serving
             try:
                 registry = read_registry(settings.MODELS_CONFIG, interpolation_env(settings))
                 providers = build_providers(registry)
@@ -67,7 +67,7 @@ class Reloader:
                 log.error("reload refused, still serving the previous registry: %s", exc)
                 raise
             router = old.router.successor(registry, providers)
-            gateway.swap(Serving(registry, providers, router, old.cache))
+            services.swap(Serving(registry, providers, router, old.cache))
             longest = settings.REQUEST_TIMEOUT_SECONDS + _RETIRE_MARGIN_SECONDS
             task = asyncio.create_task(old.retire(longest))
             self._retiring[task] = old

@@ -23,22 +23,22 @@ from app.ui.web import HERE, SecureHeaders, signed_in
 __all__ = ["install"]
 
 
-def install(app: FastAPI, settings: Settings) -> None:
+def install(app: FastAPI, settings: Settings) -> Console | None:
     """Mount the console and its traffic statistics. Call it after the other middleware, so
     the statistics see every embeddings request, the per-IP limit's 429s included."""
     if settings.GATEWAY_ADMIN_TOKEN is None:
-        return
+        return None
+    console: Console
     stats = RollingStats(
-        redis=(lambda: getattr(app.state, "gateway", None) and app.state.gateway.redis)
-        if settings.REDIS_URL
-        else None,
+        redis=(lambda: console.redis) if settings.REDIS_URL else None,
         prefix=settings.RATE_LIMIT_KEY_PREFIX + "console-stats:",
         timeout=settings.CACHE_TIMEOUT_MS / 1000,
     )
-    console = Console(app, settings, stats)
+    console = Console(settings, stats)
     app.router.routes.extend(_routes(console))
     paths = frozenset(prefix + "/embeddings" for prefix in API_PREFIXES)
     app.add_middleware(RecordEmbeddings, stats=stats, paths=paths)
+    return console
 
 
 def _routes(console: Console) -> list[Route | Mount]:

@@ -34,7 +34,7 @@ POLICY_FIELDS = (
 
 
 def _keys(console: Console) -> ManagedKeys:
-    keys = console.gateway.keys
+    keys = console.services.keys
     assert keys is not None  # an admin token always gives the gateway a key store
     return keys
 
@@ -84,7 +84,7 @@ async def list_page(
         records=records,
         team=team,
         teams=teams,
-        models=sorted(console.gateway.registry.models),
+        models=sorted(console.services.registry.models),
         **values,
     )
 

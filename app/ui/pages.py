@@ -33,9 +33,9 @@ async def login_page(console: Console, request: Request) -> Response:
 
 
 async def login(console: Console, request: Request) -> Response:
-    gateway = console.gateway
-    ip = client_ip(request.scope, gateway.settings.TRUSTED_PROXIES)
-    throttle = gateway.auth_failures
+    services = console.services
+    ip = client_ip(request.scope, services.settings.TRUSTED_PROXIES)
+    throttle = services.auth_failures
     token = (await read_form(request)).get("token", "").strip()
     try:
         if throttle is not None:
@@ -81,7 +81,7 @@ async def logout(console: Console, ctx: Context) -> Response:
 
 
 async def overview(console: Console, ctx: Context) -> Response:
-    registry = console.gateway.registry
+    registry = console.services.registry
     series, everywhere = await console.stats.last_hour_everywhere()
     charts = []
     for one in series:
@@ -121,14 +121,14 @@ def _clock(unix: int) -> str:
 
 
 async def routes(console: Console, ctx: Context) -> Response:
-    router = console.gateway.router
+    router = console.services.router
     models = []
-    for model in console.gateway.registry.models.values():
+    for model in console.services.registry.models.values():
         rows = []
         for route in model.routes:
-            health = router.health(route)
-            latency = router.latency(route)
-            calls, hedges = router.hedge_budget(route).window()
+            state = router.state(route)
+            health, latency = state.health, state.latency
+            calls, hedges = state.hedges.window()
             delay = hedge_delay(route.policy, latency)
             left = health.cooldown_left()
             rows.append(
@@ -164,7 +164,7 @@ async def routes(console: Console, ctx: Context) -> Response:
 
 
 def registry_key_hint(console: Console, provider: str) -> str:
-    config = console.gateway.registry.providers.get(provider)
+    config = console.services.registry.providers.get(provider)
     return config.key_hint if config is not None else ""
 
 
@@ -180,7 +180,7 @@ def _ago(when: float | None) -> str | None:
 
 
 async def playground(console: Console, ctx: Context) -> Response:
-    models = [m.id for m in console.gateway.registry.available()]
+    models = [m.id for m in console.services.registry.available()]
     if ctx.request.method == "GET":
         return render(ctx.request, "playground.html", ctx.session, models=models, form={})
     form = ctx.form
@@ -207,17 +207,17 @@ async def playground(console: Console, ctx: Context) -> Response:
 async def _embed(console: Console, request: Request, model: str, texts: list[str]) -> dict:
     """The API's own path below HTTP: the same validation, routing, cache and usage records,
     with the operator as the caller (no client key exists for it, and none is needed)."""
-    gateway = console.gateway
+    services = console.services
     if not texts:
         raise GatewayError(400, "Type at least one text.")
     body = orjson.dumps({"model": model, "input": texts})
-    job = await parse_embedding_request(body, gateway.registry, request_id(request.scope))
+    job = await parse_embedding_request(body, services.registry, request_id(request.scope))
     began = time.perf_counter()
-    embedded = await gateway.embedder.embed(
-        job, gateway.settings.REQUEST_TIMEOUT_SECONDS, read_cache=True
+    embedded = await services.embedder.embed(
+        job, services.settings.REQUEST_TIMEOUT_SECONDS, read_cache=True
     )
     seconds = time.perf_counter() - began
-    gateway.usage.record(
+    services.usage.record(
         PLAYGROUND_KEY_ID,
         job.model.id,
         input_tokens=embedded.prompt_tokens,

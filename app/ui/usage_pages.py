@@ -29,11 +29,11 @@ async def daily_rows(
     console: Console, start: str | None, end: str | None, group_by: str
 ) -> tuple[str, str, list[dict[str, Any]]]:
     first, last = report_range(start, end)
-    gateway = console.gateway
-    rows = await gateway.usage.report(None, first, last)
+    services = console.services
+    rows = await services.usage.report(None, first, last)
     records: dict[str, ApiKeyRecord] = {}
-    if gateway.keys is not None:
-        records = {r.id: r for r in await gateway.keys.list()}
+    if services.keys is not None:
+        records = {r.id: r for r in await services.keys.list()}
     groups: dict[tuple[str, str | None], dict[str, Any]] = defaultdict(
         lambda: dict.fromkeys(FIGURES, 0)
     )

@@ -22,17 +22,24 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from app import metrics
-from app.config.registry import RoutePolicy
+from app.config.registry import Route
 from app.core.token_accounting import split_proportionally
 from app.providers import Failure, UpstreamCall, UpstreamError, UpstreamResult
 
-# Sends one call upstream (paced, with its metrics and the route's health).
-Send = Callable[[UpstreamCall], Awaitable[UpstreamResult]]
 Shape = tuple[object, ...]
+
+
+class Sender(Protocol):
+    """What a batcher sends its calls through: `Dispatch` (dispatch.py), below it."""
+
+    def display_name(self, provider: str) -> str: ...
+
+    async def send(self, route: Route, call: UpstreamCall) -> UpstreamResult: ...
 
 
 def shape_of(call: UpstreamCall) -> Shape:
@@ -71,10 +78,12 @@ class _Batch:
 class RouteBatcher:
     """One route's call slots and the chunks queued for them."""
 
-    def __init__(self, provider: str, display_name: str, policy: RoutePolicy, send: Send) -> None:
-        self._provider = provider
-        self._display_name = display_name
-        self._send = send
+    def __init__(self, route: Route, sender: Sender) -> None:
+        policy = route.policy
+        self._route = route
+        self._provider = provider = route.provider
+        self._display_name = sender.display_name(provider)
+        self._sender = sender
         self._slots = policy.max_inflight_calls
         self._most_inputs = policy.max_batch_size
         self._most_tokens = policy.max_tokens_per_call
@@ -89,7 +98,7 @@ class RouteBatcher:
             self._in_flight += 1
             self._requests_per_call.observe(1)
             try:
-                return await self._send(call)
+                return await self._sender.send(self._route, call)
             finally:
                 self._release()
         return await self._queued(call, tokens)
@@ -195,7 +204,7 @@ class RouteBatcher:
             return
         self._requests_per_call.observe(len(waiting))
         try:
-            result = await self._send(self._merged(waiting))
+            result = await self._sender.send(self._route, self._merged(waiting))
         except UpstreamError as exc:
             if exc.failure is Failure.BAD_REQUEST and len(waiting) > 1:
                 half = len(waiting) // 2

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from app import metrics
 from app.config.registry import Route, RoutePolicy
+from app.core.job import EmbeddingJob
 from app.core.routing.latency import RouteLatency
-from app.core.routing.progress import JobProgress
 from app.providers import Failure, UpstreamError, UpstreamResult
 
 AUTO_FLOOR_SECONDS = 0.05  # below this a p95 is noise, and hedges would fire on healthy calls
@@ -83,15 +84,27 @@ class HedgeBudget:
         return True
 
 
+@dataclass(slots=True)
+class Race:
+    """How a hedged pair's race ended, for the router to record: the winner's result and route
+    (None when both failed), every call sent whose answer was not used and its tokens (billed
+    too, so counted), and, when both failed, the error to raise and the others'."""
+
+    winner: tuple[UpstreamResult, Route] | None
+    unused: list[tuple[Route, int]]
+    error: UpstreamError | None = None
+    other_errors: list[UpstreamError] = field(default_factory=list)
+
+
 async def first_valid(
     calls: dict[asyncio.Task[UpstreamResult], Route],
     primary: asyncio.Task[UpstreamResult],
+    job: EmbeddingJob,
     chunk: list[int],
-    progress: JobProgress,
-) -> tuple[UpstreamResult, Route]:
-    """The first call of a hedged pair to answer validly wins (its result and route); the other
-    is cancelled. An input the upstream rejected is raised at once; if both calls fail, the
-    primary's error is raised and the hedge's goes to `progress`."""
+) -> Race:
+    """The first call of a hedged pair to answer validly wins; the other is cancelled. An input
+    the upstream rejected ends the race at once (no other call can fix that); if both calls
+    fail, the primary's error is the one to raise."""
     pending = set(calls)
     winner: asyncio.Task[UpstreamResult] | None = None
     errors: dict[asyncio.Task[UpstreamResult], UpstreamError] = {}
@@ -109,7 +122,7 @@ async def first_valid(
             if exc.failure is Failure.BAD_REQUEST:
                 rejected = exc  # the input is at fault: no other call can fix that
                 break
-    job = progress.job
+    unused: list[tuple[Route, int]] = []
     for task, route in calls.items():
         if task is winner:
             outcome = "won"
@@ -117,18 +130,16 @@ async def first_valid(
             task.cancel()
             outcome = "cancelled"
             # Sent, so possibly billed: counted at our own token count (it reported none).
-            progress.count_unused(route, job.tokens_of(chunk))
+            unused.append((route, job.tokens_of(chunk)))
         else:
             outcome = "lost"
             if not task.cancelled() and task.exception() is None:
-                tokens = job.billed_tokens(task.result().prompt_tokens, chunk)
-                progress.count_unused(route, tokens)
+                unused.append((route, job.billed_tokens(task.result().prompt_tokens, chunk)))
         metrics.HEDGED_CALLS.labels(job.model.id, route.provider, outcome).inc()
     if winner is not None:
-        return winner.result(), calls[winner]
+        return Race((winner.result(), calls[winner]), unused)
     if rejected is not None:
-        raise rejected
-    for task, error in errors.items():
-        if task is not primary:
-            progress.errors.append(error)  # the primary's error goes back to the retry loop
-    raise errors.get(primary) or next(iter(errors.values()))
+        return Race(None, unused, rejected)
+    error = errors.get(primary) or next(iter(errors.values()))
+    others = [e for task, e in errors.items() if task is not primary and e is not error]
+    return Race(None, unused, error, others)

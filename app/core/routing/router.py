@@ -1,22 +1,18 @@
-"""Route choice, retries, failover, hedging, cooldowns and batch splitting for one embeddings job.
+"""Route choice, retries, failover and hedging for one embeddings job.
 
-Items move through a model's routes in the order its `strategy` gives
-(app/core/routing/balancing.py). Each route gets the items still pending, split into chunks it
-accepts; a chunk is retried on the same route with backoff (or after the upstream's Retry-After,
-if that fits the deadline), and whatever still fails moves to the next route. A call that timed
-out is not retried while another route remains: a hung upstream would only hang again. Every
-call's timeout grows with its work and is capped at a fair share of the deadline
-(app/core/routing/timeouts.py). A call that is slow to answer may be hedged on the next route
-(app/core/routing/hedging.py, which also runs the race). Only when every item has a vector does
-the job succeed: there is no partial answer. What is done, pending and failed, and how items are
-chunked per route, is app/core/routing/progress.py. Each chunk's call goes through its route's
-batcher, which may merge it with other requests' chunks (app/core/routing/batching.py), and
-every upstream call is paced under its provider's `max_requests_per_second`
-(app/core/routing/pacing.py).
+Items move through a model's routes in the order its `strategy` gives (balancing.py). Each
+route gets the items still pending, split into chunks it accepts (progress.py); a chunk is
+retried on the same route with backoff (or after the upstream's Retry-After, if that fits the
+deadline), and whatever still fails moves to the next route. A call that timed out is not
+retried while another route remains: a hung upstream would only hang again. Every call's
+timeout grows with its work and is capped at a fair share of the deadline (timeouts.py). A
+call that is slow to answer may be hedged on the next route (hedging.py runs the race). Only
+when every item has a vector does the job succeed: there is no partial answer.
 
-(Over ~300 lines on purpose: the retry loop, the hedged attempt and the single call share the
-Router's per-route health, latency and budgets; split further, each piece would take half the
-Router as arguments.)
+Calls go down, never back up: a chunk's call goes to its route's batcher (batching.py), which
+may merge it with other requests' chunks, or straight to `Dispatch` (dispatch.py), the one
+downward call to a provider, paced under its `max_requests_per_second`. Each route's cooldown,
+latency and hedge budget is its `RouteState`, kept here across reloads.
 """
 
 from __future__ import annotations
@@ -37,10 +33,9 @@ from app.core.job import EmbeddingJob
 from app.core.matryoshka import shorten, shortens_locally
 from app.core.routing.balancing import order_routes
 from app.core.routing.batching import RouteBatcher
-from app.core.routing.cooldown import RouteHealth
-from app.core.routing.hedging import HedgeBudget, first_valid, hedge_delay
-from app.core.routing.latency import RouteLatency
-from app.core.routing.pacing import Pacing, PacingExceeded
+from app.core.routing.dispatch import Dispatch, RouteState
+from app.core.routing.hedging import first_valid, hedge_delay
+from app.core.routing.pacing import Pacing
 from app.core.routing.progress import Inputs, JobProgress, inputs_for, split
 from app.core.routing.timeouts import call_timeout, estimated_tokens
 from app.core.token_accounting import ItemTokens, checked_usage
@@ -88,31 +83,19 @@ class Router:
         self._pacing = pacing or Pacing(None)
         routes = [route for model in registry.models.values() for route in model.routes]
         self._routes = {route.key: route for route in routes}
-        self._health: dict[str, RouteHealth] = {}
-        self._latency: dict[str, RouteLatency] = {}
-        self._budgets: dict[str, HedgeBudget] = {}
+        self._states: dict[str, RouteState] = {}
         self.routes_carried_over = 0
         for route in routes:
             if previous is not None and previous._unchanged(route, registry):
                 self.routes_carried_over += 1
-                self._health[route.key] = previous._health[route.key]
-                self._latency[route.key] = previous._latency[route.key]
-                self._budgets[route.key] = previous._budgets[route.key]
+                self._states[route.key] = previous._states[route.key]
             else:
-                self._health[route.key] = RouteHealth(route, clock)
-                self._latency[route.key] = RouteLatency()
-                self._budgets[route.key] = HedgeBudget(route.policy.hedge_max_ratio, clock)
-        self._provider_slots = {
-            name: asyncio.Semaphore(config.max_concurrency)
-            for name, config in registry.providers.items()
-        }
+                self._states[route.key] = RouteState.new(route, clock)
+        self._dispatch = Dispatch(
+            registry, providers, self._states, pacing=self._pacing, clock=clock
+        )
         self._batchers = {
-            route.key: RouteBatcher(
-                route.provider,
-                self._display_name(route.provider),
-                route.policy,
-                lambda call, route=route: self._send(route, call),
-            )
+            route.key: RouteBatcher(route, self._dispatch)
             for route in routes
             if route.policy.micro_batching
         }
@@ -138,80 +121,76 @@ class Router:
             and self._registry.providers[route.provider] == registry.providers[route.provider]
         )
 
-    def health(self, route: Route) -> RouteHealth:
-        return self._health[route.key]
-
-    def latency(self, route: Route) -> RouteLatency:
-        return self._latency[route.key]
-
-    def hedge_budget(self, route: Route) -> HedgeBudget:
-        return self._budgets[route.key]
+    def state(self, route: Route) -> RouteState:
+        """What this process has learnt about `route`: cooldown, latency, hedge budget."""
+        return self._states[route.key]
 
     def route_order(self, job: EmbeddingJob) -> list[Route]:
         return order_routes(
             job.model.config.strategy,
             job.model.usable_routes,
-            cooling=lambda route: self._health[route.key].is_open,
-            latency=lambda route: self._latency[route.key].ewma,
+            cooling=lambda route: self._states[route.key].health.is_open,
+            latency=lambda route: self._states[route.key].latency.ewma,
             rng=self._rng,
         )
 
     async def embed(self, job: EmbeddingJob, timeout: float) -> RoutedResult:
         """The job's vectors, with what reaching the upstreams cost. A RoutingError raised here
         carries that cost too, as its `cost`."""
-        attempt = JobProgress(job)
+        progress = JobProgress(job)
         try:
-            return await self._embed(attempt, timeout)
+            return await self._embed(progress, timeout)
         except RoutingError as error:
-            error.cost = attempt.cost
+            error.cost = progress.cost
             raise
 
-    async def _embed(self, attempt: JobProgress, timeout: float) -> RoutedResult:
-        job = attempt.job
+    async def _embed(self, progress: JobProgress, timeout: float) -> RoutedResult:
+        job = progress.job
         deadline = self._clock() + timeout
         routes = self.route_order(job)
         try:
             async with asyncio.timeout(timeout):
                 for position, route in enumerate(routes):
-                    if not attempt.pending:
+                    if not progress.pending:
                         break
-                    health = self._health[route.key]
-                    if not health.admit():
-                        attempt.skipped.append(self._providers[route.provider].display_name)
+                    if not self._states[route.key].health.admit():
+                        progress.skipped.append(self._dispatch.display_name(route.provider))
                         continue
-                    later = [r for r in routes[position + 1 :] if self._health[r.key].may_admit()]
-                    await self._run_route(route, later, attempt, deadline)
+                    later = [
+                        r for r in routes[position + 1 :] if self._states[r.key].health.may_admit()
+                    ]
+                    await self._run_route(route, later, progress, deadline)
         except TimeoutError:
-            raise DeadlineExceeded(job.model.id, timeout, attempt.error_details()) from None
-        if attempt.pending:
-            raise attempt.final_error()
+            raise DeadlineExceeded(job.model.id, timeout, progress.error_details()) from None
+        if progress.pending:
+            raise progress.final_error()
         return RoutedResult(
-            attempt.vectors,
-            attempt.upstream_tokens(),
-            attempt.hedge_tokens,
-            attempt.cost,
-            attempt.item_tokens(),
+            progress.vectors,
+            progress.upstream_tokens(),
+            progress.hedge_tokens,
+            progress.cost,
+            progress.item_tokens(),
         )
 
     async def _run_route(
-        self, route: Route, later: list[Route], attempt: JobProgress, deadline: float
+        self, route: Route, later: list[Route], progress: JobProgress, deadline: float
     ) -> None:
-        job = attempt.job
-        attempt.cost.providers.append(route.provider)
+        job = progress.job
+        progress.cost.providers.append(route.provider)
         inputs = inputs_for(route, job)
-        chunks = split(attempt.pending, route, job)
+        chunks = split(progress.pending, route, job)
         gate = asyncio.Semaphore(route.policy.max_concurrency_per_request)
 
         async def run(chunk: list[int]) -> None:
             async with gate:
                 outcome = await self._call_with_retries(
-                    route, later, chunk, [inputs[i] for i in chunk], attempt, deadline
+                    route, later, chunk, [inputs[i] for i in chunk], progress, deadline
                 )
             if isinstance(outcome, UpstreamError):
-                attempt.errors.append(outcome)
+                progress.errors.append(outcome)
                 return
             result = checked_usage(outcome.result, job, chunk, outcome.route.provider)
-            attempt.record(chunk, result)
+            progress.record(chunk, result)
             tokens = job.billed_tokens(result.prompt_tokens, chunk)
             metrics.TOKENS.labels(job.model.id, outcome.route.provider).inc(tokens)
 
@@ -231,21 +210,23 @@ class Router:
         later: list[Route],
         chunk: list[int],
         inputs: Inputs,
-        attempt: JobProgress,
+        progress: JobProgress,
         deadline: float,
     ) -> _Served | UpstreamError:
         policy = route.policy
-        health = self._health[route.key]
+        health = self._states[route.key].health
         tokens = estimated_tokens(inputs)
         error: UpstreamError | None = None
         for number in range(policy.max_attempts):
             timeout = call_timeout(policy, tokens, deadline - self._clock(), len(later))
             try:
-                return await self._attempt(route, later, chunk, inputs, attempt, timeout, deadline)
+                return await self._attempt(route, later, chunk, inputs, progress, timeout, deadline)
             except UpstreamError as exc:
                 error = exc
                 if exc.failure is Failure.BAD_REQUEST:
-                    raise InputRejected(self._display_name(exc.provider), exc.detail) from None
+                    raise InputRejected(
+                        self._dispatch.display_name(exc.provider), exc.detail
+                    ) from None
                 if exc.failure is Failure.TIMEOUT and later:
                     break  # a hung upstream would hang again: give the time to the next route
                 if not exc.failure.retryable or number + 1 == policy.max_attempts:
@@ -265,36 +246,42 @@ class Router:
         later: list[Route],
         chunk: list[int],
         inputs: Inputs,
-        attempt: JobProgress,
+        progress: JobProgress,
         timeout: float,
         deadline: float,
     ) -> _Served:
         """One call on `route`, hedged on a later route if it is slow and the budget allows."""
-        job = attempt.job
-        delay = hedge_delay(route.policy, self._latency[route.key])
+        job = progress.job
+        state = self._states[route.key]
+        delay = hedge_delay(route.policy, state.latency)
         if delay is not None:
-            self._budgets[route.key].record_call()
+            state.hedges.record_call()
         target = self._hedge_target(later, chunk, job) if delay is not None else None
         if target is None or delay is None or delay >= timeout:
-            return _Served(await self._call(route, chunk, inputs, attempt, timeout), route)
-        primary = asyncio.create_task(self._call(route, chunk, inputs, attempt, timeout))
+            return _Served(await self._call(route, chunk, inputs, progress, timeout), route)
+        primary = asyncio.create_task(self._call(route, chunk, inputs, progress, timeout))
         calls = {primary: route}
         try:
             done, _ = await asyncio.wait({primary}, timeout=delay)
-            if done or self._health[target.key].is_open:
+            if done or self._states[target.key].health.is_open:
                 return _Served(await primary, route)
-            if not self._budgets[route.key].try_hedge():
+            if not state.hedges.try_hedge():
                 return _Served(await primary, route)
             hedge_inputs: Inputs = [inputs_for(target, job)[i] for i in chunk]  # type: ignore[misc]
             left = deadline - self._clock()
             hedge_timeout = call_timeout(target.policy, estimated_tokens(hedge_inputs), left, 0)
-            attempt.cost.providers.append(target.provider)
+            progress.cost.providers.append(target.provider)
             hedge = asyncio.create_task(
-                self._call(target, chunk, hedge_inputs, attempt, hedge_timeout)
+                self._call(target, chunk, hedge_inputs, progress, hedge_timeout)
             )
             calls[hedge] = target
-            result, winner = await first_valid(calls, primary, chunk, attempt)
-            return _Served(result, winner)
+            race = await first_valid(calls, primary, job, chunk)
+            for unused, tokens in race.unused:
+                progress.count_unused(unused, tokens)
+            if race.winner is None:
+                progress.errors.extend(race.other_errors)  # the primary's goes to the retry loop
+                raise race.error
+            return _Served(*race.winner)
         finally:
             for task in calls:
                 task.cancel()
@@ -306,7 +293,7 @@ class Router:
         """The next route that is healthy and takes this chunk in one call."""
         for route in later:
             policy = route.policy
-            if self._health[route.key].is_open or len(chunk) > policy.max_batch_size:
+            if self._states[route.key].health.is_open or len(chunk) > policy.max_batch_size:
                 continue
             cap = policy.max_tokens_per_call
             if cap is not None and job.tokens_of(chunk) > cap:
@@ -315,11 +302,11 @@ class Router:
         return None
 
     async def _call(
-        self, route: Route, chunk: list[int], inputs: Inputs, attempt: JobProgress, timeout: float
+        self, route: Route, chunk: list[int], inputs: Inputs, progress: JobProgress, timeout: float
     ) -> UpstreamResult:
         """This chunk's vectors from `route`: in a call of its own, or merged with other
         requests' chunks (app/core/routing/batching.py). Raises UpstreamError."""
-        job = attempt.job
+        job = progress.job
         local = shortens_locally(route, job)
         call = UpstreamCall(
             upstream_model=route.upstream_model,
@@ -336,76 +323,14 @@ class Router:
         batcher = self._batchers.get(route.key)
         try:
             if batcher is None:
-                result = await self._send(route, call)
+                result = await self._dispatch.send(route, call)
             else:
                 result = await batcher.embed(call, lambda: job.tokens_of(chunk))
         finally:
-            attempt.cost.seconds += self._clock() - started
+            progress.cost.seconds += self._clock() - started
         if local:
             result.vectors = shorten(result.vectors, job.expected_dims)
         return result
-
-    async def _send(self, route: Route, call: UpstreamCall) -> UpstreamResult:
-        """One upstream call (perhaps carrying several requests' chunks), paced under the provider's
-        limit, with its metrics, latency and health; raises UpstreamError."""
-        provider = self._providers[route.provider]
-        health = self._health[route.key]
-        pacer = self._pacing.pacer(
-            route.provider, self._registry.providers[route.provider].max_requests_per_second
-        )
-        if pacer is not None:
-            try:
-                await pacer.wait_turn(most=call.timeout / 2)
-            except PacingExceeded as exc:
-                raise UpstreamError(
-                    route.provider,
-                    Failure.RATE_LIMITED,
-                    f"{provider.display_name}: over its {pacer.rate:g} requests/s",
-                    retry_after=exc.wait,
-                ) from None
-        metrics.UPSTREAM_BATCH_SIZE.labels(route.provider).observe(len(call.inputs))
-        started = self._clock()
-        try:
-            async with self._provider_slots[route.provider]:
-                result = await provider.embed(call)
-        except UpstreamError as exc:
-            elapsed = self._record_call(route, started, exc.failure.name.lower())
-            if exc.failure is Failure.BAD_REQUEST:
-                health.neutral()
-                raise
-            if exc.failure is Failure.TIMEOUT:
-                self._latency[route.key].observe(elapsed)  # slow is what least-latency avoids
-            why = exc.failure.value
-            health.failure(exc.detail if why in exc.detail else f"{why}: {exc.detail}")
-            log.warning(
-                "upstream call failed",
-                extra={
-                    "provider": route.provider,
-                    "route": route.key,
-                    "failure": exc.failure.name,
-                    "detail": exc.detail,
-                },
-            )
-            raise
-        except asyncio.CancelledError:
-            # Cut short (a hedge won, or the request ended): slow, but not proven broken.
-            elapsed = self._record_call(route, started, "cancelled")
-            self._latency[route.key].observe(elapsed)
-            health.neutral()
-            raise
-        self._latency[route.key].observe(self._record_call(route, started, "ok"))
-        health.success()
-        return result
-
-    def _record_call(self, route: Route, started: float, outcome: str) -> float:
-        elapsed = self._clock() - started
-        metrics.UPSTREAM_SECONDS.labels(route.provider).observe(elapsed)
-        metrics.UPSTREAM_CALLS.labels(route.provider, route.model_id, outcome).inc()
-        return elapsed
-
-    def _display_name(self, provider: str) -> str:
-        found = self._providers.get(provider)
-        return found.display_name if found is not None else provider
 
     @staticmethod
     def _wait_before_retry(error: UpstreamError, number: int, base: float) -> float:
