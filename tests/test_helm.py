@@ -730,3 +730,45 @@ def test_the_notes_say_how_to_reach_the_service_and_sign_in() -> None:
 def test_a_missing_tool_fails_and_says_how_to_install_it() -> None:
     with pytest.raises(RuntimeError, match=r"make k8s-tools"):
         tool("helm-that-is-not-installed")
+
+
+# --- docs/helm.md ---------------------------------------------------------------------------------
+
+
+def _documented() -> dict[str, str]:
+    """docs/helm.md's values table: each value's path and its default cell."""
+    rows = re.findall(
+        r"^\| `([^`]+)` \| (.*?) \| .* \|$", (ROOT / "docs/helm.md").read_text(), re.M
+    )
+    return dict(rows)
+
+
+def _paths(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every path in values.yaml, maps included, down to the scalars, lists and empty maps."""
+    found: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        found[path] = value
+        if isinstance(value, dict):
+            found.update(_paths(value, f"{path}."))
+    return found
+
+
+def _as_documented(value: Any) -> str:
+    if value is None or isinstance(value, bool | list) or value in ({}, ""):
+        return f"`{json.dumps(value)}`"
+    return f"`{value}`"
+
+
+def test_docs_list_every_value_with_its_default() -> None:
+    documented = _documented()
+    values = _paths(yaml.safe_load((CHART / "values.yaml").read_text()))
+    assert set(documented) <= set(values), set(documented) - set(values)
+    for path, value in values.items():
+        if isinstance(value, dict) and value:
+            continue  # its leaves are what must be documented, or the map as a whole
+        ancestors = [path.rsplit(".", n)[0] for n in range(path.count(".") + 1)]
+        assert any(a in documented for a in ancestors), f"docs/helm.md does not list {path}"
+        if path in documented and not (isinstance(value, dict) and value):
+            # A map with content is summed up in words; anything else shows as values.yaml has it.
+            assert documented[path] == _as_documented(value), path
