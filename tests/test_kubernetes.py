@@ -1,17 +1,17 @@
 """deploy/kubernetes: the overlay renders, every manifest validates offline, and the pieces fit.
 
-Rendering uses `kubectl kustomize` (kustomize built in) where kubectl is installed; otherwise a
-small resolver below follows the kustomizations' plain resources and generators, which is all
-these manifests use. Validation is kubernetes-validate's bundled OpenAPI schemas, strict (an
-unknown field fails), for the oldest Kubernetes the manifests need (1.30: the preStop `sleep`
-action) and for the newest the library knows.
+Rendering uses `kubectl kustomize` (kustomize built in): the one `make k8s-tools` puts in
+.tools/bin, else one on PATH; without either, a small resolver below follows the kustomizations'
+plain resources and generators, which is all these manifests use. Validation is
+kubernetes-validate's bundled OpenAPI schemas, strict (an unknown field fails), for the oldest
+Kubernetes the manifests need (1.30: the preStop `sleep` action) and for the newest the library
+knows.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,10 @@ import yaml
 
 from app.config.settings import Settings
 from app.server.supervisor import FLUSH_MARGIN_SECONDS
+from tests.kube_support import ROOT, VERSIONS, by_kind, kubectl, kustomize, matches
 
-ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 OVERLAY = KUBE / "overlays" / "example"
-VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
 
 @pytest.fixture(scope="module")
@@ -35,22 +34,10 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     shutil.copytree(KUBE, work)
     overlay = work / "overlays" / "example"
     shutil.copy(overlay / "secrets.env.example", overlay / "secrets.env")
-    if shutil.which("kubectl"):
-        out = subprocess.run(
-            ["kubectl", "kustomize", str(overlay)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        return [doc for doc in yaml.safe_load_all(out) if doc]
+    kubectl_path = kubectl()
+    if kubectl_path:
+        return kustomize(overlay, kubectl_path)
     return _resolve(overlay)
-
-
-def _by_kind(docs: list[dict[str, Any]], kind: str, name_prefix: str = "") -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name_prefix)]
-    assert len(found) == 1, f"expected one {kind} named {name_prefix}*, got {len(found)}"
-    return found[0]
 
 
 def test_the_overlay_renders_every_kind_a_deployment_needs(rendered) -> None:
@@ -88,7 +75,7 @@ def test_the_base_validates_as_well() -> None:
 
 
 def test_the_deployment_is_probed_locked_down_and_drains(rendered) -> None:
-    deployment = _by_kind(rendered, "Deployment")
+    deployment = by_kind(rendered, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -118,9 +105,9 @@ def test_the_registry_config_map_is_the_shipped_registry_and_is_where_the_env_sa
     assert (KUBE / "base" / "models.yaml").read_text() == (
         ROOT / "config" / "models.yaml"
     ).read_text(), "run: cp config/models.yaml deploy/kubernetes/base/models.yaml"
-    env = _by_kind(rendered, "ConfigMap", "embeddings-gateway-env")["data"]
-    registry = _by_kind(rendered, "ConfigMap", "embeddings-gateway-registry")
-    container = _by_kind(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = by_kind(rendered, "ConfigMap", "embeddings-gateway-env")["data"]
+    registry = by_kind(rendered, "ConfigMap", "embeddings-gateway-registry")
+    container = by_kind(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     directory, _, file_name = env["MODELS_CONFIG"].rpartition("/")
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["registry"] == directory
@@ -128,7 +115,7 @@ def test_the_registry_config_map_is_the_shipped_registry_and_is_where_the_env_sa
 
 
 def test_every_variable_the_manifests_set_is_one_the_gateway_reads(rendered) -> None:
-    env = _by_kind(rendered, "ConfigMap", "embeddings-gateway-env")["data"]
+    env = by_kind(rendered, "ConfigMap", "embeddings-gateway-env")["data"]
     registry_vars = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / "config/models.yaml").read_text()))
     known = set(Settings.model_fields) | registry_vars
     secrets = [
@@ -140,33 +127,29 @@ def test_every_variable_the_manifests_set_is_one_the_gateway_reads(rendered) -> 
 
 
 def test_selectors_connect_the_pieces(rendered) -> None:
-    gateway_labels = _by_kind(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    redis_labels = _by_kind(rendered, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    gateway_labels = by_kind(rendered, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    redis_labels = by_kind(rendered, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
     services = [d for d in rendered if d["kind"] == "Service"]
     service = next(s for s in services if s["metadata"]["name"] == "embeddings-gateway")
-    assert _matches(service["spec"]["selector"], gateway_labels)
-    assert not _matches(service["spec"]["selector"], redis_labels)
-    pdb = _by_kind(rendered, "PodDisruptionBudget")
-    assert _matches(pdb["spec"]["selector"]["matchLabels"], gateway_labels)
-    policy = _by_kind(rendered, "NetworkPolicy")["spec"]
-    assert _matches(policy["podSelector"]["matchLabels"], redis_labels)
-    assert not _matches(policy["podSelector"]["matchLabels"], gateway_labels)
+    assert matches(service["spec"]["selector"], gateway_labels)
+    assert not matches(service["spec"]["selector"], redis_labels)
+    pdb = by_kind(rendered, "PodDisruptionBudget")
+    assert matches(pdb["spec"]["selector"]["matchLabels"], gateway_labels)
+    policy = by_kind(rendered, "NetworkPolicy")["spec"]
+    assert matches(policy["podSelector"]["matchLabels"], redis_labels)
+    assert not matches(policy["podSelector"]["matchLabels"], gateway_labels)
     (rule,) = policy["ingress"]
     (source,) = rule["from"]
-    assert _matches(source["podSelector"]["matchLabels"], gateway_labels)
-    assert not _matches(source["podSelector"]["matchLabels"], redis_labels)
-    hpa = _by_kind(rendered, "HorizontalPodAutoscaler")["spec"]
+    assert matches(source["podSelector"]["matchLabels"], gateway_labels)
+    assert not matches(source["podSelector"]["matchLabels"], redis_labels)
+    hpa = by_kind(rendered, "HorizontalPodAutoscaler")["spec"]
     assert hpa["scaleTargetRef"]["name"] == "embeddings-gateway"
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
     annotations = service["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] == "/metrics"
-    container = _by_kind(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    container = by_kind(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
-
-
-def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    return all(labels.get(key) == value for key, value in selector.items())
 
 
 def _resolve(directory: Path) -> list[dict[str, Any]]:
