@@ -80,4 +80,4 @@ if ! installed; then
   exit 1
 fi
 "$BIN/helm" version --short
-"$BIN/kubectl" version --client | head -1
+"$BIN/kubectl" version --client
