@@ -67,6 +67,13 @@ PACING_WAIT_SECONDS = Histogram(
     ["provider"],
     buckets=_LATENCY_BUCKETS,
 )
+BULK_LANE_WAIT_SECONDS = Histogram(
+    f"{PREFIX}_bulk_lane_wait_seconds",
+    "Time a bulk call (Batch API lines, keys with priority: bulk) waited behind interactive "
+    "traffic for a call slot (stage=slot) or a pacing slot (stage=pacing).",
+    ["provider", "stage"],
+    buckets=_LATENCY_BUCKETS,
+)
 HEDGED_CALLS = Counter(
     f"{PREFIX}_hedged_calls_total",
     "Calls that took part in a hedged pair: won (its answer was used), lost (it ended without "

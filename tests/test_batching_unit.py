@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.config.registry import Route, RouteConfig
+from app.core.job import Lane
 from app.core.routing.batching import RouteBatcher
 from app.providers import Failure, UpstreamCall, UpstreamError, UpstreamResult
 from app.providers.openai import OpenAIConfig
@@ -70,7 +71,7 @@ class Sender:
     def display_name(self, provider: str) -> str:
         return provider.title()
 
-    async def send(self, route: Route, call: UpstreamCall) -> UpstreamResult:
+    async def send(self, route: Route, call: UpstreamCall, lane: Lane) -> UpstreamResult:
         return await self._send(call)
 
 
@@ -228,3 +229,36 @@ async def test_a_batch_window_gathers_chunks_even_with_free_slots():
     results = await asyncio.gather(*(b.embed(call(t), lambda: 1) for t in ("a", "b", "c")))
     assert upstream.calls == [["a", "b", "c"]]
     assert [r.vectors.tolist() for r in results] == [[vector_of(t).tolist()] for t in "abc"]
+
+
+async def test_bulk_calls_leave_a_slot_free_so_an_interactive_chunk_never_waits_for_one():
+    upstream = Upstream()
+    upstream.gate.clear()
+    b = batcher(upstream, max_inflight_calls=2)
+    bulk = [asyncio.create_task(b.embed(call(f"bulk{i}"), lambda: 1, Lane.BULK)) for i in range(3)]
+    await asyncio.sleep(0)
+    assert upstream.calls == [["bulk0"]]  # one bulk call out; the others wait for that slot
+    asked = asyncio.create_task(b.embed(call("query"), lambda: 1))
+    await asyncio.sleep(0)
+    assert upstream.calls == [["bulk0"], ["query"]]  # the second slot went to it at once
+    upstream.gate.set()
+    await asyncio.gather(asked, *bulk)
+    assert upstream.calls[2:] == [["bulk1", "bulk2"]]  # the waiting bulk chunks went together
+
+
+async def test_a_freed_slot_goes_to_the_interactive_queue_before_an_older_bulk_one():
+    upstream = Upstream()
+    upstream.gate.clear()
+    b = batcher(upstream, max_inflight_calls=2)
+    held = [asyncio.create_task(b.embed(call(f"hold{i}"), lambda: 1)) for i in range(2)]
+    await asyncio.sleep(0)
+    older_bulk = asyncio.create_task(b.embed(call("bulk"), lambda: 1, Lane.BULK))
+    await asyncio.sleep(0)
+    newer = asyncio.create_task(b.embed(call("query"), lambda: 1))
+    await asyncio.sleep(0)
+    upstream.gate.set()
+    await asyncio.gather(*held, older_bulk, newer)
+    # Both slots freed together: the interactive chunk is sent first, though it came later.
+    assert upstream.calls[2:] == [["query"], ["bulk"]]
+    bulk_and_interactive_merged = [c for c in upstream.calls if {"query", "bulk"} <= set(c)]
+    assert bulk_and_interactive_merged == []

@@ -84,3 +84,37 @@ async def test_an_unreachable_redis_means_pacing_in_process_not_a_failed_call():
     pacer = ProviderPacer("up", 10, shared=timeline, local_share=2, clock=Clock())
     assert await pacer._reserve(most=10) == 0
     assert await timeline.reserve("up", 0.1, most=10) is None  # skipped for a second
+
+
+async def test_a_bulk_call_never_books_a_slot_more_than_one_interval_ahead():
+    clock = Clock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    pacer = ProviderPacer("up", 10, shared=None, local_share=1, clock=clock, sleep=sleep)
+    interval = 1 / (10 * HEADROOM)
+    for _ in range(5):  # interactive calls book the next half second
+        await pacer._reserve(most=10)
+    start = clock.now
+    waited = await pacer.wait_behind(most=10)
+    # It waited off the timeline until a slot one interval away was free, then took that one.
+    assert waited == pytest.approx(5 * interval)
+    assert clock.now - start == pytest.approx(5 * interval)
+    # So an interactive call asking now is at most one interval from its slot.
+    assert await pacer._reserve(most=10) == pytest.approx(interval)
+
+
+async def test_a_bulk_call_gives_up_when_no_slot_comes_near_in_time():
+    clock = Clock()
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+
+    pacer = ProviderPacer("up", 10, shared=None, local_share=1, clock=clock, sleep=sleep)
+    for _ in range(50):
+        await pacer._reserve(most=100)  # five seconds of interactive slots booked
+    with pytest.raises(PacingExceeded):
+        await pacer.wait_behind(most=1.0)

@@ -23,6 +23,7 @@ from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
 from app.api.validation import UnknownModel, parse_embedding_request
 from app.core.errors import RoutingError
+from app.core.job import Lane
 from app.core.serving import Serving
 from app.runtime.services import Services
 
@@ -55,6 +56,8 @@ async def _create_embeddings(
         context.model = metrics.UNKNOWN  # one label for every unknown ID: bounded cardinality
         raise
     context.model = job.model.id
+    if caller.policy.priority == "bulk":
+        job.lane = Lane.BULK
     policy = PolicyCheck(scope, services, caller, job)
     try:
         result = await serving.embedder.embed(

@@ -12,7 +12,8 @@ Each item also carries the tokens it counts for: its share of the usage the upst
 for its call (app/core/token_accounting.py), kept with its cached vector, so `prompt_tokens` is
 the same whether an item was a hit, a miss or coalesced. Where there is no such share (the
 upstream reported no usage, or the entry predates the count) the item counts at the gateway's
-own count."""
+own count.
+"""
 
 from __future__ import annotations
 

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from app.config.registry import Model
 from app.core.tokens import count_tokens, count_tokens_off_loop, decode_tokens
+
+
+class Lane(Enum):
+    """Which traffic a job is. Bulk work (Batch API lines, keys with `priority: bulk`) uses only
+    the call slots and pacing slots that interactive requests leave (app/core/routing/)."""
+
+    INTERACTIVE = "interactive"
+    BULK = "bulk"
 
 
 @dataclass(slots=True)
@@ -20,6 +29,7 @@ class EmbeddingJob:
     request_id: str
     # "query" or "document" as the client said; None lets each route's default apply.
     input_type: str | None = None
+    lane: Lane = Lane.INTERACTIVE
     _token_counts: list[int] | None = field(default=None, repr=False)
     _decoded: list[str] | None = field(default=None, repr=False)
 
@@ -72,6 +82,7 @@ class EmbeddingJob:
             want_base64=self.want_base64,
             request_id=self.request_id,
             input_type=self.input_type,
+            lane=self.lane,
             _token_counts=[counts[i] for i in indices] if counts is not None else None,
         )
 

@@ -99,6 +99,7 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
         "budget_period",
         "expires_at",
         "disabled",
+        "priority",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--budget-period", choices=["day", "month", "total"])
         command.add_argument("--expires-at", metavar="ISO8601")
         command.add_argument("--disabled", choices=["true", "false"])
+        command.add_argument("--priority", choices=["interactive", "bulk"])
     listing = commands.add_parser("list", help="list keys (never their secrets)")
     listing.add_argument("--team")
     listing.add_argument("--name")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SECRET_PREFIX = "egw-"
 BudgetPeriod = Literal["day", "month", "total"]
+Priority = Literal["interactive", "bulk"]
 Text = Annotated[str, Field(max_length=200)]
 
 
@@ -48,6 +49,9 @@ class KeyPolicy(BaseModel):
     budget_period: BudgetPeriod = "total"
     expires_at: datetime | None = None
     disabled: bool = False
+    # `bulk`: this key's synchronous requests take the bulk lane, behind interactive traffic
+    # (app/core/routing/), as Batch API work does: for teams that run their own loops.
+    priority: Priority = "interactive"
 
     @field_validator("expires_at")
     @classmethod

@@ -30,6 +30,7 @@ POLICY_FIELDS = (
     "budget_period",
     "expires_at",
     "metadata",
+    "priority",
 )
 
 
@@ -58,7 +59,7 @@ def form_fields(form: dict[str, str], *, blank_clears: bool) -> dict[str, Any]:
                 out[name] = [m.strip() for m in raw.split(",") if m.strip()] or None
         elif raw:
             out[name] = raw
-        elif blank_clears and name != "budget_period":
+        elif blank_clears and name not in ("budget_period", "priority"):
             out[name] = None
     return out
 

@@ -8,6 +8,12 @@ each slot that frees takes the oldest shape's queue, up to `max_batch_size` inpu
 `max_tokens_per_call` tokens, as one call. `batch_window_ms` makes a chunk wait that long for
 company even when a slot is free (unless its batch fills first).
 
+Bulk chunks (`Lane.BULK`: Batch API lines, keys with `priority: bulk`) queue apart from
+interactive ones and never merge with them: a free slot takes the oldest interactive queue
+first, and bulk calls hold at most all slots but one, so an interactive chunk never waits for a
+bulk call to finish (with `max_inflight_calls: 1` the one slot is shared). While interactive
+traffic keeps every slot busy, bulk waits; bulk never waits for a slot that is free.
+
 Each request gets exactly its own rows of the merged answer, in its own order. The upstream's
 one token total is split across the chunks in proportion to the gateway's own count for each
 (largest remainder: the parts sum to the total), or, from an upstream that counts each input
@@ -28,6 +34,7 @@ from typing import Protocol
 
 from app import metrics
 from app.config.registry import Route
+from app.core.job import Lane
 from app.core.token_accounting import split_proportionally
 from app.providers import Failure, UpstreamCall, UpstreamError, UpstreamResult
 
@@ -39,7 +46,7 @@ class Sender(Protocol):
 
     def display_name(self, provider: str) -> str: ...
 
-    async def send(self, route: Route, call: UpstreamCall) -> UpstreamResult: ...
+    async def send(self, route: Route, call: UpstreamCall, lane: Lane) -> UpstreamResult: ...
 
 
 def shape_of(call: UpstreamCall) -> Shape:
@@ -59,6 +66,7 @@ def shape_of(call: UpstreamCall) -> Shape:
 @dataclass(slots=True, eq=False)
 class _Chunk:
     call: UpstreamCall
+    lane: Lane
     tokens: Callable[[], int]  # the gateway's count for its inputs; asked only when needed
     deadline: float  # loop time by which its caller stops waiting
     queued_at: float
@@ -69,6 +77,7 @@ class _Chunk:
 @dataclass(slots=True, eq=False)
 class _Batch:
     chunks: list[_Chunk]
+    lane: Lane
     task: asyncio.Task[None] | None = None
 
     def nobody_waits(self) -> bool:
@@ -89,25 +98,46 @@ class RouteBatcher:
         self._most_tokens = policy.max_tokens_per_call
         self._window = policy.batch_window_ms / 1000
         self._in_flight = 0
-        self._queues: dict[Shape, deque[_Chunk]] = {}
+        # Bulk calls may hold all slots but one, so an interactive chunk never waits for one.
+        self._bulk_slots = max(1, self._slots - 1)
+        self._bulk_in_flight = 0
+        self._queues: dict[tuple[Lane, Shape], deque[_Chunk]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._requests_per_call = metrics.UPSTREAM_BATCH_REQUESTS.labels(provider)
+        self._bulk_waits = metrics.BULK_LANE_WAIT_SECONDS.labels(provider, "slot")
 
-    async def embed(self, call: UpstreamCall, tokens: Callable[[], int]) -> UpstreamResult:
-        if self._in_flight < self._slots and not self._queues and not self._window:
-            self._in_flight += 1
+    async def embed(
+        self, call: UpstreamCall, tokens: Callable[[], int], lane: Lane = Lane.INTERACTIVE
+    ) -> UpstreamResult:
+        if self._may_go_now(lane):
+            self._hold(lane)
             self._requests_per_call.observe(1)
             try:
-                return await self._sender.send(self._route, call)
+                return await self._sender.send(self._route, call, lane)
             finally:
-                self._release()
-        return await self._queued(call, tokens)
+                self._release(lane)
+        return await self._queued(call, tokens, lane)
 
-    async def _queued(self, call: UpstreamCall, tokens: Callable[[], int]) -> UpstreamResult:
+    def _may_go_now(self, lane: Lane) -> bool:
+        """A slot is free and nothing this chunk must let go first is waiting."""
+        if self._window or self._in_flight >= self._slots:
+            return False
+        if lane is Lane.INTERACTIVE:
+            return not any(key[0] is Lane.INTERACTIVE for key in self._queues)
+        return not self._queues and self._bulk_in_flight < self._bulk_slots
+
+    def _hold(self, lane: Lane) -> None:
+        self._in_flight += 1
+        if lane is Lane.BULK:
+            self._bulk_in_flight += 1
+
+    async def _queued(
+        self, call: UpstreamCall, tokens: Callable[[], int], lane: Lane
+    ) -> UpstreamResult:
         loop = asyncio.get_running_loop()
         now = loop.time()
-        chunk = _Chunk(call, tokens, now + call.timeout, now, loop.create_future())
-        self._queues.setdefault(shape_of(call), deque()).append(chunk)
+        chunk = _Chunk(call, lane, tokens, now + call.timeout, now, loop.create_future())
+        self._queues.setdefault((lane, shape_of(call)), deque()).append(chunk)
         self._dispatch()
         try:
             async with asyncio.timeout_at(chunk.deadline):
@@ -128,7 +158,7 @@ class RouteBatcher:
         one else waits for it."""
         batch = chunk.batch
         if batch is None:
-            key = shape_of(chunk.call)
+            key = (chunk.lane, shape_of(chunk.call))
             queue = self._queues.get(key)
             if queue is not None and chunk in queue:
                 queue.remove(chunk)
@@ -137,27 +167,40 @@ class RouteBatcher:
         elif batch.task is not None and not batch.task.done() and batch.nobody_waits():
             batch.task.cancel()
 
-    def _release(self) -> None:
+    def _release(self, lane: Lane) -> None:
         self._in_flight -= 1
+        if lane is Lane.BULK:
+            self._bulk_in_flight -= 1
         if self._queues:
             self._dispatch()
 
     def _dispatch(self) -> None:
+        """Fill free slots: the oldest interactive queue first; bulk ones only when no
+        interactive chunk waits, and within the bulk share of the slots."""
         loop = asyncio.get_running_loop()
         while self._in_flight < self._slots and self._queues:
-            key, queue = min(self._queues.items(), key=lambda item: item[1][0].queued_at)
+            waiting = [item for item in self._queues.items() if item[0][0] is Lane.INTERACTIVE]
+            if not waiting:
+                if self._bulk_in_flight >= self._bulk_slots:
+                    return
+                waiting = list(self._queues.items())
+            key, queue = min(waiting, key=lambda item: item[1][0].queued_at)
             if self._window and not self._full(queue):
                 due = queue[0].queued_at + self._window
                 if loop.time() < due:
                     if self._timer is None:
                         self._timer = loop.call_at(due, self._timer_fired)
                     return
-            batch = _Batch(self._take(queue))
+            lane = key[0]
+            batch = _Batch(self._take(queue), lane)
             if not queue:
                 del self._queues[key]
+            now = loop.time()
             for chunk in batch.chunks:
                 chunk.batch = batch
-            self._in_flight += 1
+                if lane is Lane.BULK:
+                    self._bulk_waits.observe(now - chunk.queued_at)
+            self._hold(lane)
             batch.task = loop.create_task(self._run(batch))
 
     def _timer_fired(self) -> None:
@@ -186,7 +229,7 @@ class RouteBatcher:
 
     async def _run(self, batch: _Batch) -> None:
         try:
-            await self._resolve(batch.chunks)
+            await self._resolve(batch.chunks, batch.lane)
         except asyncio.CancelledError:
             pass  # nobody waits for it any more (or the loop is closing)
         finally:
@@ -195,21 +238,21 @@ class RouteBatcher:
                     chunk.future.set_exception(
                         UpstreamError(self._provider, Failure.CONNECT, "the call was cut short")
                     )
-            self._release()
+            self._release(batch.lane)
 
-    async def _resolve(self, chunks: list[_Chunk]) -> None:
+    async def _resolve(self, chunks: list[_Chunk], lane: Lane) -> None:
         """Send `chunks` as one call and hand each its part; bisect on a rejected input."""
         waiting = [chunk for chunk in chunks if not chunk.future.done()]
         if not waiting:
             return
         self._requests_per_call.observe(len(waiting))
         try:
-            result = await self._sender.send(self._route, self._merged(waiting))
+            result = await self._sender.send(self._route, self._merged(waiting), lane)
         except UpstreamError as exc:
             if exc.failure is Failure.BAD_REQUEST and len(waiting) > 1:
                 half = len(waiting) // 2
-                await self._resolve(waiting[:half])
-                await self._resolve(waiting[half:])
+                await self._resolve(waiting[:half], lane)
+                await self._resolve(waiting[half:], lane)
                 return
             for chunk in waiting:
                 if not chunk.future.done():

@@ -3,8 +3,11 @@ inside its provider's `max_concurrency` slots, with its metrics, latency and hea
 
 Everything in routing that reaches an upstream comes through `Dispatch.send`: the router for a
 chunk of its own, and a route's batcher (app/core/routing/batching.py) for a call that carries
-several requests' chunks. Each route's state (its cooldown, recent latency and hedge budget) is
-a `RouteState`, kept by the router across reloads and updated here by each call's outcome.
+several requests' chunks. Bulk calls (`Lane.BULK`) are paced behind interactive ones
+(`ProviderPacer.wait_behind`) and may hold all but one of a provider's `max_concurrency` slots,
+so an interactive call never waits for a bulk call to finish. Each route's state (its cooldown,
+recent latency and hedge budget) is a `RouteState`, kept by the router across reloads and
+updated here by each call's outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 from app import metrics
 from app.config.registry import Registry, Route
+from app.core.job import Lane
 from app.core.routing.cooldown import RouteHealth
 from app.core.routing.hedging import HedgeBudget
 from app.core.routing.latency import RouteLatency
@@ -62,13 +66,25 @@ class Dispatch:
             name: asyncio.Semaphore(config.max_concurrency)
             for name, config in registry.providers.items()
         }
+        self._bulk_slots = {
+            name: asyncio.Semaphore(max(1, config.max_concurrency - 1))
+            for name, config in registry.providers.items()
+        }
 
     def display_name(self, provider: str) -> str:
         found = self._providers.get(provider)
         return found.display_name if found is not None else provider
 
-    async def send(self, route: Route, call: UpstreamCall) -> UpstreamResult:
+    async def send(
+        self, route: Route, call: UpstreamCall, lane: Lane = Lane.INTERACTIVE
+    ) -> UpstreamResult:
         """One upstream call (perhaps carrying several requests' chunks); raises UpstreamError."""
+        if lane is Lane.BULK:
+            async with self._bulk_slots[route.provider]:
+                return await self._send(route, call, lane)
+        return await self._send(route, call, lane)
+
+    async def _send(self, route: Route, call: UpstreamCall, lane: Lane) -> UpstreamResult:
         provider = self._providers[route.provider]
         state = self._states[route.key]
         pacer = self._pacing.pacer(
@@ -76,7 +92,10 @@ class Dispatch:
         )
         if pacer is not None:
             try:
-                await pacer.wait_turn(most=call.timeout / 2)
+                if lane is Lane.BULK:
+                    await pacer.wait_behind(most=call.timeout / 2)
+                else:
+                    await pacer.wait_turn(most=call.timeout / 2)
             except PacingExceeded as exc:
                 raise UpstreamError(
                     route.provider,

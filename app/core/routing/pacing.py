@@ -9,13 +9,14 @@ so under the cap batches grow instead of calls failing with 429.
 With Redis (app/state/pacing_timeline.py) the timeline is shared by every worker and replica.
 Without it, or while Redis fails, each process keeps its own timeline at its share of the rate:
 the rate divided by the processes that shared it when Redis last answered (without Redis: by
-`WORKERS`), so a fallback stays under the limit as a whole."""
+`WORKERS`), so a fallback stays under the limit as a whole.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from app import metrics
@@ -53,8 +54,10 @@ class ProviderPacer:
         shared: SharedTimeline | None,
         local_share: int,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.provider = provider
+        self._sleep = sleep
         self.rate = rate
         self._interval = 1.0 / (rate * HEADROOM)
         self._shared = shared
@@ -70,8 +73,30 @@ class ProviderPacer:
             raise PacingExceeded(wait)
         if wait > 0:
             metrics.PACING_WAIT_SECONDS.labels(self.provider).observe(wait)
-            await asyncio.sleep(wait)
+            await self._sleep(wait)
         return wait
+
+    async def wait_behind(self, most: float) -> float:
+        """`wait_turn` for bulk calls: never reserve a slot more than one interval ahead, so
+        interactive calls, which may reserve further out, always find the timeline no more than
+        one interval away; a bulk call waits (off the timeline) until a slot that close is
+        free. Raises PacingExceeded once it has waited `most` seconds without one."""
+        ahead = self._interval * 1.01  # one interval, and room for floating-point error
+        started = self._clock()
+        while True:
+            waited = self._clock() - started
+            wait = await self._reserve(ahead)
+            if wait <= ahead:
+                waited += wait
+                if waited > 0:
+                    metrics.BULK_LANE_WAIT_SECONDS.labels(self.provider, "pacing").observe(waited)
+                if wait > 0:
+                    await self._sleep(wait)
+                return waited
+            pause = wait - self._interval
+            if waited + pause > most:
+                raise PacingExceeded(waited + pause)
+            await self._sleep(pause)
 
     async def _reserve(self, most: float) -> float:
         if self._shared is not None:

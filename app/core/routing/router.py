@@ -323,9 +323,9 @@ class Router:
         batcher = self._batchers.get(route.key)
         try:
             if batcher is None:
-                result = await self._dispatch.send(route, call)
+                result = await self._dispatch.send(route, call, job.lane)
             else:
-                result = await batcher.embed(call, lambda: job.tokens_of(chunk))
+                result = await batcher.embed(call, lambda: job.tokens_of(chunk), job.lane)
         finally:
             progress.cost.seconds += self._clock() - started
         if local:
