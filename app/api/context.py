@@ -35,7 +35,7 @@ def request_context(scope: Scope) -> RequestContext:
     existing = state.get("context")
     if existing is None:
         existing = state["context"] = RequestContext()
-    return existing
+    return cast(RequestContext, existing)
 
 
 def lifespan_state(scope: Scope) -> LifespanState:

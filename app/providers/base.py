@@ -90,7 +90,9 @@ class Provider(Protocol):
     """One upstream protocol. Adapters never see client requests; they get an UpstreamCall."""
 
     name: str
-    display_name: str
+
+    @property
+    def display_name(self) -> str: ...  # a class-level name in every adapter
 
     async def embed(self, call: UpstreamCall) -> UpstreamResult: ...
 
@@ -101,8 +103,12 @@ class ProviderType(Protocol):
     """A provider type as the table in catalog.py holds it: the class, with what the registry
     and the start-up checks need before any instance exists."""
 
-    display_name: str
-    config_type: type[ProviderConfig]
+    # Read-only: each class names its own config model, a subtype of ProviderConfig.
+    @property
+    def display_name(self) -> str: ...
+
+    @property
+    def config_type(self) -> type[ProviderConfig]: ...
 
     def __call__(self, name: str, config: Any) -> Provider: ...
 

@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from app.auth.callers import Authenticator
 from app.auth.throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
 from app.auth.throttle import AuthFailureThrottle
@@ -29,6 +27,7 @@ from app.runtime.services import Services
 from app.state.cache import EmbeddingCache
 from app.state.pacing_timeline import RedisTimeline
 from app.state.rate_limits import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from app.state.redis_client import RedisClient
 from app.state.redis_client import connect as connect_redis
 
 log = logging.getLogger("app")
@@ -82,7 +81,7 @@ class _CurrentRegistry(Registry):
         return self._current().get(model_id)
 
 
-def build_pacing(settings: Settings, redis: Redis | None) -> Pacing:
+def build_pacing(settings: Settings, redis: RedisClient | None) -> Pacing:
     """Providers' `max_requests_per_second` timelines: in Redis when there is one, else each
     worker paces at its share of the rate."""
     if redis is None:
@@ -93,7 +92,7 @@ def build_pacing(settings: Settings, redis: Redis | None) -> Pacing:
     return Pacing(timeline, local_share=settings.WORKERS)
 
 
-def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None:
+def build_limiter(settings: Settings, redis: RedisClient | None) -> RateLimiter | None:
     """No I/O here: clients connect on first use."""
     limit = settings.RATE_LIMIT_PER_SECOND
     if limit == 0:
@@ -110,7 +109,7 @@ def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None
 
 
 def build_auth_failure_throttle(
-    settings: Settings, redis: Redis | None
+    settings: Settings, redis: RedisClient | None
 ) -> AuthFailureThrottle | None:
     """The same sliding log as the request limit, over a minute, under its own key prefix.
 
@@ -153,7 +152,7 @@ async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None
     await limiter.start()
 
 
-def build_cache(settings: Settings, redis: Redis | None) -> EmbeddingCache | None:
+def build_cache(settings: Settings, redis: RedisClient | None) -> EmbeddingCache | None:
     if redis is None or not settings.CACHE_ENABLED:
         return None
     return EmbeddingCache(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from app.auth.callers import Authenticator
 from app.auth.throttle import AuthFailureThrottle
 from app.config.registry import Registry
@@ -18,6 +16,7 @@ from app.keys.checks import KeyChecks
 from app.keys.service import ManagedKeys
 from app.providers import Provider
 from app.state.rate_limits import RateLimiter
+from app.state.redis_client import RedisClient
 from app.state.usage_ledger import UsageLedger
 
 
@@ -29,7 +28,7 @@ class Services:
     # (app/runtime/reload.py).
     serving: Serving
     limiter: RateLimiter | None = None  # None: RATE_LIMIT_PER_SECOND is 0
-    redis: Redis | None = None  # None: REDIS_URL is unset
+    redis: RedisClient | None = None  # None: REDIS_URL is unset
     keys: ManagedKeys | None = None  # None: no key store (no Redis, no admin token, no KEYS_DB)
     key_checks: KeyChecks | None = None  # with keys: their limits and budgets
     auth_failures: AuthFailureThrottle | None = None  # None: AUTH_FAILURES_PER_MINUTE is 0

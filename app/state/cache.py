@@ -180,7 +180,9 @@ class EmbeddingCache:
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
 
-    async def _read_for(self, queued: list[tuple[list[str], asyncio.Future]]) -> None:
+    async def _read_for(
+        self, queued: list[tuple[list[str], asyncio.Future[list[bytes | None] | None]]]
+    ) -> None:
         values: list[bytes | None] | None = None
         try:
             values = await self._mget([key for keys, _ in queued for key in keys])

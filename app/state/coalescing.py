@@ -79,11 +79,9 @@ class Coalescer(Generic[Item, Answer]):
             groups = by_slot(self._redis, waiting, lambda w: self._key(w[0]))
             answered = await asyncio.gather(*(self._send([w[0] for w in g]) for g in groups))
             waiting = [w for g in groups for w in g]
-            answers = [
-                one
-                for g, group_answers in zip(groups, answered, strict=True)
-                for one in (group_answers or [None] * len(g))
-            ]
+            answers: list[Answer | None] = []
+            for g, group_answers in zip(groups, answered, strict=True):
+                answers.extend(group_answers if group_answers is not None else [None] * len(g))
         except Exception as exc:  # not Redis's failure (that is None): each waiter gets it
             for _, answer in waiting:
                 if not answer.done():

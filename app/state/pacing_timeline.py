@@ -62,7 +62,7 @@ class RedisTimeline:
         if time.monotonic() < self._bypass_until:
             return None
         tag = f"{self._prefix}{{pace:{provider}}}"
-        args = [
+        args: list[str | int] = [
             round(interval * 1e6),
             round(max(0.0, most) * 1e6),
             self._me,

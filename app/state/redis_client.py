@@ -13,7 +13,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Iterable
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
@@ -50,7 +50,7 @@ def connect(url: str, connect_timeout: float, options: RedisOptions | None = Non
     gateway's CPU when the rate limiter made one call per request.
     """
     options = options or RedisOptions()
-    common: dict[str, object] = {
+    common: dict[str, Any] = {
         "socket_timeout": None,  # redis-py 8 would otherwise default to 5 s
         "socket_connect_timeout": connect_timeout,
         # Pooled connections are dead after a Redis restart (or a failover): one immediate
@@ -71,22 +71,22 @@ def connect(url: str, connect_timeout: float, options: RedisOptions | None = Non
     return Redis.from_url(url, **common, **tls)
 
 
-def _tls(url: str, options: RedisOptions) -> dict[str, object]:
+def _tls(url: str, options: RedisOptions) -> dict[str, Any]:
     if urlsplit(url).scheme != "rediss":
         return {}
-    tls: dict[str, object] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    tls: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     if options.ca_file:
         tls["ssl_ca_certs"] = options.ca_file
     return tls
 
 
 def _sentinel_master(
-    url: str, options: RedisOptions, common: dict[str, object], tls: dict[str, object]
+    url: str, options: RedisOptions, common: dict[str, Any], tls: dict[str, Any]
 ) -> Redis:
     """The master that the sentinels name now; after a failover, the next connection asks
     them again (a connection to a demoted master fails at once, and the retry reconnects)."""
     parts = urlsplit(url)
-    master: dict[str, object] = dict(common)
+    master: dict[str, Any] = dict(common)
     if parts.username:
         master["username"] = parts.username
     if parts.password and options.password is None:
@@ -97,7 +97,7 @@ def _sentinel_master(
     if tls:
         master["ssl"] = True
         master.update(tls)
-    sentinel_kwargs: dict[str, object] = {
+    sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": common["socket_connect_timeout"],
         "socket_connect_timeout": common["socket_connect_timeout"],
     }
@@ -107,7 +107,7 @@ def _sentinel_master(
         sentinel_kwargs["ssl"] = True
         sentinel_kwargs.update(tls)
     sentinel = Sentinel(list(options.sentinels), sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(options.sentinel_master, **master)
+    return cast(Redis, sentinel.master_for(options.sentinel_master, **master))
 
 
 def is_cluster(client: object) -> bool:
@@ -143,10 +143,11 @@ def by_slot(client: object, items: Iterable[T], key: Callable[[T], str]) -> list
 
 
 async def mget(client: RedisClient, keys: list[str]) -> list[bytes | None]:
-    """MGET in any mode: a Cluster reads per slot, in parallel, answers in `keys` order."""
+    """MGET in any mode: a Cluster reads per slot, in parallel, answers in `keys` order.
+    (Bytes: the gateway's clients never decode responses.)"""
     if isinstance(client, RedisCluster):
-        return await client.mget_nonatomic(keys)
-    return await client.mget(keys)
+        return cast(list[bytes | None], await client.mget_nonatomic(keys))
+    return cast(list[bytes | None], await client.mget(keys))
 
 
 async def follow_master(client: object, interval: float = 1.0, timeout: float = 1.0) -> None:

@@ -7,18 +7,22 @@ sign-in form is throttled by the same failed-authentication limit as API keys.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Mount, Route, request_response
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from app.api.middleware import API_PREFIXES
 from app.config.settings import Settings
 from app.ui import keys_pages, pages, usage_pages
 from app.ui.console import Console
 from app.ui.stats import RecordEmbeddings, RollingStats
-from app.ui.web import HERE, SecureHeaders, signed_in
+from app.ui.web import HERE, Context, SecureHeaders, signed_in
 
 __all__ = ["install"]
 
@@ -42,12 +46,12 @@ def install(app: FastAPI, settings: Settings) -> Console | None:
 
 
 def _routes(console: Console) -> list[Route | Mount]:
-    def page(handler):  # type: ignore[no-untyped-def]
+    def page(handler: Callable[[Console, Context], Awaitable[Response]]) -> ASGIApp:
         return SecureHeaders(
             request_response(signed_in(console.sessions, partial(handler, console)))
         )
 
-    def public(handler):  # type: ignore[no-untyped-def]
+    def public(handler: Callable[[Console, Request], Awaitable[Response]]) -> ASGIApp:
         return SecureHeaders(request_response(partial(handler, console)))
 
     static = StaticFiles(directory=str(HERE / "static"))

@@ -68,8 +68,8 @@ def line_chart(
             runs[-1].append(f"{x:.1f},{y:.1f}")
         for run in runs:
             if len(run) == 1:
-                x, y = run[0].split(",")
-                body.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{colour}"/>')
+                cx, cy = run[0].split(",")
+                body.append(f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{colour}"/>')
             elif run:
                 body.append(
                     f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" '

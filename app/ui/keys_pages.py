@@ -66,9 +66,12 @@ def form_fields(form: dict[str, str], *, blank_clears: bool) -> dict[str, Any]:
 
 def _problem(exc: ValidationError) -> str:
     """The first problem, as the admin API's 400 states it (field, then message)."""
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    return f"{where}: {first.get('msg', 'invalid value')}" if where else first.get("msg", "")
+    errors = exc.errors()
+    if not errors:
+        return "invalid value"
+    where = ".".join(str(part) for part in errors[0]["loc"])
+    message = errors[0]["msg"]
+    return f"{where}: {message}" if where else message
 
 
 async def list_page(
@@ -97,8 +100,10 @@ async def create(console: Console, ctx: Context) -> Response:
     except ValidationError as exc:
         return await list_page(console, ctx, status=400, error=_problem(exc), form=ctx.form)
     except ACTION_ERRORS as caught:
-        exc = as_http_error(caught)
-        return await list_page(console, ctx, status=exc.status, error=exc.message, form=ctx.form)
+        error = as_http_error(caught)
+        return await list_page(
+            console, ctx, status=error.status, error=error.message, form=ctx.form
+        )
     # The only page that ever shows this secret; it is not stored, so a reload cannot show it.
     return render(ctx.request, "secret.html", ctx.session, record=record, secret=secret)
 
@@ -165,6 +170,6 @@ async def change(console: Console, ctx: Context) -> Response:
     except ValueError:
         return await detail(console, ctx, status=400, error="grace_seconds must be a number.")
     except ACTION_ERRORS as caught:
-        exc = as_http_error(caught)
-        return await detail(console, ctx, status=exc.status, error=exc.message)
+        error = as_http_error(caught)
+        return await detail(console, ctx, status=error.status, error=error.message)
     return RedirectResponse(f"/ui/keys/{key_id}", status_code=303)

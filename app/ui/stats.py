@@ -23,11 +23,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.context import request_context
+from app.state.redis_client import REDIS_FAILURES, RedisClient
 
 log = logging.getLogger("app.ui")
 
@@ -67,7 +66,7 @@ class RollingStats:
         self,
         clock: Callable[[], float] = time.time,
         *,
-        redis: Callable[[], Redis | None] | None = None,
+        redis: Callable[[], RedisClient | None] | None = None,
         prefix: str = "egw:console:stats:",
         timeout: float = 0.25,
     ) -> None:
@@ -137,7 +136,7 @@ class RollingStats:
                                 pipe.hincrby(key, f"{model}\t{name}", count)
                         pipe.expire(key, RETENTION_SECONDS)
                     await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("console statistics not shared through Redis (%s)", type(exc).__name__)
 
     def last_hour(self) -> list[Series]:
@@ -159,7 +158,7 @@ class RollingStats:
                     for minute in minutes:
                         pipe.hgetall(f"{self._prefix}{minute}")
                     answers = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             log.warning("console statistics not read from Redis (%s)", type(exc).__name__)
             return self.last_hour(), False
         merged: dict[int, dict[str, _Minute]] = {}
