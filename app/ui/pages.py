@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import orjson
@@ -204,7 +205,9 @@ async def playground(console: Console, ctx: Context) -> Response:
     )
 
 
-async def _embed(console: Console, request: Request, model: str, texts: list[str]) -> dict:
+async def _embed(
+    console: Console, request: Request, model: str, texts: list[str]
+) -> dict[str, Any]:
     """The API's own path below HTTP: the same validation, routing, cache and usage records,
     with the operator as the caller (no client key exists for it, and none is needed)."""
     services = console.services
