@@ -8,11 +8,12 @@ the discriminated union from the table its caller passes (app/runtime/build.py's
 from __future__ import annotations
 
 import functools
+import operator
 import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
@@ -26,6 +27,7 @@ from app.config.registry import (
     RegistryFile,
     Route,
 )
+from app.config.yaml_file import YamlFileError, read_yaml
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -39,9 +41,11 @@ def load_registry(
     to its config model (the table in app/providers/catalog.py, which owns them)."""
     source = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = read_yaml(path)
     except FileNotFoundError as exc:
         raise RegistryError(f"{source}: file not found") from exc
+    except YamlFileError as exc:
+        raise RegistryError(f"{source}: {exc}") from None
     except (OSError, yaml.YAMLError) as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -85,9 +89,11 @@ def _env_defaults(provider_types: Mapping[str, type[ProviderConfig]]) -> dict[st
 
 @functools.cache
 def _providers_adapter(types: tuple[type[ProviderConfig], ...]) -> TypeAdapter[Any]:
-    union = Annotated[Union[types], Field(discriminator="type")]  # noqa: UP007
+    # `A | B | ...` built at run time: a union of the types the caller passed.
+    union: Any = functools.reduce(operator.or_, types)
+    entry: Any = Annotated[union, Field(discriminator="type")]
     # Keyed by "providers" so that errors are located from the top of the file.
-    return TypeAdapter(dict[Literal["providers"], dict[str, union]])
+    return TypeAdapter(dict[Literal["providers"], dict[str, entry]])
 
 
 def _parse_providers(
