@@ -89,7 +89,8 @@ def serve(settings: Settings) -> None:
         loop="uvloop",
         # httptools with the header cap, slow-client timeouts and load cap it lacks.
         http="app.server.protocol:GatewayHttpProtocol",
-        timeout_keep_alive=settings.KEEPALIVE_TIMEOUT_SECONDS,
+        # Annotated int, used as a float (loop.call_later): fractions of a second work.
+        timeout_keep_alive=settings.KEEPALIVE_TIMEOUT_SECONDS,  # type: ignore[arg-type]
         # Accepted requests get this long to finish once the gateway stops accepting.
         timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_SECONDS,  # type: ignore[arg-type]
     )
