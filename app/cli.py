@@ -17,6 +17,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from app.config.errors import one_line
 from app.config.registry import RegistryError
+from app.config.registry_file import masked
 from app.config.report import model_table, settings_summary
 from app.config.settings import Settings
 from app.keys.store import KeyStoreError
@@ -108,7 +109,10 @@ def serve(settings: Settings) -> None:
 
 
 def _one_line(exc: Exception) -> str:
-    return one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+    if isinstance(exc, ValidationError):
+        return one_line(exc)
+    # The provider types' route checks quote the built registry: masked here, as in a reload.
+    return masked(str(exc))
 
 
 if __name__ == "__main__":

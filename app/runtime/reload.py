@@ -3,7 +3,8 @@
 Triggered by SIGHUP (app/server/worker.py) or `POST /admin/v1/reload`. Only the registry and what it
 interpolates change; settings (ports, limits, Redis) need a restart. The new registry is built and
 checked completely before anything is swapped, so an invalid one changes nothing: the caller gets
-the same one-line `RegistryError` `embeddings-gateway check-config` prints.
+the same one-line `RegistryError` `embeddings-gateway check-config` prints, with every value
+`${VAR}` put in masked.
 
 Reading and parsing run in a worker thread: a registry near its size cap takes seconds to parse
 on a busy machine, and requests must not wait for it.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from dotenv import dotenv_values
 
 from app.config.registry import Registry, RegistryError
+from app.config.registry_file import masked
 from app.config.settings import Settings
 from app.core.serving import Serving
 from app.providers import build_providers
@@ -85,8 +87,10 @@ class Reloader:
                 registry = await asyncio.to_thread(_read, settings)
                 providers = build_providers(registry)
             except RegistryError as exc:
-                log.error("reload refused, still serving the previous registry: %s", exc)
-                raise
+                # The provider types' checks quote the built registry: mask what they say too.
+                error = RegistryError(masked(str(exc)))
+                log.error("reload refused, still serving the previous registry: %s", error)
+                raise error from None
             router = old.router.successor(registry, providers)
             services.swap(Serving(registry, providers, router, old.cache))
             longest = settings.REQUEST_TIMEOUT_SECONDS + _RETIRE_MARGIN_SECONDS
