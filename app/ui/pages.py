@@ -22,7 +22,7 @@ from app.ui.charts import line_chart
 from app.ui.console import Console
 from app.ui.errors import ACTION_ERRORS, as_http_error
 from app.ui.session import COOKIE
-from app.ui.web import Context, read_form, render
+from app.ui.web import Context, from_another_site, read_form, render
 
 PLAYGROUND_KEY_ID = "console"  # usage of the Playground is reported under this key id
 
@@ -35,6 +35,12 @@ async def login_page(console: Console, request: Request) -> Response:
 
 async def login(console: Console, request: Request) -> Response:
     services = console.services
+    if from_another_site(request, _from_trusted_proxy(console, request)):
+        # Before the throttle: another site's forms must not use up this IP's allowance of
+        # failed sign-ins (which the API shares), nor sign a browser in as someone else.
+        return render(
+            request, "login.html", None, 403, error="Sign in from the console's own page."
+        )
     ip = client_ip(request.scope, services.settings.TRUSTED_PROXIES)
     throttle = services.auth_failures
     token = (await read_form(request)).get("token", "").strip()
@@ -67,10 +73,13 @@ def _is_https(console: Console, request: Request) -> bool:
     """HTTPS here, or at a trusted proxy in front that says so (then the cookie is Secure)."""
     if request.url.scheme == "https":
         return True
-    peer = parse_address(request.client.host) if request.client else None
-    trusted = peer is not None and any(peer in net for net in console.settings.TRUSTED_PROXIES)
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return trusted and forwarded == "https"
+    return _from_trusted_proxy(console, request) and forwarded == "https"
+
+
+def _from_trusted_proxy(console: Console, request: Request) -> bool:
+    peer = parse_address(request.client.host) if request.client else None
+    return peer is not None and any(peer in net for net in console.settings.TRUSTED_PROXIES)
 
 
 async def logout(console: Console, ctx: Context) -> Response:
