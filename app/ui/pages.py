@@ -21,15 +21,18 @@ from app.keys.service import audit
 from app.ui.charts import line_chart
 from app.ui.console import Console
 from app.ui.errors import ACTION_ERRORS, as_http_error
-from app.ui.session import COOKIE
-from app.ui.web import Context, from_another_site, read_form, render
+from app.ui.session import COOKIE, SessionUnchecked
+from app.ui.web import Context, from_another_site, read_form, render, unchecked_page
 
 PLAYGROUND_KEY_ID = "console"  # usage of the Playground is reported under this key id
 
 
 async def login_page(console: Console, request: Request) -> Response:
-    if await console.sessions().read(request.cookies.get(COOKIE)) is not None:
-        return RedirectResponse("/ui", status_code=303)
+    try:
+        if await console.sessions().read(request.cookies.get(COOKIE)) is not None:
+            return RedirectResponse("/ui", status_code=303)
+    except SessionUnchecked:
+        return unchecked_page(request, sign_in=True)
     return render(request, "login.html", None)
 
 

@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.ui.session import COOKIE, Session, Sessions, csrf_matches
+from app.ui.session import COOKIE, Session, Sessions, SessionUnchecked, csrf_matches
 
 HERE = Path(__file__).parent
 # No inline script or style anywhere: charts are SVG drawn with attributes, behaviour is in
@@ -134,11 +134,14 @@ def _host(netloc: str | None, scheme: str | None) -> tuple[str, int | None] | No
 
 
 def signed_in(sessions: Callable[[], Sessions], handler: Handler) -> Callable[..., Any]:
-    """Wrap a handler: no session → sign-in page (GET) or 401; a POST without the session's
-    CSRF token → 403, before the handler runs."""
+    """Wrap a handler: no session → sign-in page (GET) or 401; a session Redis cannot vouch
+    for → 503; a POST without the session's CSRF token → 403, before the handler runs."""
 
     async def endpoint(request: Request) -> Response:
-        session = await sessions().read(request.cookies.get(COOKIE))
+        try:
+            session = await sessions().read(request.cookies.get(COOKIE))
+        except SessionUnchecked:
+            return unchecked_page(request)
         if session is None:
             if request.method == "GET":
                 return RedirectResponse("/ui/login", status_code=303)
@@ -172,3 +175,20 @@ def render(
 
 def message_page(request: Request, message: str, status: int) -> HTMLResponse:
     return render(request, "message.html", None, status=status, message=message)
+
+
+UNCHECKED = (
+    "The console cannot check sessions now: Redis is not answering, so it cannot tell whether "
+    "this one was signed out. The gateway's API is not affected. Try again in a moment."
+)
+
+
+def unchecked_page(request: Request, *, sign_in: bool = False) -> HTMLResponse:
+    """The 503 for a session check Redis did not answer (app/ui/session.py): a notice, or the
+    sign-in page saying why signing in would not help yet."""
+    if sign_in:
+        response = render(request, "login.html", None, 503, error=UNCHECKED)
+    else:
+        response = message_page(request, UNCHECKED, 503)
+    response.headers["retry-after"] = "5"
+    return response
