@@ -143,7 +143,7 @@ OVERRIDES = {
 
 
 def test_a_large_registry_reloads_while_requests_are_answered(tmp_path, upstream_a):
-    """~3 MiB: seconds of parsing and validation, in a worker thread. A steady stream of
+    """~3.5 MiB: seconds of parsing and validation, in a worker thread. A steady stream of
     /healthz on the same (only) worker never waits long meanwhile."""
     registry = registry_to(tmp_path / "models.yaml", upstream_a.base_url)
     models = {
