@@ -17,6 +17,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from app.config.errors import one_line
 from app.config.registry import RegistryError
+from app.config.registry_file import masked
 from app.config.report import model_table, settings_summary
 from app.config.settings import Settings
 from app.keys.store import KeyStoreError
@@ -89,7 +90,8 @@ def serve(settings: Settings) -> None:
         loop="uvloop",
         # httptools with the header cap, slow-client timeouts and load cap it lacks.
         http="app.server.protocol:GatewayHttpProtocol",
-        timeout_keep_alive=settings.KEEPALIVE_TIMEOUT_SECONDS,
+        # Annotated int, used as a float (loop.call_later): fractions of a second work.
+        timeout_keep_alive=settings.KEEPALIVE_TIMEOUT_SECONDS,  # type: ignore[arg-type]
         # Accepted requests get this long to finish once the gateway stops accepting.
         timeout_graceful_shutdown=settings.SHUTDOWN_GRACE_SECONDS,  # type: ignore[arg-type]
     )
@@ -107,7 +109,10 @@ def serve(settings: Settings) -> None:
 
 
 def _one_line(exc: Exception) -> str:
-    return one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+    if isinstance(exc, ValidationError):
+        return one_line(exc)
+    # The provider types' route checks quote the built registry: masked here, as in a reload.
+    return masked(str(exc))
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def test_pages_carry_the_security_headers(console):
         assert "script-src 'self'" in CSP and "frame-ancestors 'none'" in CSP
         assert "unsafe-inline" not in CSP
         assert headers["x-content-type-options"] == "nosniff"
-        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["referrer-policy"] == "same-origin"
         assert ADMIN_TOKEN not in response.text
     assert "<script>" not in client.get("/ui").text  # no inline script anywhere
 

@@ -227,7 +227,7 @@ def test_csp_csrf_and_sign_out_in_a_browser(browser: Browser, console: ThreadedG
     headers = response.headers
     assert headers["content-security-policy"] == CSP
     assert headers["x-content-type-options"] == "nosniff"
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
 
     # An inline script is refused by the policy, even one the page itself tries to add.
     page.evaluate(
@@ -251,4 +251,40 @@ def test_csp_csrf_and_sign_out_in_a_browser(browser: Browser, console: ThreadedG
     assert [c for c in context.cookies() if c["name"] == COOKIE] == []
     page.goto(f"{base}/ui/keys")
     assert page.url == f"{base}/ui/login"
+    context.close()
+
+
+def test_a_sign_in_form_on_another_site_is_refused(browser: Browser, console: ThreadedGateway):
+    """Another site's page posts the right token to /ui/login: refused (403), no session; the
+    console's own form sends its real origin (not `null`, as it did under `no-referrer`)."""
+    base = console.url
+    context = browser.new_context()
+    page = context.new_page()
+    sent: list[dict[str, str]] = []
+    page.on(
+        "request",
+        lambda r: (
+            sent.append(r.all_headers())
+            if r.url == f"{base}/ui/login" and r.method == "POST"
+            else None
+        ),
+    )
+    sign_in(page, base)
+    assert sent[-1]["origin"] == base and sent[-1]["sec-fetch-site"] == "same-origin"
+    context.clear_cookies()
+
+    form = (
+        f'<form method="post" action="{base}/ui/login">'
+        f'<input name="token" value="{ADMIN_TOKEN}"></form>'
+        "<script>document.forms[0].submit()</script>"
+    )
+    page.route(
+        "http://evil.test/", lambda route: route.fulfill(body=form, content_type="text/html")
+    )
+    with page.expect_response(f"{base}/ui/login") as answer:
+        page.goto("http://evil.test/")
+    assert answer.value.status == 403
+    assert sent[-1]["origin"] == "http://evil.test"
+    assert "Sign in from the console's own page." in page.content()
+    assert [c for c in context.cookies() if c["name"] == COOKIE] == []
     context.close()

@@ -103,7 +103,7 @@ def _parse(
 
     dimensions = data.get("dimensions")
     if dimensions is not None:
-        _check_dimensions(
+        dimensions = _checked_dimensions(
             dimensions, model.id, model.config.dimensions, model.config.supports_dimensions
         )
 
@@ -132,17 +132,24 @@ def _parse(
 _MISSING: Any = object()
 
 
-def _check_dimensions(dimensions: Any, model_id: str, native: int, supported: bool) -> None:
+def _checked_dimensions(dimensions: Any, model_id: str, native: int, supported: bool) -> int | None:
+    """The width to ask for, or None for the model's own. Its own width is accepted on every
+    model (clients such as mem0 send `dimensions` whenever one is configured) and dropped: the
+    request is then the same as one without it, upstream, in the cache and in usage."""
     if type(dimensions) is not int or dimensions < 1:
         raise invalid_request("'dimensions' must be an integer of at least 1.", param="dimensions")
+    if dimensions == native:
+        return None
     if not supported:
         raise invalid_request(
-            f"The model '{model_id}' does not support 'dimensions'.", param="dimensions"
+            f"The model '{model_id}' does not support 'dimensions' other than its own, {native}.",
+            param="dimensions",
         )
     if dimensions > native:
         raise invalid_request(
             f"'dimensions' must be at most {native} for model '{model_id}'.", param="dimensions"
         )
+    return dimensions
 
 
 def _normalise_input(raw: Any) -> tuple[list[str] | None, list[list[int]] | None]:

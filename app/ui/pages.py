@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import orjson
@@ -20,20 +21,29 @@ from app.keys.service import audit
 from app.ui.charts import line_chart
 from app.ui.console import Console
 from app.ui.errors import ACTION_ERRORS, as_http_error
-from app.ui.session import COOKIE
-from app.ui.web import Context, read_form, render
+from app.ui.session import COOKIE, SessionUnchecked
+from app.ui.web import Context, from_another_site, read_form, render, unchecked_page
 
 PLAYGROUND_KEY_ID = "console"  # usage of the Playground is reported under this key id
 
 
 async def login_page(console: Console, request: Request) -> Response:
-    if await console.sessions().read(request.cookies.get(COOKIE)) is not None:
-        return RedirectResponse("/ui", status_code=303)
+    try:
+        if await console.sessions().read(request.cookies.get(COOKIE)) is not None:
+            return RedirectResponse("/ui", status_code=303)
+    except SessionUnchecked:
+        return unchecked_page(request, sign_in=True)
     return render(request, "login.html", None)
 
 
 async def login(console: Console, request: Request) -> Response:
     services = console.services
+    if from_another_site(request, _from_trusted_proxy(console, request)):
+        # Before the throttle: another site's forms must not use up this IP's allowance of
+        # failed sign-ins (which the API shares), nor sign a browser in as someone else.
+        return render(
+            request, "login.html", None, 403, error="Sign in from the console's own page."
+        )
     ip = client_ip(request.scope, services.settings.TRUSTED_PROXIES)
     throttle = services.auth_failures
     token = (await read_form(request)).get("token", "").strip()
@@ -66,10 +76,13 @@ def _is_https(console: Console, request: Request) -> bool:
     """HTTPS here, or at a trusted proxy in front that says so (then the cookie is Secure)."""
     if request.url.scheme == "https":
         return True
-    peer = parse_address(request.client.host) if request.client else None
-    trusted = peer is not None and any(peer in net for net in console.settings.TRUSTED_PROXIES)
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return trusted and forwarded == "https"
+    return _from_trusted_proxy(console, request) and forwarded == "https"
+
+
+def _from_trusted_proxy(console: Console, request: Request) -> bool:
+    peer = parse_address(request.client.host) if request.client else None
+    return peer is not None and any(peer in net for net in console.settings.TRUSTED_PROXIES)
 
 
 async def logout(console: Console, ctx: Context) -> Response:
@@ -204,7 +217,9 @@ async def playground(console: Console, ctx: Context) -> Response:
     )
 
 
-async def _embed(console: Console, request: Request, model: str, texts: list[str]) -> dict:
+async def _embed(
+    console: Console, request: Request, model: str, texts: list[str]
+) -> dict[str, Any]:
     """The API's own path below HTTP: the same validation, routing, cache and usage records,
     with the operator as the caller (no client key exists for it, and none is needed)."""
     services = console.services

@@ -1,5 +1,5 @@
-"""What every console page shares: security headers, the session and CSRF gate, form parsing
-and rendering with autoescaped templates."""
+"""What every console page shares: security headers, the session and CSRF gate, the sign-in
+form's same-origin check, form parsing and rendering with autoescaped templates."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.ui.session import COOKIE, Session, Sessions, csrf_matches
+from app.ui.session import COOKIE, Session, Sessions, SessionUnchecked, csrf_matches
 
 HERE = Path(__file__).parent
 # No inline script or style anywhere: charts are SVG drawn with attributes, behaviour is in
@@ -26,7 +26,10 @@ CSP = (
 SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # Not `no-referrer`: under it a browser sends `Origin: null` even on the console's own form
+    # posts, and the sign-in's same-origin check could not tell them from a sandboxed frame's.
+    # Nothing leaves the console either way: it links to no other origin.
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cache-control": "no-store",
 }
@@ -77,12 +80,68 @@ async def read_form(request: Request) -> dict[str, str]:
     return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
 
 
+def from_another_site(request: Request, trusted_proxy: bool) -> bool:
+    """Was this POST sent by a browser from a page of another origin (a cross-site form)?
+
+    `Sec-Fetch-Site`, which a browser writes itself and no page can set, decides when present:
+    `same-origin` is the console's own page, whatever Host a proxy in front rewrote. Otherwise
+    the `Origin` header (or, lacking it, `Referer`) must name the host the request was sent to:
+    its Host header, or X-Forwarded-Host when the peer is a trusted proxy (`trusted_proxy`).
+    A request with none of these is no browser's form (curl, a script) and is let through:
+    CSRF needs a victim's browser, and a browser sends them.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site in ("cross-site", "same-site"):
+        return True
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if claimed is None or fetch_site == "same-origin":
+        return False
+    hosts = {_host(request.headers.get("host"), None)}
+    forwarded = request.headers.get("x-forwarded-host")
+    if trusted_proxy and forwarded:
+        hosts.add(_host(forwarded.split(",")[0].strip(), None))
+    origin = _url_host(claimed)  # None for `Origin: null` (a sandboxed frame, a data: URL)
+    return origin is None or origin not in hosts
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _url_host(url: str) -> tuple[str, int | None] | None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS:
+        return None
+    return _host(parts.netloc.rpartition("@")[2], parts.scheme)
+
+
+def _host(netloc: str | None, scheme: str | None) -> tuple[str, int | None] | None:
+    """(host, port), the port None when it is the scheme's default; a Host header has no
+    scheme (TLS may end at a proxy), so either default port counts as none."""
+    if not netloc:
+        return None
+    try:
+        parts = urlsplit("//" + netloc)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if host is None:
+        return None
+    defaults = {_DEFAULT_PORTS[scheme]} if scheme else set(_DEFAULT_PORTS.values())
+    return host, None if port in defaults else port
+
+
 def signed_in(sessions: Callable[[], Sessions], handler: Handler) -> Callable[..., Any]:
-    """Wrap a handler: no session → sign-in page (GET) or 401; a POST without the session's
-    CSRF token → 403, before the handler runs."""
+    """Wrap a handler: no session → sign-in page (GET) or 401; a session Redis cannot vouch
+    for → 503; a POST without the session's CSRF token → 403, before the handler runs."""
 
     async def endpoint(request: Request) -> Response:
-        session = await sessions().read(request.cookies.get(COOKIE))
+        try:
+            session = await sessions().read(request.cookies.get(COOKIE))
+        except SessionUnchecked:
+            return unchecked_page(request)
         if session is None:
             if request.method == "GET":
                 return RedirectResponse("/ui/login", status_code=303)
@@ -116,3 +175,20 @@ def render(
 
 def message_page(request: Request, message: str, status: int) -> HTMLResponse:
     return render(request, "message.html", None, status=status, message=message)
+
+
+UNCHECKED = (
+    "The console cannot check sessions now: Redis is not answering, so it cannot tell whether "
+    "this one was signed out. The gateway's API is not affected. Try again in a moment."
+)
+
+
+def unchecked_page(request: Request, *, sign_in: bool = False) -> HTMLResponse:
+    """The 503 for a session check Redis did not answer (app/ui/session.py): a notice, or the
+    sign-in page saying why signing in would not help yet."""
+    if sign_in:
+        response = render(request, "login.html", None, 503, error=UNCHECKED)
+    else:
+        response = message_page(request, UNCHECKED, 503)
+    response.headers["retry-after"] = "5"
+    return response
