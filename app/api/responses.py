@@ -15,7 +15,9 @@ class JSONBytesResponse(Response):
     media_type = "application/json"
 
 
-def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None):
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> JSONBytesResponse:
     return JSONBytesResponse(orjson.dumps(content), status_code=status, headers=headers)
 
 

@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from app.auth.callers import Authenticator
 from app.auth.throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
 from app.auth.throttle import AuthFailureThrottle
@@ -22,14 +20,18 @@ from app.config.settings import Settings
 from app.core.routing.pacing import Pacing
 from app.core.routing.router import Router
 from app.core.serving import Serving
-from app.keys.build import build_key_checks, build_keys
+from app.keys.build import build_key_policies, build_keys
 from app.providers import build_providers
 from app.providers.catalog import config_types
 from app.runtime.services import Services
 from app.state.cache import EmbeddingCache
 from app.state.pacing_timeline import RedisTimeline
 from app.state.rate_limits import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from app.state.redis_client import RedisClient
 from app.state.redis_client import connect as connect_redis
+from app.state.usage_ledger import UsageBooks, UsageLedger
+from app.state.usage_redis import RedisUsageBooks
+from app.state.usage_sqlite import SQLiteUsageBooks, usage_path
 
 log = logging.getLogger("app")
 
@@ -66,8 +68,9 @@ def build_services(
         limiter=build_limiter(settings, redis),
         redis=redis,
         keys=keys,
-        key_checks=build_key_checks(settings, redis, keys) if keys is not None else None,
+        key_policies=build_key_policies(settings, redis, keys) if keys is not None else None,
         auth_failures=build_auth_failure_throttle(settings, redis),
+        usage=build_usage(settings, redis),
     )
     return services
 
@@ -82,7 +85,7 @@ class _CurrentRegistry(Registry):
         return self._current().get(model_id)
 
 
-def build_pacing(settings: Settings, redis: Redis | None) -> Pacing:
+def build_pacing(settings: Settings, redis: RedisClient | None) -> Pacing:
     """Providers' `max_requests_per_second` timelines: in Redis when there is one, else each
     worker paces at its share of the rate."""
     if redis is None:
@@ -93,7 +96,7 @@ def build_pacing(settings: Settings, redis: Redis | None) -> Pacing:
     return Pacing(timeline, local_share=settings.WORKERS)
 
 
-def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None:
+def build_limiter(settings: Settings, redis: RedisClient | None) -> RateLimiter | None:
     """No I/O here: clients connect on first use."""
     limit = settings.RATE_LIMIT_PER_SECOND
     if limit == 0:
@@ -110,7 +113,7 @@ def build_limiter(settings: Settings, redis: Redis | None) -> RateLimiter | None
 
 
 def build_auth_failure_throttle(
-    settings: Settings, redis: Redis | None
+    settings: Settings, redis: RedisClient | None
 ) -> AuthFailureThrottle | None:
     """The same sliding log as the request limit, over a minute, under its own key prefix.
 
@@ -153,7 +156,23 @@ async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None
     await limiter.start()
 
 
-def build_cache(settings: Settings, redis: Redis | None) -> EmbeddingCache | None:
+def build_usage(settings: Settings, redis: RedisClient | None) -> UsageLedger:
+    """Usage in Redis, else in a SQLite file beside KEYS_DB (every worker shares it; if its
+    directory cannot be written, `UsageLedger.start` keeps usage in each process instead)."""
+    timeout = settings.USAGE_REPORT_TIMEOUT_SECONDS
+    books: UsageBooks | None
+    if redis is not None:
+        books = RedisUsageBooks(
+            redis, prefix=settings.USAGE_KEY_PREFIX, timeout=settings.CACHE_TIMEOUT_MS / 1000
+        )
+    else:
+        books = SQLiteUsageBooks(
+            usage_path(settings.KEYS_DB), timeout=settings.KEYS_DB_TIMEOUT_MS / 1000
+        )
+    return UsageLedger(books, report_timeout=timeout)
+
+
+def build_cache(settings: Settings, redis: RedisClient | None) -> EmbeddingCache | None:
     if redis is None or not settings.CACHE_ENABLED:
         return None
     return EmbeddingCache(
