@@ -186,11 +186,17 @@ class RedisUsageBooks:
     async def start(self) -> None:
         """Nothing to check: the client connects on first use."""
 
-    def _start_building(self) -> None:
+    def _start_building(self) -> asyncio.Task[None]:
+        """The one build of the index in this process (a report that finds it missing and
+        the start-up's upkeep share it)."""
         if self._building is None or self._building.done():
-            self._building = asyncio.get_running_loop().create_task(self.maintain())
+            self._building = asyncio.get_running_loop().create_task(self._build())
+        return self._building
 
     async def maintain(self) -> None:
+        await asyncio.shield(self._start_building())
+
+    async def _build(self) -> None:
         marker = f"{self._prefix}index:built"
         if await self._bounded(self._redis.exists(marker), self._timeout):
             return
