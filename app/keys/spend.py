@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from app.keys.model import utcnow
 from app.keys.store import KeyStore, KeyStoreError, SpendEntry
@@ -49,10 +49,9 @@ class SpendLedger(BatchedWrites[list[SpendEntry]]):
             self._owed[(key_id, now.date())] += amount
 
     def _take(self) -> list[list[SpendEntry]]:
+        # What is owed is charged to the day it was spent on, however late it is written.
         entries = self._released + [
-            SpendEntry(
-                key_id, amount, None, datetime(d.year, d.month, d.day, 12, tzinfo=utcnow().tzinfo)
-            )
+            SpendEntry(key_id, amount, None, datetime(d.year, d.month, d.day, 12, tzinfo=UTC))
             for (key_id, d), amount in self._owed.items()
         ]
         self._released, self._owed, self._dropped_releases = [], defaultdict(float), 0
@@ -63,9 +62,3 @@ class SpendLedger(BatchedWrites[list[SpendEntry]]):
             await self._store.apply_spend(batch_id, batch)
         except KeyStoreError as exc:
             raise StoreFailed(str(exc)) from None
-
-    def pending_usd(self, key_id: str) -> float:
-        """What this process owes the key's spend and has not written yet."""
-        owed = sum(a for (k, _), a in self._owed.items() if k == key_id)
-        owed += sum(e.amount for e in self._released if e.key_id == key_id)
-        return owed + sum(e.amount for _, b in self._unsent for e in b if e.key_id == key_id)
