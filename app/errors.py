@@ -51,9 +51,10 @@ class ManagedKeyRefused(AuthenticationFailed):
         "expired": "This API key has expired.",
     }
 
-    def __init__(self, reason: KeyRefusal) -> None:
+    def __init__(self, reason: KeyRefusal, key_id: str) -> None:
         super().__init__(self._MESSAGES[reason])
         self.reason = reason
+        self.key_id = key_id  # which known key is still in use: for the access log, never hidden
 
 
 class TooManyFailedAuthentications(DomainError):
@@ -78,6 +79,18 @@ class BudgetSpent(DomainError):
         self.spent_usd = spent_usd
 
 
+class BudgetInFlight(DomainError):
+    """The budget is not spent, but what requests in flight reserved leaves no room for this
+    one: retry once they settle."""
+
+    def __init__(self, budget_usd: float, spent_usd: float, retry_after: float) -> None:
+        super().__init__(
+            f"This key's budget of ${budget_usd:g} is held by requests in flight "
+            f"(${spent_usd:.6f} spent so far)."
+        )
+        self.retry_after = retry_after
+
+
 class KeyStoreUnavailable(DomainError):
     def __init__(self) -> None:
         super().__init__("The gateway's key store is not answering; please try again shortly.")
@@ -89,3 +102,14 @@ class InvalidKeyChange(DomainError):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+# -- usage reports (app/state/usage_ledger.py) ---------------------------------------------
+
+
+class UsageUnavailable(DomainError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"Usage cannot be read right now ({reason}); the report would be incomplete, so "
+            "none is given. Please try again shortly."
+        )

@@ -76,7 +76,9 @@ def create_app(
         )
         if console is not None:
             console.attach(services)
-        flusher = asyncio.create_task(services.usage.run_flusher())
+        await services.usage.start()
+        # Usage and spend go to the shared books in the background, retried until they do.
+        writers = [asyncio.create_task(w.run()) for w in services.background_writers()]
         follower = asyncio.create_task(follow_master(services.redis))  # Sentinel failovers
         # Everything built so far lives as long as the process: keep it out of the collector's
         # sweeps, whose full passes over it were the p99 tail under load (measured: 68 -> 20 ms).
@@ -87,7 +89,8 @@ def create_app(
             # services and the drain state here.
             yield {"services": services, "lifecycle": lifecycle}
         finally:
-            flusher.cancel()
+            for writer in writers:
+                writer.cancel()
             follower.cancel()
             await reloader.aclose()
             await services.aclose()

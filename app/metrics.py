@@ -92,6 +92,11 @@ RATE_LIMITED = Counter(f"{PREFIX}_rate_limited_total", "Requests refused with 42
 REDIS_ERRORS = Counter(
     f"{PREFIX}_redis_errors_total", "Redis calls that failed or timed out.", ["operation"]
 )
+BATCHED_WRITE_FAILURES = Counter(
+    f"{PREFIX}_batched_write_failures_total",
+    "Background writes of usage or managed keys' spend that failed (kept in process, retried).",
+    ["ledger"],
+)
 CACHE_LOOKUPS = Counter(
     f"{PREFIX}_cache_lookups_total", "Embedding cache lookups per input item.", ["model", "result"]
 )
@@ -111,7 +116,8 @@ def render() -> tuple[bytes, str]:
     """The exposition text for /metrics, across all workers in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+        # prometheus-client ships no hints for this class
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     from prometheus_client import REGISTRY
 

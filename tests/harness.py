@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -54,11 +56,41 @@ def model_entry(
     }
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), children first."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie is dead: only its parent's wait is missing
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def scratch_keys_db() -> str:
+    """A KEYS_DB in a fresh directory: without Redis a gateway keeps usage in a SQLite file
+    beside KEYS_DB, and a test must not read what an earlier run left in ./data."""
+    return str(Path(tempfile.mkdtemp(prefix="gateway-data-")) / "keys.db")
+
+
 class ThreadedGateway:
     """The real ASGI app behind a real uvicorn server on 127.0.0.1, in a background thread."""
 
     def __init__(self, **settings: Any) -> None:
         self.port = free_port()
+        settings.setdefault("KEYS_DB", scratch_keys_db())
         self.settings = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
         config = uvicorn.Config(
             create_app(self.settings),
@@ -104,6 +136,7 @@ class GatewayProcess:
     def __init__(self, env: dict[str, str], *, cwd: Path = ROOT) -> None:
         self.port = int(env.get("PORT") or free_port())
         self.env = {**os.environ, "HOST": "127.0.0.1", **env, "PORT": str(self.port)}
+        self.env.setdefault("KEYS_DB", scratch_keys_db())
         self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gateway-{self.port}.log"
@@ -146,6 +179,22 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL the supervisor and every worker at once, as an OOM kill or a lost node would:
+        no shutdown, no last flush."""
+        assert self.process is not None
+        pids = [self.process.pid, *_descendants(self.process.pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait()
+        for pid in pids[1:]:  # workers are not our children: wait until they are gone
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
         if hasattr(self, "_log"):
             self._log.close()
 

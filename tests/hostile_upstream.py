@@ -7,6 +7,8 @@ The upstream model name picks the misbehaviour (every vector has `DIMS` floats):
 - `gzip-bomb`: a 200 with `Content-Encoding: gzip`, ~0.5 MB on the wire, `BOMB_BYTES` inflated.
 - `huge-error`: a 500 whose body is `HUGE_BYTES` of JSON, streamed.
 - `usage-<n>`: a correct answer whose usage claims `n` prompt tokens (n may be negative).
+- `per-input-<n>`: a correct answer whose usage bills `n` tokens for every input (a tokenizer
+  that counts far more than cl100k), however the gateway batched them.
 - `echo-key`: a 500 whose message repeats the caller's key upper-cased, in base64 and split.
 
 Bodies are streamed, never built whole: a test can send 500 MB without holding it.
@@ -115,6 +117,8 @@ class HostileUpstream:
         self.calls.append(model)
         if model == "normal":
             return _json(vectors_body(count, count))
+        if model.startswith("per-input-"):
+            return _json(vectors_body(count, count * int(model.removeprefix("per-input-"))))
         if model.startswith("usage-"):
             return _json(vectors_body(count, int(model.removeprefix("usage-"))))
         if model == "huge":

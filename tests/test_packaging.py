@@ -46,8 +46,9 @@ def test_env_example_names_only_real_settings_and_covers_the_secrets():
 
 
 def test_every_setting_is_documented_in_the_readme():
-    readme = (ROOT / "README.md").read_text()
-    missing = [name for name in Settings.model_fields if f"`{name}`" not in readme]
+    # The README is becoming a front door: a setting documented on a docs/ page counts too.
+    docs = [(ROOT / "README.md").read_text(), *(p.read_text() for p in ROOT.glob("docs/*.md"))]
+    missing = [name for name in Settings.model_fields if not any(f"`{name}`" in d for d in docs)]
     assert not missing
 
 

@@ -18,6 +18,7 @@ import pytest
 from app.config.settings import Settings
 from app.state.redis_client import connect, slot_of
 from app.state.usage_ledger import UsageLedger, today
+from app.state.usage_redis import RedisUsageBooks
 from tests.cache_support import check_mixed_orders
 from tests.conftest import (
     CLIENT_KEY,
@@ -141,7 +142,8 @@ async def test_usage_flushes_apply_once_per_slot(redis_env, mode):
     settings = Settings(_env_file=None, **redis_env)  # type: ignore[call-arg]
     assert settings.REDIS_URL is not None
     client = connect(settings.REDIS_URL, 1.0, settings.redis_options)
-    ledger = UsageLedger(client, prefix=settings.USAGE_KEY_PREFIX, timeout=1.0)
+    books = RedisUsageBooks(client, prefix=settings.USAGE_KEY_PREFIX, timeout=1.0)
+    ledger = UsageLedger(books, report_timeout=1.0)
     keys = [f"key_{n:04d}" for n in range(20)]
     try:
         for key in keys:
@@ -164,6 +166,7 @@ async def test_usage_flushes_apply_once_per_slot(redis_env, mode):
         slots = {slot_of(prefix + key) for key in keys}
         assert len(parts) == (len(slots) if mode == "cluster" else 1)
         assert mode != "cluster" or len(parts) > 1
+        await books.maintain()  # what a gateway's writer does first: the index is complete
         rows = await ledger.report(None, today(), today())
     finally:
         await client.aclose()

@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from app.errors import UsageUnavailable
+from app.state.batched_writes import StoreFailed
 from app.state.redis_client import connect
 from app.state.usage_ledger import UsageLedger, today
+from app.state.usage_redis import RedisUsageBooks
 from tests.redis_server import RedisServer
 
 MODEL = "m"
@@ -21,18 +24,24 @@ INT64_MAX = 2**63 - 1
 @pytest_asyncio.fixture(loop_scope="function")
 async def ledger(redis_server) -> AsyncIterator[UsageLedger]:
     client = connect(redis_server.url, 1.0)
-    yield UsageLedger(client, prefix=f"egw:test:{uuid.uuid4().hex[:10]}:", timeout=1.0)
+    books = RedisUsageBooks(client, prefix=f"egw:test:{uuid.uuid4().hex[:10]}:", timeout=1.0)
+    yield UsageLedger(books, report_timeout=1.0)
     await client.aclose()
 
 
 def hash_of(redis_server, ledger: UsageLedger, key_id: str) -> dict[str, int | float]:
     with redis_server.client() as client:
-        raw = client.hgetall(f"{ledger._prefix}{today().isoformat()}:{key_id}")
+        raw = client.hgetall(books_of(ledger).hash_name((today().isoformat(), key_id, MODEL)))
     out: dict[str, int | float] = {}
     for field, value in raw.items():
         figure = field.decode().partition("\t")[2]
         out[figure] = float(value) if figure == "cost_usd" else int(value)
     return out
+
+
+def books_of(ledger: UsageLedger) -> RedisUsageBooks:
+    assert isinstance(ledger.books, RedisUsageBooks)
+    return ledger.books
 
 
 def record(ledger: UsageLedger, key_id: str, tokens: int) -> None:
@@ -51,7 +60,7 @@ async def test_one_refused_increment_neither_blocks_nor_replays_the_others(
 ):
     # A counter already at int64's maximum: Redis refuses any HINCRBY on it.
     with redis_server.client() as client:
-        name = f"{ledger._prefix}{today().isoformat()}:key_full"
+        name = books_of(ledger).hash_name((today().isoformat(), "key_full", MODEL))
         client.hset(name, f"{MODEL}\trequests", INT64_MAX)
     record(ledger, "key_full", 5)
     record(ledger, "key_a", 10)
@@ -98,16 +107,21 @@ async def test_a_batch_sent_again_after_a_lost_answer_counts_once(ledger, redis_
 async def test_while_redis_is_down_figures_wait_and_arrive_once():
     with RedisServer() as server:
         client = connect(server.url, 0.5)
-        ledger = UsageLedger(client, prefix="egw:test:down:", timeout=0.5)
+        books = RedisUsageBooks(client, prefix="egw:test:down:", timeout=0.5)
+        ledger = UsageLedger(books, report_timeout=0.5)
         server.stop()
         record(ledger, "key_a", 4)
-        await ledger.flush()
-        await ledger.flush()
-        rows = await ledger.report("key_a", today(), today())
-        assert [(r.requests, r.input_tokens) for r in rows] == [(1, 4)]  # reported, once
+        for _ in range(2):
+            with pytest.raises(StoreFailed):
+                await ledger.flush()
+        with pytest.raises(UsageUnavailable):  # a 503, never a report without the books
+            await ledger.report("key_a", today(), today())
+        record(ledger, "key_a", 1)  # while a batch waits, new figures add up beside it
+        assert ledger.health()["unsent_batches"] == 1
         server.start()
         await ledger.flush()
         await ledger.flush()
-        assert hash_of(server, ledger, "key_a")["requests"] == 1
-        assert await ledger.report("key_a", today(), today()) == rows
+        assert hash_of(server, ledger, "key_a")["requests"] == 2
+        rows = await ledger.report("key_a", today(), today())
+        assert [(r.requests, r.input_tokens) for r in rows] == [(2, 5)]
         await client.aclose()

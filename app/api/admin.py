@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.admission import presented_key
-from app.api.context import lifespan_state
+from app.api.client_ip import client_ip
+from app.api.context import lifespan_state, request_context
 from app.api.errors import AUTHENTICATION, NOT_FOUND, GatewayError, invalid_request
 from app.api.responses import json_response
 from app.config.registry import RegistryError
@@ -44,10 +45,20 @@ def admin_id(token: str) -> str:
 
 
 async def _admin(request: Request) -> str:
+    """The caller's admin id, or a 401. Wrong tokens count against the client IP like the
+    API's and the console's failed sign-ins (`AuthFailureThrottle`): past the limit the IP gets
+    429s, before its token is even compared, and no audit line each (the log stays bounded:
+    at most AUTH_FAILURES_PER_MINUTE refusals per IP and minute are written)."""
     services = lifespan_state(request.scope)["services"]
     expected = services.settings.GATEWAY_ADMIN_TOKEN
     presented = presented_key(request.headers)
     assert expected is not None  # the router is mounted only with a token
+    ip = client_ip(request.scope, services.settings.TRUSTED_PROXIES)
+    context = request_context(request.scope)
+    context.client_ip = ip
+    throttle = services.auth_failures
+    if throttle is not None:
+        throttle.check(ip)
     if presented is None or not hmac.compare_digest(
         hashlib.sha256(presented.encode()).digest(),
         hashlib.sha256(expected.get_secret_value().encode()).digest(),
@@ -59,9 +70,11 @@ async def _admin(request: Request) -> str:
                 "actor": admin_id(presented) if presented else None,  # a hash, never the token
                 "action": "denied",
                 "path": request.url.path,
-                "client_ip": request.client.host if request.client else None,
+                "client_ip": ip,
             },
         )
+        if throttle is not None:
+            await throttle.failed(ip)  # one too many: a 429 instead of the 401
         raise GatewayError(
             401,
             "The admin API takes 'Authorization: Bearer <GATEWAY_ADMIN_TOKEN>'.",
@@ -87,7 +100,7 @@ async def _record(keys: ManagedKeys, key_id: str) -> ApiKeyRecord:
 
 
 @router.post("/keys", status_code=201)
-async def create_key(request: Request, policy: KeyPolicy, actor: str = Depends(_admin)):
+async def create_key(request: Request, policy: KeyPolicy, actor: str = Depends(_admin)) -> Response:
     record, secret = await _keys(request).create(policy, actor)
     # The only response that ever carries this secret.
     return json_response({"id": record.id, "key": secret, **record.public()}, status=201)

@@ -17,10 +17,29 @@ from app.api.errors import GatewayError, duration, too_many_requests
 from app.api.middleware import api_route, extra_headers, send_error
 from app.auth.callers import Caller
 from app.auth.throttle import AuthFailureThrottle
-from app.errors import AuthenticationFailed
+from app.errors import AuthenticationFailed, ManagedKeyRefused
+from app.keys.limits import TokenDecision
 from app.runtime.services import Services
+from app.state.rate_limits import Decision
 
-__all__ = ["IPLimit", "authenticate", "limit_by_ip", "presented_key"]
+__all__ = ["IPLimit", "authenticate", "limit_by_ip", "presented_key", "ratelimit_headers"]
+
+
+def ratelimit_headers(
+    requests: Decision | None, tokens: TokenDecision | None = None
+) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for a limit's figures: the one place they are built (the
+    per-IP limit's, and a managed key's own)."""
+    headers: dict[str, str] = {}
+    if requests is not None:
+        headers["x-ratelimit-limit-requests"] = str(requests.limit)
+        headers["x-ratelimit-remaining-requests"] = str(requests.remaining)
+        headers["x-ratelimit-reset-requests"] = duration(requests.reset)
+    if tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(tokens.limit)
+        headers["x-ratelimit-remaining-tokens"] = str(tokens.remaining)
+        headers["x-ratelimit-reset-tokens"] = duration(tokens.reset)
+    return headers
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -67,13 +86,7 @@ async def limit_by_ip(scope: Scope, services: Services) -> None:
     if limiter is None or services.auth.is_internal_token(presented_key(Headers(scope=scope))):
         return
     decision = await limiter.check(ip)
-    extra_headers(scope).update(
-        {
-            "x-ratelimit-limit-requests": str(decision.limit),
-            "x-ratelimit-remaining-requests": str(decision.remaining),
-            "x-ratelimit-reset-requests": duration(decision.reset),
-        }
-    )
+    extra_headers(scope).update(ratelimit_headers(decision))
     if decision.allowed:
         return
     metrics.RATE_LIMITED.inc()
@@ -87,13 +100,20 @@ async def limit_by_ip(scope: Scope, services: Services) -> None:
 async def authenticate(
     scope: Scope, services: Services, headers: Headers, *, required: bool
 ) -> Caller:
-    """Who is calling; a 401 for a missing or wrong key, a 429 once an IP fails too often."""
+    """Who is calling; a 401 for a missing or wrong key, a 429 once an IP fails too often.
+
+    A managed key that exists but is revoked, disabled or expired is no guess: it gets its 401
+    without counting against its IP (a client looping on a leaked, revoked key must not lock
+    out every other key behind the same NAT), and the access log names its key id."""
     context = request_context(scope)
     throttle: AuthFailureThrottle | None = services.auth_failures
     if throttle is not None:
         throttle.check(context.client_ip)  # blocked: not even a right key is looked at
     try:
         caller = await services.auth.identify(presented_key(headers), required=required)
+    except ManagedKeyRefused as refused:
+        context.key_id = refused.key_id
+        raise
     except AuthenticationFailed:
         if throttle is not None:
             await throttle.failed(context.client_ip)

@@ -18,7 +18,7 @@ from app import metrics
 from app.api.admission import authenticate
 from app.api.context import lifespan_state, request_context
 from app.api.middleware import request_id
-from app.api.policy import PolicyCheck, refund, settle
+from app.api.policy import PolicyCheck
 from app.api.responses import JSONBytesResponse, embeddings_body
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
 from app.api.validation import UnknownModel, parse_embedding_request
@@ -67,12 +67,12 @@ async def _create_embeddings(
             admitted=policy.check,
         )
     except BaseException as error:
-        await refund(services, await policy.outcome())
+        await policy.release()
         if isinstance(error, RoutingError) and error.cost is not None:
             context.upstream(error.cost)
         raise
     context.upstream(result.cost)
-    await settle(services, await policy.outcome(), job, result)
+    await policy.settle(job, result)
     context.prompt_tokens, context.upstream_tokens = result.prompt_tokens, result.upstream_tokens
     body = embeddings_body(job.model.id, result.vectors, job.want_base64, result.prompt_tokens)
     services.usage.record(

@@ -25,6 +25,7 @@ from app.core.errors import (
     UpstreamsFailed,
 )
 from app.errors import (
+    BudgetInFlight,
     BudgetSpent,
     DomainError,
     InvalidApiKey,
@@ -33,7 +34,9 @@ from app.errors import (
     ManagedKeyRefused,
     MissingApiKey,
     TooManyFailedAuthentications,
+    UsageUnavailable,
 )
+from app.keys.errors import KeyRateLimited
 
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
@@ -81,7 +84,9 @@ class GatewayError(Exception):
         )
 
 
-def invalid_request(message: str, *, param: str | None = None, code: str | None = None):
+def invalid_request(
+    message: str, *, param: str | None = None, code: str | None = None
+) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
 
 
@@ -126,6 +131,19 @@ def gateway_error(error: DomainError) -> GatewayError:
                 type=INSUFFICIENT_QUOTA,
                 code=INSUFFICIENT_QUOTA,
                 headers=dict(NO_RETRY),
+            )
+        case BudgetInFlight(retry_after=retry_after):
+            # Not `insufficient_quota`: the budget is not spent, and a retry may well pass.
+            return too_many_requests(message, retry_after, code="budget_in_flight")
+        case KeyRateLimited(retry_after=None):
+            limited = GatewayError(429, message, type=RATE_LIMIT, code="rate_limit_exceeded")
+            limited.headers.update(NO_RETRY)  # this request can never fit the key's limit
+            return limited
+        case KeyRateLimited(retry_after=float(retry_after)):
+            return too_many_requests(message, retry_after, code="rate_limit_exceeded")
+        case UsageUnavailable():
+            return GatewayError(
+                503, message, type=SERVER, code="usage_unavailable", headers={"retry-after": "1"}
             )
         case KeyStoreUnavailable():
             return GatewayError(

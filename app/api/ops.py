@@ -35,7 +35,12 @@ async def readyz(request: Request) -> Response:
                 await services.redis.ping()
         except Exception as exc:  # any failure to answer means not ready; say which
             raise _not_ready(f"Redis is unreachable ({type(exc).__name__})") from None
-    return json_response({"status": "ready", "models": len(services.registry.available())})
+    # Details, not a verdict: a ledger that cannot write keeps its figures and retries, and the
+    # gateway still serves; an operator (or an alert on the metric) sees it here.
+    books = {writer.name: writer.health() for writer in services.background_writers()}
+    return json_response(
+        {"status": "ready", "models": len(services.registry.available()), "books": books}
+    )
 
 
 def _not_ready(reason: str) -> GatewayError:

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # How long a worker trusts what it read about a key: the bound on how long a revoke,
     # disable or rotation takes to reach every worker and replica.
     KEYS_CACHE_SECONDS: float = Field(default=0.5, gt=0, le=1)
+    # The longest a request waits for the SQLite files (KEYS_DB, and usage.db beside it) when
+    # another process holds them locked; past it, 503 `key_store_unavailable`.
+    KEYS_DB_TIMEOUT_MS: int = Field(default=1000, ge=10, le=60_000)
     # How long a console (/ui) sign-in lasts; the operator signs in again after it.
     CONSOLE_SESSION_SECONDS: int = Field(default=8 * 3600, ge=60, le=30 * 86_400)
     MODELS_CONFIG: str = "config/models.yaml"
@@ -115,6 +118,9 @@ class Settings(BaseSettings):
     # Cache reads move up to 2048 vectors at once: allowed longer than a rate-limit check.
     CACHE_TIMEOUT_MS: int = Field(default=250, ge=1, le=10_000)
     USAGE_KEY_PREFIX: str = "egw:usage:"
+    # A usage report (/v1/usage, /admin/v1/usage, the console) that cannot be read whole within
+    # this long answers 503 `usage_unavailable`, never a partial report.
+    USAGE_REPORT_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0, le=60)
 
     # Large enough for 2048 inputs at the 300k-token cap, small enough to stop abuse early.
     MAX_REQUEST_BODY_BYTES: int = Field(default=16 * 1024 * 1024, ge=1024)

@@ -2,12 +2,14 @@
 tokens per minute and its budget are checked together by one script, and counted only when all
 of them admit the request (a request refused for one reason uses up none of the others).
 
-Checks that arrive while a call is out go together in the next one (`app.redis_coalesce`),
-applied in order, so they stay exact across workers and replicas. The four keys of one API key
-(its request log, its token log and that log's running sum, its spend hash) share a Cluster
-slot: the limit keys carry the spend key's hash tag, so the spend key keeps the name it has
-always had. (If the two prefixes carry different hash tags of their own, the budget goes in a
-call of its own after the limits.)
+Checks that arrive while a call is out go together in the next one (`app.state.coalescing`),
+applied in order, so they stay exact across workers and replicas. The five keys of one API key
+(its request log, its token log and that log's running sum, its spend hash, its reservations)
+share a Cluster slot: the other keys carry the spend key's hash tag, so the spend key keeps the
+name it has always had. (If the two prefixes carry different hash tags of their own, the budget
+goes in a call of its own after the limits.) A budget is a reservation, not a charge: the
+request's ceiling is held until it settles (`app.keys.policy`), by the rule of
+`app.keys.store.budget_rule`.
 
 Failure: when Redis fails or is slow, the limits are counted in process for a second (then
 Redis is tried again), as the per-IP limit does; the budget fails closed, as it always has: a
@@ -17,20 +19,19 @@ key with a budget gets 503 `KeyStoreUnavailable` rather than spending unchecked.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from app import metrics
 from app.errors import KeyStoreUnavailable
+from app.keys.budget_lua import BUDGET_FUNCTION
 from app.keys.limits import TOKEN_WINDOW_SECONDS, LocalKeyLimits, TokenDecision
 from app.keys.model import ApiKeyRecord, utcnow
 from app.keys.service import ManagedKeys
-from app.keys.store import spend_buckets
+from app.keys.store import Reservation, spend_buckets
 from app.state.coalescing import Coalescer
 from app.state.rate_limits import WINDOW_SECONDS, Decision
 from app.state.redis_client import REDIS_FAILURES, RedisClient, hash_tag, is_cluster, slot_of
@@ -39,30 +40,32 @@ log = logging.getLogger("app.keys")
 
 OUTAGE_SECONDS = 1.0
 
-# KEYS, four per check: its request log (a sorted set of members scored by µs), its token log
-# (members `member:tokens`), that log's running sum, its spend hash. ARGV: the two windows (µs),
-# then ten per check: request limit, token limit, tokens, a unique member, the amount to
-# reserve, the budget, the budget's bucket and the three buckets to charge ('' = not set: that
-# part is not checked). Returns seven per check: refused (0 admitted, 1 requests, 2 tokens,
-# 3 budget), requests in the window, µs until the oldest leaves, tokens in the window, µs until
-# the oldest leaves, µs until this request's tokens would fit (-1: never, over the limit), the
-# spend in the budget's period before this request. Redis's own clock: gateways whose clocks
+# KEYS, five per check: its request log (a sorted set of members scored by µs), its token log
+# (members `member:tokens`), that log's running sum, its spend hash, its reservations. ARGV:
+# the two windows (µs), then eight per check: request limit, token limit, tokens, a unique
+# member, the amount to reserve, the budget, the budget's bucket, the hold (ms) ('' = not set:
+# that part is not checked). Returns eight per check: refused (0 admitted, 1 requests,
+# 2 tokens, 3 budget spent, 4 budget held in flight), requests in the window, µs until the
+# oldest leaves, tokens in the window, µs until the oldest leaves, µs until this request's
+# tokens would fit (-1: never, over the limit), the settled spend in the budget's period and
+# what is held in flight, before this request. Redis's own clock: gateways whose clocks
 # disagree still agree on the windows.
-KEY_POLICY = """
+KEY_POLICY = (
+    BUDGET_FUNCTION
+    + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local req_window = tonumber(ARGV[1])
 local tok_window = tonumber(ARGV[2])
 local out = {}
-for c = 0, #KEYS / 4 - 1 do
-  local req_key, tok_key = KEYS[c * 4 + 1], KEYS[c * 4 + 2]
-  local sum_key, spend_key = KEYS[c * 4 + 3], KEYS[c * 4 + 4]
-  local a = 2 + c * 10
+for c = 0, #KEYS / 5 - 1 do
+  local req_key, tok_key = KEYS[c * 5 + 1], KEYS[c * 5 + 2]
+  local sum_key, spend_key, hold_key = KEYS[c * 5 + 3], KEYS[c * 5 + 4], KEYS[c * 5 + 5]
+  local a = 2 + c * 8
   local req_limit = tonumber(ARGV[a + 1])
   local tok_limit = tonumber(ARGV[a + 2])
   local tokens = tonumber(ARGV[a + 3])
   local member = ARGV[a + 4]
-  local budget = tonumber(ARGV[a + 6])
   local refused = 0
   local count = 0
   if req_limit then
@@ -83,10 +86,12 @@ for c = 0, #KEYS / 4 - 1 do
     if redis.call('ZCARD', tok_key) == 0 then used = 0 end
     if refused == 0 and used + tokens > tok_limit then refused = 2 end
   end
-  local spent = 0
-  if budget then
-    spent = tonumber(redis.call('HGET', spend_key, ARGV[a + 7]) or '0')
-    if refused == 0 and spent >= budget then refused = 3 end
+  local spent, held = 0, 0
+  if ARGV[a + 6] ~= '' then
+    local outcome
+    outcome, spent, held = budget(spend_key, hold_key, now, member, ARGV[a + 5], ARGV[a + 6],
+                                  ARGV[a + 7], ARGV[a + 8])
+    if refused == 0 and outcome > 0 then refused = 2 + outcome end
   end
   if refused == 0 then
     if req_limit then
@@ -98,11 +103,7 @@ for c = 0, #KEYS / 4 - 1 do
       redis.call('ZADD', tok_key, now, member .. ':' .. ARGV[a + 3])
       used = used + tokens
     end
-    if budget then
-      for b = a + 8, a + 10 do
-        redis.call('HINCRBYFLOAT', spend_key, ARGV[b], ARGV[a + 5])
-      end
-    end
+    if ARGV[a + 6] ~= '' then hold(hold_key, now, member, ARGV[a + 5], ARGV[a + 8]) end
   end
   local req_reset = 0
   if req_limit then
@@ -135,12 +136,25 @@ for c = 0, #KEYS / 4 - 1 do
     out[#out + 1] = v
   end
   out[#out + 1] = tostring(spent)
+  out[#out + 1] = tostring(held)
 end
 return out
 """
+)
 
-Refusal = Literal["requests", "tokens", "budget"]
-_REFUSALS: dict[int, Refusal | None] = {0: None, 1: "requests", 2: "tokens", 3: "budget"}
+Refusal = Literal["requests", "tokens", "budget", "in_flight"]
+_REFUSALS: dict[int, Refusal | None] = {
+    0: None,
+    1: "requests",
+    2: "tokens",
+    3: "budget",
+    4: "in_flight",
+}
+_RESERVATION_REFUSALS: dict[Reservation, Refusal | None] = {
+    "admitted": None,
+    "spent": "budget",
+    "in_flight": "in_flight",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +162,23 @@ class KeyVerdict:
     requests: Decision | None  # None: the key sets no request rate
     tokens: TokenDecision | None  # None: the key sets no tokens per minute
     refused: Refusal | None = None
-    spent_usd: float = 0.0  # the budget's period, before this request (when it was checked)
+    spent_usd: float = 0.0  # the budget's period, settled, before this request
+    held_usd: float = 0.0  # what other requests in flight reserved
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAsk:
+    """A reservation to make: `amount` (the request's ceiling) under `member`, held at most
+    `hold_seconds` (past it, a dead process's reservation frees itself)."""
+
+    member: str
+    amount: float
+    hold_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
 class _Check:
-    keys: tuple[str, str, str, str]
+    keys: tuple[str, str, str, str, str]
     args: tuple[str | int, ...]
     with_budget: bool
 
@@ -169,6 +194,7 @@ class KeyChecks:
         *,
         prefix: str,
         spend_key: Callable[[str], str],
+        hold_key: Callable[[str], str],
         timeout: float,
         store_timeout: float,
     ) -> None:
@@ -176,14 +202,13 @@ class KeyChecks:
         self._keys = keys
         self._prefix = prefix
         self._spend_key = spend_key
+        self._hold_key = hold_key
         self._timeout = timeout
         self._store_timeout = store_timeout  # a budget's bound, as for any key-store call
         self._local = LocalKeyLimits()
         self._down_until = 0.0
-        self._members = itertools.count()
-        self._member_prefix = uuid.uuid4().hex[:12]
         self._script = None
-        self._calls: Coalescer[_Check, list] | None = None
+        self._calls: Coalescer[_Check, list[Any]] | None = None
         self._budget_in_script = True
         if redis is not None:
             self._script = redis.register_script(KEY_POLICY)
@@ -191,34 +216,45 @@ class KeyChecks:
             sample = self._keys_of("sample")
             self._budget_in_script = not is_cluster(redis) or len({*map(slot_of, sample)}) == 1
 
-    async def check(self, record: ApiKeyRecord, tokens: int, estimate_usd: float) -> KeyVerdict:
-        """Check and count the key's limits, and reserve `estimate_usd` against its budget:
-        all of it, or nothing when a part refuses. A spent budget raises `BudgetSpent`."""
+    async def check(self, record: ApiKeyRecord, tokens: int, ask: BudgetAsk) -> KeyVerdict:
+        """Check and count the key's limits, and reserve `ask.amount` against its budget: all
+        of it, or nothing when a part refuses. Raises KeyStoreUnavailable when a budget cannot
+        be checked (it fails closed); a refusal is the verdict's `refused`."""
         calls = self._calls
         if calls is None or self._is_down():
-            return await self._check_here(record, tokens, estimate_usd)
+            return await self._check_here(record, tokens, ask)
         with_budget = record.budget_usd is not None and self._budget_in_script
-        answer = await calls(self._check_of(record, tokens, estimate_usd, with_budget))
+        answer = await calls(self._check_of(record, tokens, ask, with_budget))
         if answer is None:  # Redis failed this call
             if with_budget:
                 raise KeyStoreUnavailable()
-            return await self._check_here(record, tokens, estimate_usd)
+            return await self._check_here(record, tokens, ask)
         verdict = self._verdict(record, answer)
-        if verdict.refused == "budget":
-            raise self._keys.budget_spent(record, verdict.spent_usd)
         if verdict.refused is None and record.budget_usd is not None and not with_budget:
-            await self._keys.reserve(record, estimate_usd)
+            return await self._reserve(record, ask, verdict)
         return verdict
 
     async def aclose(self) -> None:
         if self._calls is not None:
             self._calls.cancel()
 
+    async def _reserve(
+        self, record: ApiKeyRecord, ask: BudgetAsk, verdict: KeyVerdict
+    ) -> KeyVerdict:
+        """The budget in a store call of its own (no Redis, or another Cluster slot)."""
+        assert record.budget_usd is not None
+        reserved = await self._keys.reserve(record, ask.member, ask.amount, ask.hold_seconds)
+        return KeyVerdict(
+            verdict.requests,
+            verdict.tokens,
+            _RESERVATION_REFUSALS[reserved.outcome],
+            reserved.spent_usd,
+            reserved.held_usd,
+        )
+
     # -- in process (no Redis, or while it fails) -------------------------------------------
 
-    async def _check_here(
-        self, record: ApiKeyRecord, tokens: int, estimate_usd: float
-    ) -> KeyVerdict:
+    async def _check_here(self, record: ApiKeyRecord, tokens: int, ask: BudgetAsk) -> KeyVerdict:
         requests = tokens_verdict = None
         if record.rate_limit_per_second is not None:
             requests = self._local.check_requests(record.id, record.rate_limit_per_second)
@@ -228,46 +264,56 @@ class KeyChecks:
             tokens_verdict = self._local.check_tokens(record.id, record.tokens_per_minute, tokens)
             if not tokens_verdict.allowed:
                 return KeyVerdict(requests, tokens_verdict, "tokens")
-        await self._keys.reserve(record, estimate_usd)  # its own store call; fails closed
-        return KeyVerdict(requests, tokens_verdict)
+        verdict = KeyVerdict(requests, tokens_verdict)
+        if record.budget_usd is None:
+            return verdict
+        return await self._reserve(record, ask, verdict)  # its own store call; fails closed
 
     # -- in Redis ---------------------------------------------------------------------------
 
-    def _keys_of(self, key_id: str) -> tuple[str, str, str, str]:
+    def _keys_of(self, key_id: str) -> tuple[str, str, str, str, str]:
         spend = self._spend_key(key_id)
         tag = f"{{{hash_tag(spend)}}}"  # the spend key's slot
         tokens = f"{self._prefix}tpm:{key_id}:{tag}"
-        return f"{self._prefix}rps:{key_id}:{tag}", tokens, tokens + ":sum", spend
+        requests = f"{self._prefix}rps:{key_id}:{tag}"
+        return requests, tokens, tokens + ":sum", spend, self._hold_key(key_id)
 
     def _check_of(
-        self, record: ApiKeyRecord, tokens: int, estimate_usd: float, with_budget: bool
+        self, record: ApiKeyRecord, tokens: int, ask: BudgetAsk, with_budget: bool
     ) -> _Check:
         def given(value: object | None) -> str:
             return "" if value is None else str(value)
 
-        buckets = spend_buckets(utcnow())
-        budget = (
-            (repr(estimate_usd), repr(record.budget_usd), buckets[record.budget_period])
-            if with_budget
-            else ("", "", "")
-        )
-        requests_log, tokens_log, tokens_sum, spend = self._keys_of(record.id)
-        # Without its budget the spend key is left out: it may be in another slot (a Cluster
-        # refuses a script whose keys span slots), and the script does not touch it then.
+        budget: tuple[str, str, str, str | int] = ("", "", "", "")
+        if with_budget:
+            budget = (
+                repr(ask.amount),
+                repr(record.budget_usd),
+                spend_buckets(utcnow())[record.budget_period],
+                round(ask.hold_seconds * 1000),
+            )
+        requests_log, tokens_log, tokens_sum, spend, held = self._keys_of(record.id)
+        # Without its budget the spend keys are left out: they may be in another slot (a
+        # Cluster refuses a script whose keys span slots), and the script does not touch them.
         return _Check(
-            (requests_log, tokens_log, tokens_sum, spend if with_budget else requests_log),
+            (
+                requests_log,
+                tokens_log,
+                tokens_sum,
+                spend if with_budget else requests_log,
+                held if with_budget else requests_log,
+            ),
             (
                 given(record.rate_limit_per_second),
                 given(record.tokens_per_minute),
                 tokens,
-                f"{self._member_prefix}{next(self._members)}",
+                ask.member,
                 *budget,
-                *buckets.values(),
             ),
             with_budget,
         )
 
-    async def _send(self, checks: list[_Check]) -> list[list] | None:
+    async def _send(self, checks: list[_Check]) -> list[list[Any]] | None:
         assert self._script is not None
         timeout = self._store_timeout if any(c.with_budget for c in checks) else self._timeout
         windows = (round(WINDOW_SECONDS * 1_000_000), round(TOKEN_WINDOW_SECONDS * 1_000_000))
@@ -287,13 +333,13 @@ class KeyChecks:
                 )
             self._down_until = time.monotonic() + OUTAGE_SECONDS
             return None
-        return [flat[i : i + 7] for i in range(0, len(flat), 7)]
+        return [flat[i : i + 8] for i in range(0, len(flat), 8)]
 
     def _is_down(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def _verdict(self, record: ApiKeyRecord, answer: list) -> KeyVerdict:
-        refused_code, count, req_reset, used, tok_reset, tok_wait, spent = answer
+    def _verdict(self, record: ApiKeyRecord, answer: list[Any]) -> KeyVerdict:
+        refused_code, count, req_reset, used, tok_reset, tok_wait, spent, held = answer
         refused = _REFUSALS[int(refused_code)]
         requests = tokens_verdict = None
         if (limit := record.rate_limit_per_second) is not None:
@@ -311,4 +357,4 @@ class KeyChecks:
                 max(int(tok_reset) / 1_000_000, 0.0),
                 wait,
             )
-        return KeyVerdict(requests, tokens_verdict, refused, float(spent))
+        return KeyVerdict(requests, tokens_verdict, refused, float(spent), float(held))

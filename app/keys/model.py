@@ -5,14 +5,26 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SECRET_PREFIX = "egw-"
 BudgetPeriod = Literal["day", "month", "total"]
 Priority = Literal["interactive", "bulk"]
 Text = Annotated[str, Field(max_length=200)]
+
+# Upper bounds far above any real use, well inside what every store, script and JSON encoder
+# takes (an int past 64 bits cannot even be written as a response). A value past one is a 400
+# naming the field, at create and at PATCH.
+MAX_RATE_LIMIT_PER_SECOND = 1_000_000
+MAX_TOKENS_PER_MINUTE = 10**12
+MAX_BUDGET_USD = 1e9
+POLICY_BOUNDS: dict[str, int | float] = {
+    "rate_limit_per_second": MAX_RATE_LIMIT_PER_SECOND,
+    "tokens_per_minute": MAX_TOKENS_PER_MINUTE,
+    "budget_usd": MAX_BUDGET_USD,
+}
 
 
 def new_secret() -> str:
@@ -43,9 +55,9 @@ class KeyPolicy(BaseModel):
     team: Text | None = None
     metadata: dict[Text, Text] = Field(default_factory=dict, max_length=50)
     models: list[Text] | None = None  # None: every model
-    rate_limit_per_second: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
-    budget_usd: float | None = Field(default=None, ge=0)
+    rate_limit_per_second: int | None = Field(default=None, ge=1, le=MAX_RATE_LIMIT_PER_SECOND)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=MAX_TOKENS_PER_MINUTE)
+    budget_usd: float | None = Field(default=None, ge=0, le=MAX_BUDGET_USD, allow_inf_nan=False)
     budget_period: BudgetPeriod = "total"
     expires_at: datetime | None = None
     disabled: bool = False
@@ -85,6 +97,22 @@ class ApiKeyRecord(KeyPolicy):
 
     model_config = ConfigDict(extra="ignore")  # records written by a newer gateway still load
 
+    @model_validator(mode="before")
+    @classmethod
+    def _within_bounds(cls, data: Any) -> Any:
+        """A record stored before the bounds existed may hold an absurd figure: it loads with
+        the bound instead (which is what it meant), so it cannot break every listing."""
+        if not isinstance(data, dict):
+            return data
+        clamped = dict(data)
+        for name, bound in POLICY_BOUNDS.items():
+            value = clamped.get(name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not value <= bound:  # NaN too
+                clamped[name] = bound
+        return clamped
+
     id: str
     secret_hash: str
     created_at: datetime
@@ -106,7 +134,7 @@ class ApiKeyRecord(KeyPolicy):
             and now < self.previous_valid_until
         )
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         """The record as the admin API and CLI show it: no hashes."""
         shown = self.model_dump(mode="json", exclude={"id", "secret_hash", "previous_hash"})
         return {"id": self.id, **shown}

@@ -1,11 +1,16 @@
 """Managed keys as one service: lookups through the cache, admin changes with audit lines,
-and budget charges. The admin API and the CLI both go through here."""
+and budget reservations. The admin API and the CLI both go through here.
+
+Every change is one atomic step in the store (`KeyStore.change`): a compare-and-set or one
+transaction, retried on a conflict. Revocation is terminal: a revoked key cannot be changed or
+rotated, so no PATCH, rotation or race brings it back; a disable is never lost to a change that
+read the record before it."""
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -21,20 +26,12 @@ from app.keys.model import (
     new_secret,
     utcnow,
 )
-from app.keys.store import KeyStore, KeyStoreError
+from app.keys.store import KeyChange, KeyStore, KeyStoreError, Reserved, Transform
 
 T = TypeVar("T")
 
 log = logging.getLogger("app.keys")
 audit_log = logging.getLogger("app.audit")
-
-
-@dataclass(slots=True)
-class Charge:
-    """What a request reserved against its key's spend before going upstream."""
-
-    key_id: str
-    reserved_usd: float
 
 
 class UnknownKey(LookupError):
@@ -69,43 +66,29 @@ class ManagedKeys:
         if record is None or not record.matches(digest, now):
             return None
         if record.revoked_at is not None:
-            raise ManagedKeyRefused("revoked")
+            raise ManagedKeyRefused("revoked", record.id)
         if record.disabled:
-            raise ManagedKeyRefused("disabled")
+            raise ManagedKeyRefused("disabled", record.id)
         if record.expires_at is not None and now >= record.expires_at:
-            raise ManagedKeyRefused("expired")
+            raise ManagedKeyRefused("expired", record.id)
         return record
 
-    async def reserve(self, record: ApiKeyRecord, estimate_usd: float) -> Charge:
-        """Charge the request's estimated cost now, or refuse it when the budget is spent.
-
-        Check and charge are one atomic step in the store, so concurrent requests on every
-        replica see each other's charges: a key overshoots by at most its last request.
-        """
-        budget = record.budget_usd
-        if budget is None:
-            return Charge(record.id, 0.0)
-        admitted, spent = await self._guarded(
-            self.store.reserve(record.id, estimate_usd, record.budget_period, budget, utcnow())
+    async def reserve(
+        self, record: ApiKeyRecord, member: str, amount: float, hold_seconds: float
+    ) -> Reserved:
+        """Hold `amount` against the key's budget, atomically in the store, so concurrent
+        requests on every replica see each other's reservations (`store.budget_rule`)."""
+        assert record.budget_usd is not None
+        return await self._guarded(
+            self.store.reserve(
+                record.id, member, amount, record.budget_period, record.budget_usd, hold_seconds
+            )
         )
-        if not admitted:
-            raise self.budget_spent(record, spent)
-        return Charge(record.id, estimate_usd)
 
     @staticmethod
     def budget_spent(record: ApiKeyRecord, spent_usd: float) -> BudgetSpent:
         assert record.budget_usd is not None
         return BudgetSpent(_period_name(record.budget_period), record.budget_usd, spent_usd)
-
-    async def settle(self, charge: Charge, actual_usd: float) -> None:
-        """Replace the reservation with what the upstreams really cost (cache hits are free)."""
-        delta = actual_usd - charge.reserved_usd
-        if delta == 0:
-            return
-        try:
-            await self.store.add_spend(charge.key_id, delta, utcnow())
-        except KeyStoreError as exc:
-            log.warning("spend of %s not recorded (%s)", charge.key_id, exc)
 
     # -- administration --------------------------------------------------------------------
 
@@ -122,7 +105,9 @@ class ManagedKeys:
             raise UnknownKey(key_id)
         return record
 
-    async def list(self, *, team: str | None = None, name: str | None = None) -> list[ApiKeyRecord]:
+    async def list(
+        self, *, team: str | None = None, name: str | None = None
+    ) -> builtins.list[ApiKeyRecord]:
         records = sorted(await self._guarded(self.store.all()), key=lambda r: r.created_at)
         return [
             r
@@ -144,51 +129,71 @@ class ManagedKeys:
     async def update(self, key_id: str, change: KeyUpdate, actor: str) -> ApiKeyRecord:
         if "models" in change.model_fields_set:
             self._check_models(change.models)
-        record = (await self.get(key_id)).updated(change, utcnow())
-        await self._guarded(self.store.save(record, []))
-        self._cache.forget(record.hashes())
+
+        def updated(record: ApiKeyRecord) -> KeyChange:
+            _not_revoked(record, "changed")
+            return KeyChange(record.updated(change, utcnow()))
+
+        record = await self._change(key_id, updated)
         audit(actor, "update", key_id, sorted(change.model_fields_set))
         return record
 
     async def rotate(
         self, key_id: str, grace_seconds: float, actor: str
     ) -> tuple[ApiKeyRecord, str]:
-        record = await self.get(key_id)
-        if record.revoked_at is not None:
-            raise InvalidKeyChange("A revoked key cannot be rotated.", field="id")
-        now = utcnow()
         secret = new_secret()
-        dropped = [h for h in (record.previous_hash,) if h]
         grace = grace_seconds > 0
-        if not grace:
-            dropped.append(record.secret_hash)
-        rotated = record.model_copy(
-            update={
-                "secret_hash": hash_secret(secret),
-                "previous_hash": record.secret_hash if grace else None,
-                "previous_valid_until": now + timedelta(seconds=grace_seconds) if grace else None,
-                "updated_at": now,
-            }
-        )
-        await self._guarded(self.store.save(rotated, dropped))
-        self._cache.forget([*record.hashes(), *rotated.hashes()])
+
+        def rotated(record: ApiKeyRecord) -> KeyChange:
+            _not_revoked(record, "rotated")
+            now = utcnow()
+            dropped = [h for h in (record.previous_hash,) if h]
+            if not grace:
+                dropped.append(record.secret_hash)
+            new = record.model_copy(
+                update={
+                    "secret_hash": hash_secret(secret),
+                    "previous_hash": record.secret_hash if grace else None,
+                    "previous_valid_until": (
+                        now + timedelta(seconds=grace_seconds) if grace else None
+                    ),
+                    "updated_at": now,
+                }
+            )
+            return KeyChange(new, dropped)
+
+        record = await self._change(key_id, rotated)
         audit(actor, "rotate", key_id, [], grace_seconds=grace_seconds)
-        return rotated, secret
+        return record, secret
 
     async def revoke(self, key_id: str, actor: str) -> ApiKeyRecord:
-        record = await self.get(key_id)
-        if record.revoked_at is None:
+        def revoked(record: ApiKeyRecord) -> KeyChange:
+            if record.revoked_at is not None:
+                return KeyChange(record)  # revoked already: nothing changes, not even the time
             now = utcnow()
-            record = record.model_copy(update={"revoked_at": now, "updated_at": now})
-            await self._guarded(self.store.save(record, []))
-        self._cache.forget(record.hashes())
+            return KeyChange(record.model_copy(update={"revoked_at": now, "updated_at": now}))
+
+        record = await self._change(key_id, revoked)
         audit(actor, "revoke", key_id, [])
+        return record
+
+    async def _change(self, key_id: str, transform: Transform) -> ApiKeyRecord:
+        seen: list[str] = []
+
+        def remembered(record: ApiKeyRecord) -> KeyChange:
+            seen.extend(record.hashes())  # every try's: each may be in some worker's cache
+            return transform(record)
+
+        record = await self._guarded(self.store.change(key_id, remembered))
+        if record is None:
+            raise UnknownKey(key_id)
+        self._cache.forget([*seen, *record.hashes()])
         return record
 
     async def aclose(self) -> None:
         await self.store.aclose()
 
-    def _check_models(self, models: list[str] | None) -> None:
+    def _check_models(self, models: builtins.list[str] | None) -> None:
         for index, model in enumerate(models or []):
             if not self._model_exists(model):
                 raise InvalidKeyChange(
@@ -202,6 +207,11 @@ class ManagedKeys:
         except KeyStoreError as exc:
             log.warning("key store unavailable (%s)", exc)
             raise KeyStoreUnavailable() from None
+
+
+def _not_revoked(record: ApiKeyRecord, what: str) -> None:
+    if record.revoked_at is not None:
+        raise InvalidKeyChange(f"A revoked key cannot be {what}: revocation is final.", field="id")
 
 
 def _period_name(period: BudgetPeriod) -> str:

@@ -20,7 +20,7 @@ from app.config.settings import Settings
 from app.core.routing.pacing import Pacing
 from app.core.routing.router import Router
 from app.core.serving import Serving
-from app.keys.build import build_key_checks, build_keys
+from app.keys.build import build_key_policies, build_keys
 from app.providers import build_providers
 from app.providers.catalog import config_types
 from app.runtime.services import Services
@@ -29,6 +29,9 @@ from app.state.pacing_timeline import RedisTimeline
 from app.state.rate_limits import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from app.state.redis_client import RedisClient
 from app.state.redis_client import connect as connect_redis
+from app.state.usage_ledger import UsageBooks, UsageLedger
+from app.state.usage_redis import RedisUsageBooks
+from app.state.usage_sqlite import SQLiteUsageBooks, usage_path
 
 log = logging.getLogger("app")
 
@@ -65,8 +68,9 @@ def build_services(
         limiter=build_limiter(settings, redis),
         redis=redis,
         keys=keys,
-        key_checks=build_key_checks(settings, redis, keys) if keys is not None else None,
+        key_policies=build_key_policies(settings, redis, keys) if keys is not None else None,
         auth_failures=build_auth_failure_throttle(settings, redis),
+        usage=build_usage(settings, redis),
     )
     return services
 
@@ -150,6 +154,22 @@ async def start_limiter(settings: Settings, limiter: RateLimiter | None) -> None
     elif isinstance(limiter, LocalRateLimiter):
         log.info("REDIS_URL is unset, so rate limits are counted per process (in memory)")
     await limiter.start()
+
+
+def build_usage(settings: Settings, redis: RedisClient | None) -> UsageLedger:
+    """Usage in Redis, else in a SQLite file beside KEYS_DB (every worker shares it; if its
+    directory cannot be written, `UsageLedger.start` keeps usage in each process instead)."""
+    timeout = settings.USAGE_REPORT_TIMEOUT_SECONDS
+    books: UsageBooks | None
+    if redis is not None:
+        books = RedisUsageBooks(
+            redis, prefix=settings.USAGE_KEY_PREFIX, timeout=settings.CACHE_TIMEOUT_MS / 1000
+        )
+    else:
+        books = SQLiteUsageBooks(
+            usage_path(settings.KEYS_DB), timeout=settings.KEYS_DB_TIMEOUT_MS / 1000
+        )
+    return UsageLedger(books, report_timeout=timeout)
 
 
 def build_cache(settings: Settings, redis: RedisClient | None) -> EmbeddingCache | None:

@@ -4,6 +4,7 @@ registry by app/main.py), which the HTTP layer reaches as `app.state.gateway`.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.auth.callers import Authenticator
 from app.auth.throttle import AuthFailureThrottle
@@ -12,9 +13,10 @@ from app.config.settings import Settings
 from app.core.embedder import Embedder
 from app.core.routing.router import Router
 from app.core.serving import Serving
-from app.keys.checks import KeyChecks
+from app.keys.policy import KeyPolicies
 from app.keys.service import ManagedKeys
 from app.providers import Provider
+from app.state.batched_writes import BatchedWrites
 from app.state.rate_limits import RateLimiter
 from app.state.redis_client import RedisClient
 from app.state.usage_ledger import UsageLedger
@@ -30,15 +32,16 @@ class Services:
     limiter: RateLimiter | None = None  # None: RATE_LIMIT_PER_SECOND is 0
     redis: RedisClient | None = None  # None: REDIS_URL is unset
     keys: ManagedKeys | None = None  # None: no key store (no Redis, no admin token, no KEYS_DB)
-    key_checks: KeyChecks | None = None  # with keys: their limits and budgets
+    key_policies: KeyPolicies | None = None  # with keys: their limits, budgets and spend
     auth_failures: AuthFailureThrottle | None = None  # None: AUTH_FAILURES_PER_MINUTE is 0
-    usage: UsageLedger = field(init=False)
+    usage: UsageLedger = field(default_factory=lambda: UsageLedger(None, report_timeout=5.0))
 
-    def __post_init__(self) -> None:
-        settings = self.settings
-        self.usage = UsageLedger(
-            self.redis, prefix=settings.USAGE_KEY_PREFIX, timeout=settings.CACHE_TIMEOUT_MS / 1000
-        )
+    def background_writers(self) -> list[BatchedWrites[Any]]:
+        """What the lifespan runs in the background: the usage ledger, and managed keys' spend."""
+        writers: list[BatchedWrites[Any]] = [self.usage]
+        if self.key_policies is not None:
+            writers.append(self.key_policies.spend)
+        return writers
 
     # Reads of the current snapshot, for code that needs one part of it once. A request that
     # uses several parts takes `serving` once instead, so a reload cannot mix two registries.
@@ -67,13 +70,13 @@ class Services:
         try:
             if self.embedder.cache is not None:
                 await self.embedder.cache.flush()  # queued cache writes: none lost on a stop
-            await self.usage.flush()
+            await self.usage.aclose()  # one last write; says what it could not write
             await self.serving.aclose()
         finally:
             if self.limiter is not None:
                 await self.limiter.aclose()
-            if self.key_checks is not None:
-                await self.key_checks.aclose()
+            if self.key_policies is not None:
+                await self.key_policies.aclose()
             if self.keys is not None:
                 await self.keys.aclose()
             if self.auth_failures is not None:

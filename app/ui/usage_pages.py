@@ -14,7 +14,8 @@ from typing import Any
 from starlette.responses import Response
 
 from app.api.admin import report_range
-from app.api.errors import GatewayError
+from app.api.errors import GatewayError, gateway_error
+from app.errors import DomainError
 from app.keys.model import ApiKeyRecord
 from app.state.usage_ledger import FIGURES
 from app.ui.charts import bar_chart
@@ -28,9 +29,14 @@ CSV_COLUMNS = ("date", "group", "name", "team", *FIGURES)
 async def daily_rows(
     console: Console, start: str | None, end: str | None, group_by: str
 ) -> tuple[str, str, list[dict[str, Any]]]:
+    """The report's rows; a GatewayError (a 400 for bad dates, a 503 when the books cannot be
+    read whole in time: never a silently empty page or CSV)."""
     first, last = report_range(start, end)
     services = console.services
-    rows = await services.usage.report(None, first, last)
+    try:
+        rows = await services.usage.report(None, first, last)
+    except DomainError as exc:
+        raise gateway_error(exc) from None
     records: dict[str, ApiKeyRecord] = {}
     if services.keys is not None:
         records = {r.id: r for r in await services.keys.list()}

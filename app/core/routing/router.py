@@ -280,6 +280,7 @@ class Router:
                 progress.count_unused(unused, tokens)
             if race.winner is None:
                 progress.errors.extend(race.other_errors)  # the primary's goes to the retry loop
+                assert race.error is not None  # no winner: some call failed
                 raise race.error
             return _Served(*race.winner)
         finally:
