@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from app.config.errors import one_line
 from app.config.registry import RegistryError
-from app.config.registry_file import load_registry
+from app.config.registry_file import load_registry, masked
 from app.config.settings import Settings
 from app.errors import DomainError
 from app.keys.build import build_keys
@@ -36,7 +36,8 @@ def main(argv: list[str]) -> int:
         environ = settings.interpolation_env(dict(os.environ))
         registry = load_registry(settings.MODELS_CONFIG, environ, config_types())
     except (RegistryError, ValidationError) as exc:
-        print(f"embeddings-gateway keys: configuration error: {exc}", file=sys.stderr)
+        problem = masked(str(exc)) if isinstance(exc, RegistryError) else str(exc)
+        print(f"embeddings-gateway keys: configuration error: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)  # audit lines go to stderr
     return asyncio.run(_run(args, settings, registry))

@@ -14,14 +14,14 @@ from pathlib import Path
 from app.auth.callers import Authenticator
 from app.auth.throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
 from app.auth.throttle import AuthFailureThrottle
-from app.config.registry import Model, Registry
-from app.config.registry_file import load_registry
+from app.config.registry import Model, Registry, RegistryError
+from app.config.registry_file import load_registry, masked
 from app.config.settings import Settings
 from app.core.routing.pacing import Pacing
 from app.core.routing.router import Router
 from app.core.serving import Serving
 from app.keys.build import build_key_policies, build_keys
-from app.providers import build_providers
+from app.providers import Provider, build_providers
 from app.providers.catalog import config_types
 from app.runtime.services import Services
 from app.state.cache import EmbeddingCache
@@ -36,6 +36,15 @@ from app.state.usage_sqlite import SQLiteUsageBooks, usage_path
 log = logging.getLogger("app")
 
 
+def providers_for(registry: Registry) -> dict[str, Provider]:
+    """The registry's providers. A provider type's own checks may quote a value the registry
+    interpolated (a key, say): what they raise is masked like every registry error."""
+    try:
+        return build_providers(registry)
+    except RegistryError as exc:
+        raise RegistryError(masked(str(exc))) from None
+
+
 def read_registry(path: str | Path, environ: Mapping[str, str]) -> Registry:
     """The registry file at `path`, with every provider type the gateway knows."""
     return load_registry(path, environ, config_types())
@@ -47,7 +56,7 @@ def build_services(
     rng: random.Random | None = None,
 ) -> Services:
     registry = read_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
-    providers = build_providers(registry)
+    providers = providers_for(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
     redis = None
     if settings.REDIS_URL:

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from dotenv import dotenv_values
 
 from app.config.registry import Registry, RegistryError
-from app.config.registry_file import masked
 from app.config.settings import Settings
 from app.core.serving import Serving
-from app.providers import build_providers
-from app.runtime.build import read_registry
+from app.runtime.build import providers_for, read_registry
 from app.runtime.services import Services
 
 log = logging.getLogger("app.reload")
@@ -85,12 +83,10 @@ class Reloader:
             old = services.serving
             try:
                 registry = await asyncio.to_thread(_read, settings)
-                providers = build_providers(registry)
+                providers = providers_for(registry)
             except RegistryError as exc:
-                # The provider types' checks quote the built registry: mask what they say too.
-                error = RegistryError(masked(str(exc)))
-                log.error("reload refused, still serving the previous registry: %s", error)
-                raise error from None
+                log.error("reload refused, still serving the previous registry: %s", exc)
+                raise
             router = old.router.successor(registry, providers)
             services.swap(Serving(registry, providers, router, old.cache))
             longest = settings.REQUEST_TIMEOUT_SECONDS + _RETIRE_MARGIN_SECONDS
