@@ -1,6 +1,6 @@
-"""The registry's reading bounds, on the real CLI: a size cap, YAML aliases refused (an alias
-bomb is refused at once, with no memory growth), and a large registry reloaded in a worker
-thread while requests keep being answered."""
+"""The registry's reading bounds, on the real CLI: a size cap, YAML aliases bounded (an alias
+bomb is refused at once, with no memory growth, while ordinary aliases load), and a large
+registry reloaded in a worker thread while requests keep being answered."""
 
 from __future__ import annotations
 
@@ -67,13 +67,13 @@ def test_an_alias_bomb_is_refused_at_once_by_reload_and_check_config(tmp_path, u
         took = time.monotonic() - began
         assert answer.status_code == 400, answer.text
         message = answer.json()["error"]["message"]
-        assert "YAML aliases (*name) and merge keys (<<) are not accepted" in message
+        assert "its aliases (*name) and merge keys (<<) expand to" in message
         assert took < 5  # refused before anything expands (milliseconds, given slack)
         assert rss_bytes(gateway.process.pid) - before < 20 * 1024 * 1024
         assert httpx.get(f"{gateway.url}/v1/models", timeout=10).status_code == 200
     check = check_config(env)
     assert check.returncode == 2
-    assert "YAML aliases (*name) and merge keys (<<) are not accepted" in check.stderr
+    assert "its aliases (*name) and merge keys (<<) expand to" in check.stderr
 
 
 def test_a_registry_over_the_cap_is_refused_with_a_clear_line(tmp_path, upstream_a):
@@ -96,21 +96,55 @@ def test_a_registry_over_the_cap_is_refused_with_a_clear_line(tmp_path, upstream
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (
-            "base: &base {timeout_seconds: 3}\nproviders: {up: {<<: *base, type: openai}}\n",
-            "line 2, column 18: YAML aliases (*name) and merge keys (<<) are not accepted",
-        ),
         ("x: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1) + "\n", "nested deeper than 32"),
-        ("a: &a [*a]\n", "YAML aliases"),  # a recursive one
+        # Aliases may not nest deeper than the file itself may.
+        (
+            "a: &a "
+            + "[" * 20
+            + "]" * 20
+            + "\nb: &b "
+            + "[*a]"
+            + "\nc: "
+            + "[" * 12
+            + "*b"
+            + "]" * 12
+            + "\n",
+            "nested deeper than 32",
+        ),
+        ("a: &a [*a]\n", "line 1, column 4: an alias inside its own anchor"),
     ],
 )
-def test_aliases_merge_keys_and_deep_nesting_are_refused(tmp_path, text, expected):
+def test_alias_bombs_recursive_aliases_and_deep_nesting_are_refused(tmp_path, text, expected):
     path = tmp_path / "models.yaml"
     path.write_text(text)
     with pytest.raises(RegistryError, match=r"\S") as caught:
         read_registry(path, {})
     assert str(caught.value).startswith(f"{path}: ")
     assert expected in str(caught.value)
+
+
+def test_ordinary_aliases_and_merge_keys_load_as_their_values(tmp_path, upstream_a):
+    # PyYAML's own writer anchors a value used twice; people write merge keys for shared policy.
+    policy = {"timeout_seconds": 3, "max_attempts": 2}
+    route = {"provider": "up", "model": "m-up", **policy}
+    entry = model_entry([route])
+    text = yaml.safe_dump(
+        {
+            "providers": {"up": {"type": "openai", "base_url": upstream_a.base_url + "/v1"}},
+            "models": {"a": entry, "b": entry},
+        }
+    )
+    assert "&id001" in text and "*id001" in text  # the writer did anchor the shared entry
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    assert set(read_registry(path, {}).models) == {"a", "b"}
+    path.write_text(
+        text.replace("providers:", "base: &base {timeout_seconds: 7}\nproviders:", 1).replace(
+            "  up:\n", "  up:\n    <<: *base\n", 1
+        )
+    )
+    with pytest.raises(RegistryError, match="base"):  # the merge loaded; `base` is no field
+        read_registry(path, {})
 
 
 def test_a_registry_that_is_not_utf8_is_refused(tmp_path):
