@@ -21,6 +21,9 @@ TRIES = 16  # per race and store: fresh keys, each with two calls, all sent at o
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def gateway(request, registry_path, tmp_path_factory) -> Iterator[GatewayProcess]:
     env = store_env(request.param, request, tmp_path_factory.mktemp("changes"))
+    # These races prove atomicity, not latency: on a busy 2-core machine a store call must not
+    # time out into a 503 (which would leave a try unproven), so the store waits longer here.
+    env.update(CACHE_TIMEOUT_MS="3000", KEYS_DB_TIMEOUT_MS="5000")
     with started(GatewayProcess(gateway_env(registry_path, env))) as gateway:
         yield gateway
 
