@@ -33,7 +33,7 @@ from app.providers.local import (
     LocalConfig,
     LocalModelUnavailable,
     LocalProvider,
-    load_session,
+    load_graph,
     load_tokenizer,
     sub_batches,
 )
@@ -212,9 +212,9 @@ async def test_a_closed_provider_refuses_calls():
 
 
 async def test_altered_weights_are_refused_not_run(monkeypatch, provider):
-    tampered = dataclasses.replace(LOCAL_MODELS[MODEL], name="tampered", onnx_sha256="0" * 64)
+    tampered = dataclasses.replace(LOCAL_MODELS[MODEL], name="tampered", graph_sha256="0" * 64)
     with pytest.raises(LocalModelUnavailable, match="has sha256"):
-        load_session(tampered, threads=1)
+        load_graph(tampered, threads=1)
     monkeypatch.setitem(LOCAL_MODELS, "tampered", tampered)
     with pytest.raises(UpstreamError) as caught:
         await provider.embed(dataclasses.replace(call(["x"]), upstream_model="tampered"))
@@ -230,11 +230,11 @@ async def test_warm_up_loads_the_session_once_per_process(provider):
     finally:
         await other.aclose()
     spec = LOCAL_MODELS[MODEL]
-    assert load_session(spec, 1) is load_session(spec, 1)
+    assert load_graph(spec, 1) is load_graph(spec, 1)
 
 
 def test_the_session_runs_on_its_threads_and_its_pool_spins_only_briefly():
-    options = load_session(LOCAL_MODELS[MODEL], 2).get_session_options()
+    options = load_graph(LOCAL_MODELS[MODEL], 2).session.get_session_options()
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     spin = options.get_session_config_entry("session.intra_op.spin_duration_us")
@@ -292,7 +292,7 @@ def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
         (
             {"type": "local", "max_seq_length": 512},
             {},
-            "providers.local.max_seq_length: all-MiniLM-L6-v2 takes at most 256 word pieces",
+            "providers.local.max_seq_length: all-MiniLM-L6-v2 takes at most 256 tokens",
         ),
         (
             {"type": "local"},
@@ -307,8 +307,8 @@ def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
         (
             {"type": "local"},
             {"routes": [{"provider": "local", "model": "all-MiniLM-L12-v2"}]},
-            f"models.{MODEL}.routes.0.model: unknown local model 'all-MiniLM-L12-v2' "
-            "(known: all-MiniLM-L6-v2)",
+            f"models.{MODEL}.routes.0.model: unknown local model 'all-MiniLM-L12-v2': not a "
+            "built-in model (known: all-MiniLM-L6-v2) nor a directory",
         ),
         (
             {"type": "local"},
