@@ -33,7 +33,7 @@ from app.providers.local.directory import ModelDirectoryError
 from app.providers.local.encoder import Stopped, encode
 from app.providers.local.models import resolve
 from app.providers.local.prompts import prompt_for
-from app.providers.local.sessions import cuda_missing, load_graph, load_tokenizer
+from app.providers.local.sessions import cuda_missing, load_graph, load_tokenizer, verified
 from app.providers.local.spec import LocalModelUnavailable, ModelSpec
 
 log = logging.getLogger("app.providers.local")
@@ -73,6 +73,11 @@ class LocalProvider:
             return one_line(exc, lambda loc, _: [f"{where}.options", *loc])
         except ModelDirectoryError as exc:
             return f"{where}.model: {exc}"
+        if options.sha256 is not None:
+            try:
+                verified(spec.graph_path(), options.sha256, str(spec.graph))
+            except LocalModelUnavailable as exc:
+                return f"{where}.options.sha256: {exc}"
         if model.config.dimensions != spec.dimensions:
             return (
                 f"models.{model.id}.dimensions: {spec.name} gives {spec.dimensions}-dimensional "
