@@ -265,6 +265,8 @@ def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
     assert not hasattr(config, "base_url") and not hasattr(config, "api_key")
     assert (config.threads, config.workers, config.max_seq_length) == (2, 3, 128)
     assert config.max_inflight_calls == 3  # one call in flight per worker, unless set
+    # A CPU model's pace, not an API's: a second per 1,000 tokens on top of the base timeout.
+    assert registry.models[MODEL].routes[0].policy.timeout_per_1k_tokens_seconds == 1.0
     providers = build_providers(registry)
     assert isinstance(providers["local"], LocalProvider)
     asyncio.run(providers["local"].aclose())

@@ -27,6 +27,10 @@ class LocalConfig(ProviderConfig):
     # Unset, one call in flight per worker: more would only queue in the executor, where
     # concurrent requests no longer merge into one run.
     max_inflight_calls: int = Field(default=1, ge=1, le=1024)
+    # A model on the CPU embeds thousands of tokens a second, not an API's hundreds of
+    # thousands: a call's budget grows by a second per 1,000 tokens (so a call of 2,048
+    # sentences gets about 40 s more than the base), or it would time out while running.
+    timeout_per_1k_tokens_seconds: float = Field(default=1.0, ge=0)
     # Truncate inputs at this many tokens; unset means each model's own limit.
     max_seq_length: int | None = Field(default=None, ge=2)
 

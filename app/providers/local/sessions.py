@@ -52,7 +52,7 @@ class Graph:
     output: str
 
 
-def file_identity(path: Path) -> tuple[str, int, int, int]:
+def _file_identity(path: Path) -> tuple[str, int, int, int]:
     stat = path.stat()
     return (str(path.resolve()), stat.st_size, stat.st_ino, stat.st_mtime_ns)
 
@@ -79,7 +79,7 @@ def sha256_of(path: Path) -> str:
                 hasher.update(block)
         return hasher.hexdigest()
 
-    return cast(str, _load_once(_digests, file_identity(path), digest))
+    return cast(str, _load_once(_digests, _file_identity(path), digest))
 
 
 def verified(path: Path, expected: str | None, what: str) -> Path:
@@ -118,7 +118,7 @@ def load_graph(spec: ModelSpec, threads: int) -> Graph:
     """The process-wide session for this model's graph and thread count, loaded on first use."""
     path = spec.graph_path()
     try:
-        identity = file_identity(path)
+        identity = _file_identity(path)
     except OSError as exc:
         raise LocalModelUnavailable(f"{spec.graph} cannot be read ({type(exc).__name__})") from exc
 
@@ -186,7 +186,7 @@ def load_tokenizer(spec: ModelSpec, max_length: int) -> tokenizers.Tokenizer:
     """The process-wide tokenizer for this model, truncating at max_length, never padding."""
     path = spec.tokenizer
     try:
-        identity = file_identity(path)
+        identity = _file_identity(path)
     except OSError as exc:
         raise LocalModelUnavailable(f"{path} cannot be read ({type(exc).__name__})") from exc
 
