@@ -14,7 +14,7 @@ line in PEERS (and its display name in reports.PEER_LABELS).
 - stack-floor: uvicorn + aiohttp forwarding bytes unchanged, with none of the gateway's work:
   what the gateway's own stack costs for one proxy leg;
 - infinity: Infinity's embedding server (Python, PyPI, with the CPU build of torch, ~1.4 GB in
-  bench/.peers/infinity), serving the local scenario's model directory: no proxy, so it is
+  bench/.peers/infinity/.venv), serving the local scenario's model directory: no proxy, so it is
   measured in `local` only.
 """
 

@@ -1,6 +1,7 @@
 """Infinity (michaelfeil/infinity, PyPI `infinity-emb`) as a peer for the local scenario.
 
-Installed once into its own venv (bench/.peers/infinity, ~1.4 GB): its ONNX engine needs
+Installed once into its own venv (bench/.peers/infinity/.venv, ~1.4 GB; a `.venv` directory,
+which the repository's checks of imports skip): its ONNX engine needs
 optimum, which imports torch, so torch comes first, as the CPU build (`torch==2.13.0`; a plain
 `torch` would pull a CUDA build of several GB). It serves the same sentence-transformers
 directory as the gateway (bench/local.py) on the same machine's cores, with what it takes to
@@ -21,7 +22,7 @@ from bench.procs import Managed, free_port, run_bounded
 from bench.servers import http_ok
 from bench.session import BENCH, Bench, Target, log
 
-VENV = BENCH / ".peers" / "infinity"
+VENV = BENCH / ".peers" / "infinity" / ".venv"
 TORCH = "torch==2.13.0"
 SPEC = "infinity-emb[optimum,server]==0.0.78"
 
