@@ -142,7 +142,7 @@ def test_a_broken_directory_stops_start_up_naming_entry_and_file(tmp_path, case)
         (
             {"input_type": "query"},
             {},
-            "models.m.routes.0.input_type: {dir} has no query prompt, so input_type has no effect",
+            "models.m.routes.0.input_type: {dir} has no query prompt of its own",
         ),
         (
             {"model": "all-MiniLM-L6-v2", "options": {"onnx_file": "model.onnx"}},

@@ -98,8 +98,9 @@ class LocalProvider:
             spec.prompts, spec.default_prompt, route.input_type
         ) == prompt_for(spec.prompts, spec.default_prompt, None):
             return (
-                f"{where}.input_type: {spec.name} has no {route.input_type} prompt, so "
-                "input_type has no effect here; remove it, or give the route options.prompts"
+                f"{where}.input_type: {spec.name} has no {route.input_type} prompt of its own "
+                "(it would get what an input without input_type gets), so input_type has no "
+                "effect here; remove it, or give the route options.prompts"
             )
         if cuda_missing(options.execution_provider):
             log.warning(
