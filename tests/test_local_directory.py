@@ -23,7 +23,9 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
+from tests.console_support import signed_in
 from tests.harness import ThreadedGateway, model_entry, write_registry
+from tests.keys_support import ADMIN_TOKEN
 from tests.local_model_dirs import MINILM, DirModel, write_model_dir
 
 CLIENT_KEY = "sk-local-dir-test-0001"
@@ -177,7 +179,12 @@ def gateway(model_dirs) -> Iterator[ThreadedGateway]:
         {"local": {"type": "local", "max_batch_size": 16, "threads": 1}},
         models,
     )
-    with ThreadedGateway(MODELS_CONFIG=str(path), GATEWAY_API_KEYS=CLIENT_KEY) as server:
+    with ThreadedGateway(
+        MODELS_CONFIG=str(path),
+        GATEWAY_API_KEYS=CLIENT_KEY,
+        GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN,  # the console on
+        KEYS_DB=str(model_dirs / "keys.db"),
+    ) as server:
         yield server
 
 
@@ -274,6 +281,18 @@ def test_directory_models_are_listed_like_any_other(gateway):
     assert by_id["dir-dense"]["dimensions"] == 64
     assert by_id["dir-mrl"]["supports_dimensions"] is True
     assert by_id["dir-last"]["max_tokens"] == 8191  # the registry entry's
+
+
+def test_the_console_shows_directory_models_and_their_routes(gateway, model_dirs):
+    console = signed_in(gateway.url)
+    try:
+        routes = console.get("/ui/routes")
+    finally:
+        console.close()
+    assert routes.status_code == 200
+    for name in DIRS:
+        assert name in routes.text
+    assert "./dir-dense" in routes.text and str(model_dirs / "dir-max") in routes.text
 
 
 def test_one_session_serves_every_directory_linking_the_same_graph(gateway, client):
