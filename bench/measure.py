@@ -103,7 +103,7 @@ def measure(bench: Bench, target: Target, scenario: Scenario) -> Result:
     pid = target.process.pid
     tag = f"{scenario.name}-{target.name}"
     # Warm-up: connections, the fake's per-text cache, lazy imports and first-call costs.
-    warmup = max(2 * scenario.concurrency, 4 if scenario.inputs > 100 else 20)
+    warmup = scenario.warmup or max(2 * scenario.concurrency, 4 if scenario.inputs > 100 else 20)
     loadgen(bench, target, scenario, f"{tag}-warmup", requests=warmup, duration=60)
     time.sleep(scenario.settle_seconds)
 
@@ -121,8 +121,8 @@ def measure(bench: Bench, target: Target, scenario: Scenario) -> Result:
         target,
         scenario,
         tag,
-        requests=args.requests or 10_000_000,
-        duration=args.duration,
+        requests=scenario.requests or args.requests or 10_000_000,
+        duration=args.duration if scenario.requests is None else 600.0,
         tick=sample,
     )
     cpu = procs.cpu_seconds(pid) - cpu_before

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from bench import procs
+from bench.local import LOCAL_BATCH, LOCAL_CONCURRENCY, LOCAL_DIMS, measure_in_process
 from bench.measure import check_answer, loadgen, measure
 from bench.procs import Managed, run_bounded
 from bench.reports import machine, ratio_table, results_table, targets_report
 from bench.servers import PACED_LIMIT
-from bench.session import ROOT, Bench, Result, Scenario, log
-
-# The local scenario as the issue states it: one sentence a request at concurrency 16 through
-# the gateway, against the same session fed batches of 32.
-LOCAL_CONCURRENCY = 16
-LOCAL_BATCH = 32
-LOCAL_DIMS = 384
+from bench.session import ROOT, Bench, Scenario, log
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -61,6 +55,8 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
             settle_seconds=1.1,  # the warm-up's calls leave the fake's one-second window
         ),
         *([large] if args.large_inputs > 0 else []),
+        # One sentence a request at concurrency 16 through the gateway, against the same
+        # session fed batches of 32 (direct) and Infinity on the same directory (a peer).
         Scenario(
             "local",
             "bench-local",
@@ -68,8 +64,28 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
             "float",
             LOCAL_CONCURRENCY,
             upstream=None,
-            targets=("gateway",),
+            targets=("gateway", "infinity"),
             dims=LOCAL_DIMS,
+        ),
+        # One request of --large-inputs sentences at a time, as the SDK sends it (base64),
+        # against plain onnxruntime at batch 32 (direct).
+        *(
+            [
+                Scenario(
+                    "local-bulk",
+                    "bench-local",
+                    args.large_inputs,
+                    "base64",
+                    1,
+                    upstream=None,
+                    targets=("gateway",),
+                    dims=LOCAL_DIMS,
+                    warmup=1,
+                    requests=1 if args.quick else 3,
+                )
+            ]
+            if args.large_inputs > 0
+            else []
         ),
     ]
     return [s for s in plan if not args.only or s.name in args.only]
@@ -79,11 +95,13 @@ def run_table(bench: Bench) -> None:
     args = bench.args
     log(f"loading each target for {args.duration:g} s per scenario")
     for scenario in scenarios(args):
-        if scenario.name == "local" and bench.local_model_problem is not None:
-            log(f"local: skipped, the local model cannot run here: {bench.local_model_problem}")
+        local = scenario.name.startswith("local")
+        if local and bench.local_model_problem is not None:
+            log(f"{scenario.name}: skipped, the local model cannot run here")
             continue
-        if scenario.name == "local":
-            bench.results.append(measure_local_batches(bench))
+        if local:
+            bare = scenario.name == "local-bulk"
+            bench.results.append(measure_in_process(bench, scenario.name, bare))
         for target in bench.targets(scenario):
             # Checked just before its own load, so no earlier scenario's memory shows up here.
             check_answer(target, scenario, args.dims)
@@ -94,7 +112,8 @@ def run_table(bench: Bench) -> None:
     print(
         f"closed loop, concurrency {args.concurrency} (latency: 1; large-base64: "
         f"{min(args.concurrency, args.large_concurrency)}, {args.large_inputs} inputs; "
-        f"batching and paced: {args.batch_concurrency}; local: {LOCAL_CONCURRENCY}), "
+        f"batching and paced: {args.batch_concurrency}; local: {LOCAL_CONCURRENCY}; "
+        f"local-bulk: 1, {args.large_inputs} inputs), "
         f"{args.duration:g} s per scenario and target{limit}, {args.dims} dims; gateway: "
         f"1 worker, Redis rate limiting on, cache {'on' if args.cache else 'off'} (on for "
         f"shipped-defaults), upstream asked for {'floats' if args.upstream_floats else 'base64'}"
@@ -109,13 +128,15 @@ def run_table(bench: Bench) -> None:
         "`upstream calls/req` counts the embedding calls every fake upstream received during "
         "the load, per client request. local/direct is the same ONNX session fed batches of "
         f"{LOCAL_BATCH} in process (bench/local_model.py) with the same threads as the "
-        f"gateway's (the local provider's defaults: {local_threads()}): req/s there are "
-        "sentences/s, p50/p99 a batch's."
+        f"gateway's (the local provider's defaults: {local_threads()}); local-bulk/direct is "
+        f"plain onnxruntime at batch {LOCAL_BATCH} on the same threads: req/s there are "
+        "sentences/s, p50/p99 a batch's. local-bulk/gateway's req/s are requests of "
+        f"{args.large_inputs} sentences."
     )
     if bench.local_model_problem is not None and (not args.only or "local" in args.only):
         print(f"local: skipped, the local model cannot run here: {bench.local_model_problem}")
     print()
-    print(targets_report(bench.results, PACED_LIMIT or 0, LOCAL_BATCH))
+    print(targets_report(bench.results, PACED_LIMIT or 0, LOCAL_BATCH, args.large_inputs))
 
 
 def local_threads() -> str:
@@ -124,51 +145,6 @@ def local_threads() -> str:
     fields = LocalConfig.model_fields
     threads, workers = fields["threads"].default, fields["workers"].default
     return f"{threads} intra-op thread{'s' * (threads != 1)} x {workers} runs at once"
-
-
-def measure_local_batches(bench: Bench) -> Result:
-    """The local model's ceiling, as a `direct` row: bench/local_model.py in its own process."""
-    args = bench.args
-    out = bench.workdir / "local-direct.json"
-    bound = ["--max-batches", str(max(1, args.requests // LOCAL_BATCH))] if args.requests else []
-    child = Managed(
-        "local model, batches",
-        [
-            sys.executable, "-m", "bench.local_model",
-            "--batch", str(LOCAL_BATCH),
-            "--duration", str(args.duration),
-            *bound,
-        ],
-        log_path=bench.workdir / "local-direct.log",
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
-    # run_bounded sends the child's stdout to its log; the JSON is its last line.
-    if run_bounded(child, timeout=args.duration + 180) != 0:
-        raise RuntimeError(f"local model benchmark failed:\n{child.log_tail()}")
-    lines = child.log_path.read_text().strip().splitlines()
-    load = json.loads(lines[-1])
-    out.write_text(lines[-1])
-    result = Result(
-        scenario="local",
-        target="direct",
-        rps=load["sentences_per_s"],
-        p50_ms=load["batch_ms"]["p50"],
-        p99_ms=load["batch_ms"]["p99"],
-        completed=load["sentences"],
-        errors=0,
-        ok=load["sentences"],
-        cpu_s=load["cpu_s"],
-        rss_start_mb=0.0,
-        rss_end_mb=0.0,
-        peak_rss_mb=0.0,
-        loadgen_cpu_s=0.0,
-    )
-    log(
-        f"  local            direct   {result.rps:8.1f} sentences/s in batches of "
-        f"{LOCAL_BATCH} ({load['threads']} thread(s) x {load['workers']} workers)"
-    )
-    return result
 
 
 def run_soak(bench: Bench) -> None:

@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import procs  # noqa: E402
+from bench.local import build_model_dir  # noqa: E402
 from bench.modes import run_micro, run_profile, run_soak, run_table  # noqa: E402
 from bench.peers import DEFAULT_PEERS, PEERS  # noqa: E402
 from bench.servers import local_model_problem, start_fakes, start_gateway, start_redis  # noqa: E402
@@ -171,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         redis_url = start_redis(bench)
         start_fakes(bench)
         bench.local_model_problem = local_model_problem()
+        if bench.local_model_problem is None:
+            bench.local_model_dir = build_model_dir(workdir)
         bench.gateway = start_gateway(bench, redis_url)
         if args.soak is not None:
             run_soak(bench)

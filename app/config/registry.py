@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -75,6 +76,8 @@ class ProviderConfig(RoutePolicy):
     module under app/providers/, with `type: Literal["<name>"]` as the discriminator."""
 
     type: str
+    # Whether this type's routes may carry `options` (which the type validates at start-up).
+    route_options: ClassVar[bool] = False
     # Calls in flight to this provider across the whole process.
     max_concurrency: int = Field(default=64, ge=1)
     # The upstream's own request limit (NanoGPT documents 100/s per IP): calls are paced under
@@ -130,6 +133,10 @@ class RouteConfig(RouteOverrides):
     dimensions_mode: Literal["pass", "truncate"] = "pass"
     # What a request that names no `input_type` is embedded as on this route.
     input_type: InputType | None = None
+    # Settings only this route's provider type reads (the local provider's model file, prompts,
+    # execution provider), validated by that type at start-up. Part of the model's entry, so
+    # changing them changes its cache fingerprint.
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Pricing(_Strict):
@@ -168,6 +175,12 @@ class RegistryFile(_Strict):
                         f"models.{model_id}.routes.{index}.provider: unknown provider "
                         f"{route.provider!r} (known: {known})"
                     )
+                provider = self.providers[route.provider]
+                if route.options and not provider.route_options:
+                    raise ValueError(
+                        f"models.{model_id}.routes.{index}.options: {provider.type} routes "
+                        "take no options"
+                    )
         return self
 
 
@@ -180,8 +193,10 @@ class Route:
         "index",
         "input_type",
         "model_id",
+        "options",
         "policy",
         "provider",
+        "registry_dir",
         "returns_base64",
         "upstream_model",
         "usable",
@@ -200,6 +215,10 @@ class Route:
         self.weight = config.weight
         self.dimensions_mode = config.dimensions_mode
         self.input_type = config.input_type
+        self.options = config.options
+        # The registry file's directory, set by the Registry: what paths in a route (a local
+        # model's directory) are relative to.
+        self.registry_dir: Path | None = None
         self.usable = base.usable
         self.returns_base64 = (
             base.returns_base64 if config.returns_base64 is None else config.returns_base64
@@ -253,6 +272,10 @@ class Registry:
         self.source = source
         self.providers = providers
         self.models = models
+        here = Path(source).resolve().parent
+        for model in models.values():
+            for route in model.routes:
+                route.registry_dir = here
 
     def get(self, model_id: str) -> Model | None:
         return self.models.get(model_id)

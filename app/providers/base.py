@@ -25,6 +25,9 @@ class UpstreamCall:
     # "query", "document", or None (the client and the route named none); each provider maps
     # it to its own vocabulary, or ignores it.
     input_type: str | None = None
+    # The route this call is for: its provider-specific `options` and the registry file's
+    # directory (the local provider's model directories). None from callers outside routing.
+    route: Route | None = None
 
 
 @dataclass(frozen=True, slots=True)

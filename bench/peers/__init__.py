@@ -12,14 +12,17 @@ line in PEERS (and its display name in reports.PEER_LABELS).
 - portkey: Portkey's open-source AI gateway (Node), from npm;
 - litellm: LiteLLM's proxy (Python), from PyPI, in its own venv (~750 MB);
 - stack-floor: uvicorn + aiohttp forwarding bytes unchanged, with none of the gateway's work:
-  what the gateway's own stack costs for one proxy leg.
+  what the gateway's own stack costs for one proxy leg;
+- infinity: Infinity's embedding server (Python, PyPI, with the CPU build of torch, ~1.4 GB in
+  bench/.peers/infinity/.venv), serving the local scenario's model directory: no proxy, so it is
+  measured in `local` only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.peers import litellm, nginx, portkey, stack_floor
+from bench.peers import infinity, litellm, nginx, portkey, stack_floor
 from bench.session import Bench, Target
 
 PEERS: dict[str, Callable[[Bench], Target]] = {
@@ -27,6 +30,7 @@ PEERS: dict[str, Callable[[Bench], Target]] = {
     "portkey": portkey.start,
     "litellm": litellm.start,
     "stack-floor": stack_floor.start,
+    "infinity": infinity.start,
 }
 # What a bare `--peers` starts: those that install in seconds (or need nothing).
 DEFAULT_PEERS = ("nginx", "portkey", "stack-floor")

@@ -319,6 +319,7 @@ class Router:
             timeout=timeout,
             request_id=job.request_id,
             input_type=job.input_type or route.input_type,
+            route=route,
         )
         started = self._clock()
         batcher = self._batchers.get(route.key)
