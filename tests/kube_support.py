@@ -15,8 +15,8 @@ import yaml
 # The folder holding pyproject.toml, wherever this file ends up below it.
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 TOOLS = ROOT / ".tools" / "bin"
-# The oldest Kubernetes the manifests are meant for (README, "Kubernetes") and the newest
-# kubernetes-validate knows.
+# The oldest Kubernetes the manifests are meant for (docs/operations.md, "Kubernetes") and the
+# newest kubernetes-validate knows.
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
 

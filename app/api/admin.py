@@ -226,7 +226,8 @@ def _day(value: str | None, param: str, *, default: date) -> date:
 
 @router.post("/reload")
 async def reload_registry(request: Request, actor: str = Depends(_admin)) -> Response:
-    """Re-read the registry on every worker (README, "Reload"); refused as at start-up."""
+    """Re-read the registry on every worker (docs/operations.md, "Reload"); refused as at
+    start-up."""
     lifecycle = lifespan_state(request.scope)["lifecycle"]
     try:
         result = await lifecycle.reload_everywhere()

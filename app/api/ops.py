@@ -27,7 +27,8 @@ async def readyz(request: Request) -> Response:
     if services is None:
         raise _not_ready("the model registry is not loaded yet")
     if lifecycle is not None and lifecycle.draining:
-        # Still serving (README, "Graceful shutdown"): this is for load balancers to notice.
+        # Still serving (docs/operations.md, "Graceful shutdown"): this is for load balancers
+        # to notice.
         raise _not_ready("shutting down")
     if services.redis is not None:
         try:

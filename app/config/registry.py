@@ -59,13 +59,14 @@ class RoutePolicy(_Strict):
     max_batch_size: int = Field(default=MAX_INPUTS, ge=1, le=MAX_INPUTS)
     max_tokens_per_call: int | None = Field(default=None, ge=1)
     max_concurrency_per_request: int = Field(default=4, ge=1)
-    # Routing resilience (README, "Resilience"): a call's timeout grows with its work; hedging.
+    # Routing resilience (docs/resilience.md, "Resilience"): a call's timeout grows with its
+    # work; hedging.
     timeout_per_1k_tokens_seconds: float = Field(default=0.05, ge=0)
     hedge_after_ms: HedgeAfter = 0.0
     hedge_max_ratio: float = Field(default=0.1, ge=0, le=1)
-    # Micro-batching (README, "Micro-batching"): concurrent requests' chunks for the same call
-    # shape share one upstream call. A route keeps this many calls in flight before new chunks
-    # gather; `batch_window_ms` makes a lone chunk wait that long for company.
+    # Micro-batching (docs/resilience.md, "Micro-batching"): concurrent requests' chunks for the
+    # same call shape share one upstream call. A route keeps this many calls in flight before
+    # new chunks gather; `batch_window_ms` makes a lone chunk wait that long for company.
     micro_batching: bool = True
     max_inflight_calls: int = Field(default=2, ge=1, le=1024)
     batch_window_ms: float = Field(default=0.0, ge=0, le=1000)
@@ -155,7 +156,8 @@ class ModelConfig(_Strict):
     created: int | None = None
     # Keep this model's vectors in the Redis cache (when CACHE_ENABLED and REDIS_URL are set).
     cache: bool = True
-    # How a request picks among the routes (README, "Resilience"); `failover` is registry order.
+    # How a request picks among the routes (docs/resilience.md, "Resilience"); `failover` is
+    # registry order.
     strategy: Strategy = "failover"
     routes: list[RouteConfig] = Field(min_length=1)
 

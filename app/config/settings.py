@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     # JSON lines for machines (the default); `text` reads better in a local terminal.
     LOG_FORMAT: Literal["json", "text"] = "json"
     METRICS_ENABLED: bool = True
-    # --- Redis (README: "Redis modes") ---
+    # --- Redis (docs/operations.md: "Redis modes") ---
     # standalone: REDIS_URL names the server. cluster: REDIS_URL names any one node. sentinel:
     # the sentinels name the master; REDIS_URL (optional) gives its scheme, user and db.
     REDIS_URL: str | None = None
@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     # a retry.
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
 
-    # --- Limits against hostile clients (README: "Limits and timeouts") ---
+    # --- Limits against hostile clients (docs/operations.md: "Limits and timeouts") ---
     # Failed authentications per client IP per minute (a sliding minute); 0 turns it off.
     AUTH_FAILURES_PER_MINUTE: int = Field(default=30, ge=0)
     # A request's whole head (request line and headers); past it, 431.

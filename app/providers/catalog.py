@@ -1,5 +1,6 @@
 """The provider types the registry knows: one entry per type name. Adding a provider type is
-one module beside this one and one line here (plus a fake in tests/ and a README section)."""
+one module beside this one and one line here (plus a fake in tests/ and a section in
+docs/providers.md)."""
 
 from __future__ import annotations
 
