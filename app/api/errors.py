@@ -20,6 +20,8 @@ from starlette.responses import Response
 from app.core.errors import (
     DeadlineExceeded,
     InputRejected,
+    InvalidEmbeddingRequest,
+    ModelUnavailable,
     RoutesCoolingDown,
     UndecodableInput,
     UpstreamsFailed,
@@ -81,7 +83,9 @@ class GatewayError(Exception):
         )
 
 
-def invalid_request(message: str, *, param: str | None = None, code: str | None = None):
+def invalid_request(
+    message: str, *, param: str | None = None, code: str | None = None
+) -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
 
 
@@ -137,6 +141,13 @@ def gateway_error(error: DomainError) -> GatewayError:
             )
         case InvalidKeyChange(field=field):
             return GatewayError(400, message, param=field)
+        case InvalidEmbeddingRequest(param=param, code=code):
+            return GatewayError(400, message, param=param, code=code)
+        case ModelUnavailable():
+            # A retry cannot add a provider key.
+            return GatewayError(
+                503, message, type=SERVER, code="model_unavailable", headers=dict(NO_RETRY)
+            )
         case UndecodableInput():
             return GatewayError(400, message, param="input")
         case InputRejected():
