@@ -16,10 +16,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 
-from app.api import admin, embeddings, models, ops, usage
+from app.api import admin, admin_batches, batches, embeddings, files, models, ops, usage
 from app.api.admission import IPLimit
-from app.api.errors import install_error_handlers
+from app.api.errors import install_error_handlers, line_error
 from app.api.middleware import API_PREFIXES, GatewayMiddleware
+from app.batches.policy import BatchPolicy
+from app.batches.runner import BatchRunner
+from app.batches.work import Work
 from app.config.report import settings_summary
 from app.config.settings import Settings
 from app.core.tokens import warm_up
@@ -39,8 +42,10 @@ def create_app(
     *,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """The ASGI app. Tests may pass the routing clock (cooldowns, windows) and random source."""
+    """The ASGI app. Tests may pass the routing clock (cooldowns, windows), the random source,
+    and the wall clock of the Batch API (timestamps, completion windows)."""
     settings = settings or Settings()
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
 
@@ -49,7 +54,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
-        services = build_services(settings, clock, rng)
+        services = build_services(settings, clock, rng, wall_clock)
         reloader = lifecycle.reloader = Reloader(services)
         warm_up()
         await start_limiter(settings, services.limiter)
@@ -76,6 +81,15 @@ def create_app(
         )
         if console is not None:
             console.attach(services)
+        runner = BatchRunner(
+            Work(
+                services.batches,
+                services,
+                line_error,
+                BatchPolicy(services.keys, services.key_checks, services.usage),
+            )
+        )
+        runner.start()
         flusher = asyncio.create_task(services.usage.run_flusher())
         follower = asyncio.create_task(follow_master(services.redis))  # Sentinel failovers
         # Everything built so far lives as long as the process: keep it out of the collector's
@@ -87,6 +101,7 @@ def create_app(
             # services and the drain state here.
             yield {"services": services, "lifecycle": lifecycle}
         finally:
+            await runner.stop()  # drained: its chunks finished or handed back
             flusher.cancel()
             follower.cancel()
             await reloader.aclose()
@@ -108,10 +123,13 @@ def create_app(
     for prefix in API_PREFIXES:
         app.include_router(models.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
         app.include_router(usage.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
+        app.include_router(files.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
+        app.include_router(batches.router, prefix=prefix, include_in_schema=prefix == "/api/v1")
     app.include_router(ops.router)
     if settings.GATEWAY_ADMIN_TOKEN is not None:
         # Not mounted at all without the token: every admin path is an ordinary 404.
         app.include_router(admin.router, prefix="/admin/v1", include_in_schema=False)
+        app.include_router(admin_batches.router, prefix="/admin/v1", include_in_schema=False)
     if settings.METRICS_ENABLED:
         app.add_api_route(
             "/metrics",
@@ -125,7 +143,12 @@ def create_app(
     install_error_handlers(app)
     # The last added runs first: request ID and body cap, then the per-IP limit, then routing.
     app.add_middleware(IPLimit)
-    app.add_middleware(GatewayMiddleware, max_body_bytes=settings.MAX_REQUEST_BODY_BYTES)
+    upload_cap = settings.BATCH_MAX_FILE_BYTES + files.MULTIPART_OVERHEAD_BYTES
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.MAX_REQUEST_BODY_BYTES,
+        body_caps={prefix + files.PATH: upload_cap for prefix in API_PREFIXES},
+    )
     console = install_console(app, settings)  # outermost, for its traffic statistics
     return app
 

@@ -43,7 +43,8 @@ def admin_id(token: str) -> str:
     return "admin_" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
 
 
-async def _admin(request: Request) -> str:
+async def admin_actor(request: Request) -> str:
+    """The admin token's holder (a dependency of every admin route), as audit lines name it."""
     services = lifespan_state(request.scope)["services"]
     expected = services.settings.GATEWAY_ADMIN_TOKEN
     presented = presented_key(request.headers)
@@ -87,7 +88,7 @@ async def _record(keys: ManagedKeys, key_id: str) -> ApiKeyRecord:
 
 
 @router.post("/keys", status_code=201)
-async def create_key(request: Request, policy: KeyPolicy, actor: str = Depends(_admin)):
+async def create_key(request: Request, policy: KeyPolicy, actor: str = Depends(admin_actor)):
     record, secret = await _keys(request).create(policy, actor)
     # The only response that ever carries this secret.
     return json_response({"id": record.id, "key": secret, **record.public()}, status=201)
@@ -98,7 +99,7 @@ async def list_keys(
     request: Request,
     team: str | None = None,
     name: str | None = None,
-    actor: str = Depends(_admin),
+    actor: str = Depends(admin_actor),
 ) -> Response:
     records = await _keys(request).list(team=team, name=name)
     audit(actor, "list", "*", [])
@@ -106,7 +107,7 @@ async def list_keys(
 
 
 @router.get("/keys/{key_id}")
-async def show_key(request: Request, key_id: str, actor: str = Depends(_admin)) -> Response:
+async def show_key(request: Request, key_id: str, actor: str = Depends(admin_actor)) -> Response:
     keys = _keys(request)
     record = await _record(keys, key_id)
     audit(actor, "show", key_id, [])
@@ -115,7 +116,7 @@ async def show_key(request: Request, key_id: str, actor: str = Depends(_admin)) 
 
 @router.patch("/keys/{key_id}")
 async def update_key(
-    request: Request, key_id: str, change: KeyUpdate, actor: str = Depends(_admin)
+    request: Request, key_id: str, change: KeyUpdate, actor: str = Depends(admin_actor)
 ) -> Response:
     keys = _keys(request)
     await _record(keys, key_id)
@@ -127,7 +128,7 @@ async def rotate_key(
     request: Request,
     key_id: str,
     body: RotateRequest | None = None,
-    actor: str = Depends(_admin),
+    actor: str = Depends(admin_actor),
 ) -> Response:
     keys = _keys(request)
     await _record(keys, key_id)
@@ -137,7 +138,7 @@ async def rotate_key(
 
 
 @router.delete("/keys/{key_id}")
-async def revoke_key(request: Request, key_id: str, actor: str = Depends(_admin)) -> Response:
+async def revoke_key(request: Request, key_id: str, actor: str = Depends(admin_actor)) -> Response:
     keys = _keys(request)
     await _record(keys, key_id)
     return json_response((await keys.revoke(key_id, actor)).public())
@@ -149,7 +150,7 @@ async def usage_report(
     start: str | None = None,
     end: str | None = None,
     group_by: Literal["key", "team", "model"] = Query(default="key"),
-    actor: str = Depends(_admin),
+    actor: str = Depends(admin_actor),
 ) -> Response:
     first, last = report_range(start, end)
     services = lifespan_state(request.scope)["services"]
@@ -212,7 +213,7 @@ def _day(value: str | None, param: str, *, default: date) -> date:
 
 
 @router.post("/reload")
-async def reload_registry(request: Request, actor: str = Depends(_admin)) -> Response:
+async def reload_registry(request: Request, actor: str = Depends(admin_actor)) -> Response:
     """Re-read the registry on every worker (README, "Reload"); refused as at start-up."""
     lifecycle = lifespan_state(request.scope)["lifecycle"]
     try:

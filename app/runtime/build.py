@@ -43,6 +43,7 @@ def build_services(
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Services:
     registry = read_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = build_providers(registry)
@@ -68,6 +69,7 @@ def build_services(
         keys=keys,
         key_checks=build_key_checks(settings, redis, keys) if keys is not None else None,
         auth_failures=build_auth_failure_throttle(settings, redis),
+        wall_clock=wall_clock,
     )
     return services
 

@@ -3,12 +3,16 @@ registry by app/main.py), which the HTTP layer reaches as `app.state.gateway`.""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
 from app.auth.callers import Authenticator
 from app.auth.throttle import AuthFailureThrottle
+from app.batches.build import build_batches
+from app.batches.service import Batches
 from app.config.registry import Registry
 from app.config.settings import Settings
 from app.core.embedder import Embedder
@@ -33,13 +37,17 @@ class Services:
     keys: ManagedKeys | None = None  # None: no key store (no Redis, no admin token, no KEYS_DB)
     key_checks: KeyChecks | None = None  # with keys: their limits and budgets
     auth_failures: AuthFailureThrottle | None = None  # None: AUTH_FAILURES_PER_MINUTE is 0
+    # Wall time for the Batch API's timestamps and expiry; tests inject a clock they move.
+    wall_clock: Callable[[], float] = time.time
     usage: UsageLedger = field(init=False)
+    batches: Batches = field(init=False)  # the Batch API: its stores, files and batches
 
     def __post_init__(self) -> None:
         settings = self.settings
         self.usage = UsageLedger(
             self.redis, prefix=settings.USAGE_KEY_PREFIX, timeout=settings.CACHE_TIMEOUT_MS / 1000
         )
+        self.batches = build_batches(settings, self.redis, self.wall_clock)
 
     # Reads of the current snapshot, for code that needs one part of it once. A request that
     # uses several parts takes `serving` once instead, so a reload cannot mix two registries.
@@ -71,6 +79,7 @@ class Services:
             await self.usage.flush()
             await self.serving.aclose()
         finally:
+            await self.batches.aclose()
             if self.limiter is not None:
                 await self.limiter.aclose()
             if self.key_checks is not None:

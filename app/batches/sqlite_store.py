@@ -1,0 +1,463 @@
+"""The batch store in a SQLite file (BATCH_DB), for a gateway without Redis: every worker process
+on the machine shares it, as they share KEYS_DB (app/keys/sqlite_store.py says why the stdlib
+`sqlite3` on one thread per process, WAL and `busy_timeout`).
+
+Each step that must be atomic is one `BEGIN IMMEDIATE` transaction: claiming a chunk (the oldest
+waiting one, else one whose lease ran out), completing one (its outcome and its batch's
+counters), replacing a record (only at the version it was read at). `synchronous=FULL`: a
+completed chunk survives a power cut, not only a crash of the process.
+
+The file is created on first use, not at start-up: a gateway that never batches has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from app.batches.records import (
+    ACTIVE,
+    COUNTER_FIELDS,
+    BatchRecord,
+    ChunkOutcome,
+    ChunkPlan,
+    Claim,
+    Counters,
+    FilePurpose,
+    FileRecord,
+)
+from app.batches.store import QueueStats, StoredBatch, StoreUnavailable
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_files (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batch_files_by_owner ON batch_files (owner, created_at, id);
+CREATE INDEX IF NOT EXISTS batch_files_by_expiry ON batch_files (expires_at);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    record TEXT NOT NULL,
+    enqueued INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    expired INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens INTEGER NOT NULL DEFAULT 0,
+    upstream_tokens INTEGER NOT NULL DEFAULT 0,
+    spend_usd REAL NOT NULL DEFAULT 0,
+    chunks_done INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS batches_by_owner ON batches (owner, created_at, id);
+CREATE INDEX IF NOT EXISTS batches_by_created ON batches (created_at, id);
+CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
+CREATE TABLE IF NOT EXISTS batch_chunks (
+    batch_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    plan TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'waiting',
+    worker TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    queued_at REAL NOT NULL,
+    outcome TEXT,
+    PRIMARY KEY (batch_id, idx)
+);
+CREATE INDEX IF NOT EXISTS batch_chunks_queue ON batch_chunks (state, queued_at, batch_id, idx);
+"""
+
+BUSY_TIMEOUT_MS = 10_000
+_COUNTERS = ", ".join(COUNTER_FIELDS)
+_BATCH_COLUMNS = f"record, version, enqueued, {_COUNTERS}"
+_ACTIVE = tuple(sorted(ACTIVE))
+
+
+class SQLiteBatchStore:
+    def __init__(self, path: str | Path, *, timeout: float) -> None:
+        self.path = Path(path)
+        self.backend = f"SQLite file {path}"
+        self._timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches-sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self, create: bool) -> sqlite3.Connection | None:
+        if self._db is None:
+            if not create and not self.path.exists():
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T], *, create: bool = True) -> T:
+        """`work` on the store's thread; with `create=False` and no file yet, `work` is not run
+        and the store answers as an empty one (None from `_run_or_none`)."""
+
+        def call() -> T:
+            try:
+                db = self._connect(create)
+                if db is None:
+                    raise _NoFile()
+                return work(db)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(f"SQLite: {exc}") from exc
+
+        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise StoreUnavailable("SQLite: timed out") from None
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T], empty: T) -> T:
+        try:
+            return await self._run(work, create=False)
+        except _NoFile:
+            return empty
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, close)
+        self._executor.shutdown(wait=False)
+
+    # -- files ------------------------------------------------------------------------------
+
+    async def put_file(self, record: FileRecord) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO batch_files (id, owner, purpose, created_at, expires_at, "
+                "record) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.owner,
+                    record.purpose,
+                    record.created_at,
+                    record.expires_at,
+                    record.dumps(),
+                ),
+            )
+
+        await self._run(write)
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        row = await self._read(
+            lambda db: db.execute(
+                "SELECT record FROM batch_files WHERE id = ?", (file_id,)
+            ).fetchone(),
+            None,
+        )
+        return FileRecord.loads(row[0]) if row else None
+
+    async def delete_file(self, record: FileRecord) -> bool:
+        def write(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM batch_files WHERE id = ?", (record.id,)).rowcount > 0
+
+        return await self._read(write, False)
+
+    async def list_files(
+        self, owner: str, purpose: FilePurpose | None, after: str | None, limit: int, asc: bool
+    ) -> tuple[list[FileRecord], bool]:
+        def read(db: sqlite3.Connection) -> tuple[list[FileRecord], bool]:
+            where, args = "owner = ?", [owner]
+            if purpose is not None:
+                where += " AND purpose = ?"
+                args.append(purpose)
+            if after is not None:
+                found = db.execute(
+                    "SELECT created_at FROM batch_files WHERE id = ? AND owner = ?",
+                    (after, owner),
+                ).fetchone()
+                if found is None:
+                    return [], False
+                where += f" AND (created_at, id) {'>' if asc else '<'} (?, ?)"
+                args += [found[0], after]
+            order = "ASC" if asc else "DESC"
+            rows = db.execute(
+                f"SELECT record FROM batch_files WHERE {where} "
+                f"ORDER BY created_at {order}, id {order} LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+            return [FileRecord.loads(r[0]) for r in rows[:limit]], len(rows) > limit
+
+        return await self._read(read, ([], False))
+
+    async def expired_files(self, now: int, limit: int) -> list[FileRecord]:
+        rows = await self._read(
+            lambda db: db.execute(
+                "SELECT record FROM batch_files WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                "LIMIT ?",
+                (now, limit),
+            ).fetchall(),
+            [],
+        )
+        return [FileRecord.loads(r[0]) for r in rows]
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def create_batch(self, record: BatchRecord) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO batches (id, owner, status, created_at, version, record) "
+                "VALUES (?, ?, ?, ?, 0, ?)",
+                (record.id, record.owner, record.status, record.created_at, record.dumps()),
+            )
+
+        await self._run(write)
+
+    async def get_batch(self, batch_id: str) -> StoredBatch | None:
+        row = await self._read(
+            lambda db: db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone(),
+            None,
+        )
+        return _stored(row) if row else None
+
+    async def replace_batch(self, record: BatchRecord) -> bool:
+        return await self._run(lambda db: _replace(db, record))
+
+    async def list_batches(
+        self, owner: str | None, after: str | None, limit: int
+    ) -> tuple[list[StoredBatch], bool]:
+        def read(db: sqlite3.Connection) -> tuple[list[StoredBatch], bool]:
+            where, args = ("owner = ?", [owner]) if owner is not None else ("1 = 1", [])
+            if after is not None:
+                found = db.execute(
+                    f"SELECT created_at FROM batches WHERE id = ? AND {where}", (after, *args)
+                ).fetchone()
+                if found is None:
+                    return [], False
+                where += " AND (created_at, id) < (?, ?)"
+                args += [found[0], after]
+            rows = db.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE {where} "
+                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+            return [_stored(r) for r in rows[:limit]], len(rows) > limit
+
+        return await self._read(read, ([], False))
+
+    async def active_batches(self) -> list[str]:
+        marks = ", ".join("?" * len(_ACTIVE))
+        rows = await self._read(
+            lambda db: db.execute(
+                f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY created_at", _ACTIVE
+            ).fetchall(),
+            [],
+        )
+        return [r[0] for r in rows]
+
+    async def forget_active(self, batch_id: str) -> None:
+        return None  # the status column says it
+
+    async def take_lease(self, batch_id: str, worker: str, seconds: float) -> bool:
+        now = time.time()
+
+        def write(db: sqlite3.Connection) -> bool:
+            return (
+                db.execute(
+                    "UPDATE batches SET lease_owner = ?, lease_until = ? WHERE id = ? AND "
+                    "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
+                    (worker, now + seconds, batch_id, worker, now),
+                ).rowcount
+                > 0
+            )
+
+        return await self._run(write)
+
+    # -- chunks -----------------------------------------------------------------------------
+
+    async def plan_chunks(self, record: BatchRecord, plans: list[ChunkPlan]) -> bool:
+        queued = time.time()
+
+        def write(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                if not _replace(db, record):
+                    return False
+                db.executemany(
+                    "INSERT OR IGNORE INTO batch_chunks (batch_id, idx, plan, queued_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(record.id, p.index, p.dumps(), queued) for p in plans],
+                )
+                db.execute("UPDATE batches SET enqueued = 1 WHERE id = ?", (record.id,))
+                return True
+
+        return await self._run(write)
+
+    async def enqueue_chunks(self, batch_id: str) -> None:
+        return None  # planned chunks are queued rows already (`plan_chunks`)
+
+    async def get_plan(self, batch_id: str, index: int) -> ChunkPlan | None:
+        row = await self._read(
+            lambda db: db.execute(
+                "SELECT plan FROM batch_chunks WHERE batch_id = ? AND idx = ?", (batch_id, index)
+            ).fetchone(),
+            None,
+        )
+        return ChunkPlan.loads(row[0]) if row else None
+
+    async def plans(self, batch_id: str) -> list[ChunkPlan]:
+        rows = await self._read(
+            lambda db: db.execute(
+                "SELECT plan FROM batch_chunks WHERE batch_id = ? ORDER BY idx", (batch_id,)
+            ).fetchall(),
+            [],
+        )
+        return [ChunkPlan.loads(r[0]) for r in rows]
+
+    async def claim(self, worker: str, lease: float) -> Claim | None:
+        now = time.time()
+
+        def write(db: sqlite3.Connection) -> Claim | None:
+            with _transaction(db):
+                row = db.execute(
+                    "SELECT batch_id, idx FROM batch_chunks WHERE state = 'waiting' "
+                    "ORDER BY queued_at, batch_id, idx LIMIT 1"
+                ).fetchone()
+                if row is None:  # else one whose worker stopped renewing its lease
+                    row = db.execute(
+                        "SELECT batch_id, idx FROM batch_chunks WHERE state = 'claimed' AND "
+                        "lease_until < ? ORDER BY queued_at, batch_id, idx LIMIT 1",
+                        (now,),
+                    ).fetchone()
+                if row is None:
+                    return None
+                db.execute(
+                    "UPDATE batch_chunks SET state = 'claimed', worker = ?, lease_until = ? "
+                    "WHERE batch_id = ? AND idx = ?",
+                    (worker, now + lease, row[0], row[1]),
+                )
+                return Claim(row[0], row[1], worker)
+
+        return await self._read(write, None)
+
+    async def renew(self, claim: Claim, worker: str, lease: float) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE batch_chunks SET lease_until = ? WHERE batch_id = ? AND idx = ? AND "
+                "state = 'claimed' AND worker = ?",
+                (time.time() + lease, claim.batch_id, claim.index, worker),
+            )
+
+        await self._run(write)
+
+    async def release(self, claim: Claim, worker: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE batch_chunks SET state = 'waiting', worker = NULL, lease_until = 0 "
+                "WHERE batch_id = ? AND idx = ? AND state = 'claimed' AND worker = ?",
+                (claim.batch_id, claim.index, worker),
+            )
+
+        await self._run(write)
+
+    async def complete(self, claim: Claim, outcome: ChunkOutcome) -> tuple[bool, bool]:
+        added = outcome.counters
+
+        def write(db: sqlite3.Connection) -> tuple[bool, bool]:
+            with _transaction(db):
+                won = (
+                    db.execute(
+                        "UPDATE batch_chunks SET state = 'done', outcome = ?, worker = NULL "
+                        "WHERE batch_id = ? AND idx = ? AND state != 'done'",
+                        (outcome.dumps(), claim.batch_id, claim.index),
+                    ).rowcount
+                    > 0
+                )
+                if won:
+                    sets = ", ".join(f"{f} = {f} + ?" for f in COUNTER_FIELDS)
+                    db.execute(
+                        f"UPDATE batches SET {sets} WHERE id = ?",
+                        (*(getattr(added, f) for f in COUNTER_FIELDS), claim.batch_id),
+                    )
+                left = db.execute(
+                    "SELECT COUNT(*) FROM batch_chunks WHERE batch_id = ? AND state != 'done'",
+                    (claim.batch_id,),
+                ).fetchone()[0]
+                return won, left == 0
+
+        return await self._run(write)
+
+    async def outcomes(self, batch_id: str) -> list[ChunkOutcome]:
+        rows = await self._read(
+            lambda db: db.execute(
+                "SELECT outcome FROM batch_chunks WHERE batch_id = ? AND state = 'done' "
+                "ORDER BY idx",
+                (batch_id,),
+            ).fetchall(),
+            [],
+        )
+        return [ChunkOutcome.loads(r[0]) for r in rows]
+
+    async def queue_stats(self, now: float) -> QueueStats:
+        row = await self._read(
+            lambda db: db.execute(
+                "SELECT COUNT(*), MIN(queued_at) FROM batch_chunks WHERE state != 'done'"
+            ).fetchone(),
+            (0, None),
+        )
+        count, oldest = row
+        return QueueStats(count, max(0.0, now - oldest) if oldest is not None else 0.0)
+
+
+class _NoFile(Exception):
+    """BATCH_DB does not exist yet: nothing was ever stored."""
+
+
+def _stored(row: Any) -> StoredBatch:
+    record, version, enqueued, *counters = row
+    values = dict(zip(COUNTER_FIELDS, counters, strict=True))
+    return StoredBatch(BatchRecord.loads(record, version), Counters(**values), bool(enqueued))
+
+
+def _replace(db: sqlite3.Connection, record: BatchRecord) -> bool:
+    changed = db.execute(
+        "UPDATE batches SET record = ?, status = ?, version = version + 1 "
+        "WHERE id = ? AND version = ?",
+        (record.dumps(), record.status, record.id, record.version),
+    ).rowcount
+    if changed:
+        record.version += 1
+    return changed > 0
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (the write lock first, so a read-then-write is one step across every
+    process using the file) … COMMIT, or ROLLBACK on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
