@@ -132,7 +132,9 @@ class RedisBatchStore:
         async def work() -> None:
             r = self._redis
             await r.set(self._file(record.id), record.dumps())
-            await r.zadd(self._owner(record.owner, "files"), {record.id: record.created_at})
+            await r.zadd(
+                self._owner(record.owner, "files"), {record.id: _score(record.created_at)}, nx=True
+            )
             if record.expires_at is not None:
                 await r.zadd(f"{self._prefix}files-expiry", {record.id: record.expires_at})
 
@@ -211,8 +213,9 @@ class RedisBatchStore:
                 },
             )
             await r.sadd(f"{self._prefix}active", record.id)
-            await r.zadd(self._owner(record.owner, "batches"), {record.id: record.created_at})
-            await r.zadd(f"{self._prefix}batches", {record.id: record.created_at})
+            score = _score(record.created_at)
+            await r.zadd(self._owner(record.owner, "batches"), {record.id: score})
+            await r.zadd(f"{self._prefix}batches", {record.id: score})
 
         await self._call(work)
 
@@ -392,6 +395,11 @@ class RedisBatchStore:
             return QueueStats(depth, max(0.0, now - millis / 1000))
 
         return await self._call(work)
+
+
+def _score(created_at: int) -> float:
+    """A listing's order: `created_at`, then, within its second, the order things were made."""
+    return created_at + (time.time() % 1.0) * 0.999
 
 
 def _text(value: Any) -> str:

@@ -152,9 +152,11 @@ class SQLiteBatchStore:
 
     async def put_file(self, record: FileRecord) -> None:
         def write(db: sqlite3.Connection) -> None:
+            # An upsert, not INSERT OR REPLACE: the row keeps its rowid (its place in listings).
             db.execute(
-                "INSERT OR REPLACE INTO batch_files (id, owner, purpose, created_at, expires_at, "
-                "record) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO batch_files (id, owner, purpose, created_at, expires_at, record) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "expires_at = excluded.expires_at, record = excluded.record",
                 (
                     record.id,
                     record.owner,
@@ -192,17 +194,18 @@ class SQLiteBatchStore:
                 args.append(purpose)
             if after is not None:
                 found = db.execute(
-                    "SELECT created_at FROM batch_files WHERE id = ? AND owner = ?",
+                    "SELECT created_at, rowid FROM batch_files WHERE id = ? AND owner = ?",
                     (after, owner),
                 ).fetchone()
                 if found is None:
                     return [], False
-                where += f" AND (created_at, id) {'>' if asc else '<'} (?, ?)"
-                args += [found[0], after]
+                where += f" AND (created_at, rowid) {'>' if asc else '<'} (?, ?)"
+                args += [found[0], found[1]]
             order = "ASC" if asc else "DESC"
+            # Ties within a second in the order the files were made (rowid).
             rows = db.execute(
                 f"SELECT record FROM batch_files WHERE {where} "
-                f"ORDER BY created_at {order}, id {order} LIMIT ?",
+                f"ORDER BY created_at {order}, rowid {order} LIMIT ?",
                 (*args, limit + 1),
             ).fetchall()
             return [FileRecord.loads(r[0]) for r in rows[:limit]], len(rows) > limit
@@ -251,15 +254,16 @@ class SQLiteBatchStore:
             where, args = ("owner = ?", [owner]) if owner is not None else ("1 = 1", [])
             if after is not None:
                 found = db.execute(
-                    f"SELECT created_at FROM batches WHERE id = ? AND {where}", (after, *args)
+                    f"SELECT created_at, rowid FROM batches WHERE id = ? AND {where}",
+                    (after, *args),
                 ).fetchone()
                 if found is None:
                     return [], False
-                where += " AND (created_at, id) < (?, ?)"
-                args += [found[0], after]
+                where += " AND (created_at, rowid) < (?, ?)"
+                args += [found[0], found[1]]
             rows = db.execute(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE {where} "
-                "ORDER BY created_at DESC, id DESC LIMIT ?",
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?",
                 (*args, limit + 1),
             ).fetchall()
             return [_stored(r) for r in rows[:limit]], len(rows) > limit
