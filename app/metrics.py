@@ -125,6 +125,8 @@ BATCH_LINES = Counter(
     "(error file).",
     ["outcome"],
 )
+for _outcome in ("completed", "failed", "expired", "cancelled"):
+    BATCH_LINES.labels(_outcome)  # exported at 0 from the start: "no progress" can be seen
 BATCH_QUEUE_DEPTH = Gauge(
     f"{PREFIX}_batch_queue_depth",
     "Batch chunks not done yet: waiting for a worker or in one's hands.",
