@@ -125,8 +125,10 @@ BATCH_LINES = Counter(
     "(error file).",
     ["outcome"],
 )
+# Exported at 0 from the start, so "no progress" (a flat series) is something to see.
 for _outcome in ("completed", "failed", "expired", "cancelled"):
-    BATCH_LINES.labels(_outcome)  # exported at 0 from the start: "no progress" can be seen
+    BATCH_LINES.labels(_outcome)
+    BATCHES_FINISHED.labels(_outcome)
 BATCH_QUEUE_DEPTH = Gauge(
     f"{PREFIX}_batch_queue_depth",
     "Batch chunks not done yet: waiting for a worker or in one's hands.",
@@ -143,7 +145,7 @@ def render() -> tuple[bytes, str]:
     """The exposition text for /metrics, across all workers in multiprocess mode."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)
+        _multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     from prometheus_client import REGISTRY
 

@@ -19,6 +19,7 @@ import numpy as np
 import openai
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.batch_support import (
     FAST_BATCHES,
@@ -226,15 +227,26 @@ def _status(call) -> int:
 
 def test_bad_requests_get_clear_errors(client: OpenAI, gateway: ThreadedGateway):
     file_id = upload(client, texts_file("m", [["x"]]))
-    create = client.batches.create
-    assert _status(lambda: create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")) == 400  # fmt: skip
-    assert _status(lambda: create(input_file_id=file_id, endpoint="/v1/embeddings", completion_window="1y")) == 400  # fmt: skip
-    assert _status(lambda: create(input_file_id=file_id, endpoint="/v1/embeddings", completion_window="24h", metadata={"a": 1})) == 400  # fmt: skip
-    assert _status(lambda: client.files.create(file=("a.jsonl", b"{}"), purpose="fine-tune")) == 400
-    assert _status(lambda: client.files.create(file=("a.txt", b"{}"), purpose="batch")) == 400
-    assert _status(lambda: client.files.create(file=("a.jsonl", b"\xff\xfe"), purpose="batch")) == 400  # fmt: skip
+
+    def create(**changed: object) -> object:
+        params = {
+            "input_file_id": file_id,
+            "endpoint": "/v1/embeddings",
+            "completion_window": "24h",
+        }
+        return client.batches.create(**{**params, **changed})  # type: ignore[arg-type]
+
+    def upload_as(name: str, content: bytes, purpose: str = "batch") -> object:
+        return client.files.create(file=(name, content), purpose=purpose)  # type: ignore[arg-type]
+
+    assert _status(lambda: create(endpoint="/v1/chat/completions")) == 400
+    assert _status(lambda: create(completion_window="1y")) == 400
+    assert _status(lambda: create(metadata={"a": 1})) == 400
+    assert _status(lambda: upload_as("a.jsonl", b"{}", purpose="fine-tune")) == 400
+    assert _status(lambda: upload_as("a.txt", b"{}")) == 400
+    assert _status(lambda: upload_as("a.jsonl", b"\xff\xfe")) == 400
     too_big = b"x" * (MAX_FILE + 1)
-    assert _status(lambda: client.files.create(file=("a.jsonl", too_big), purpose="batch")) == 413
+    assert _status(lambda: upload_as("a.jsonl", too_big)) == 413
     assert _status(lambda: client.files.retrieve("file-nope")) == 404
     assert _status(lambda: client.batches.retrieve("batch_nope")) == 404
     headers = {"authorization": f"Bearer {KEY}"}
@@ -242,7 +254,7 @@ def test_bad_requests_get_clear_errors(client: OpenAI, gateway: ThreadedGateway)
     broken = httpx.post(
         url,
         headers={**headers, "content-type": "multipart/form-data; boundary=xyz"},
-        content=b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n{}",
+        content=b"--xyz\r\nContent-Disposition: form-data; name=file; filename=a.jsonl\r\n\r\n{}",
     )
     assert broken.status_code == 400 and "malformed" in broken.json()["error"]["message"]
     no_file = httpx.post(url, headers=headers, files={"purpose": (None, "batch")})
@@ -396,3 +408,28 @@ def test_file_content_is_the_exact_upload(client: OpenAI):
     )
     assert timed.expires_at - timed.created_at == 3600
     assert file_lines(client, file_id)[0]["body"]["input"] == ["ünïcödé 🚀"]
+
+
+def _sample(gateway: ThreadedGateway, name: str, **labels: str) -> float:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"{name} {labels} is not exported")
+
+
+def test_metrics_count_batches_and_lines_by_outcome(client: OpenAI, gateway, upstream):
+    lines = "embeddings_gateway_batch_lines_total"
+    before = {o: _sample(gateway, lines, outcome=o) for o in ("completed", "failed")}
+    finished = _sample(gateway, "embeddings_gateway_batches_finished_total", status="completed")
+    upstream.reject_inputs = {"bad input"}
+    wait_for(client, start(client, texts_file("m", [["good input"], ["bad input"]])).id)
+    assert _sample(gateway, lines, outcome="completed") == before["completed"] + 1
+    assert _sample(gateway, lines, outcome="failed") == before["failed"] + 1
+    status = "completed"
+    assert (
+        _sample(gateway, "embeddings_gateway_batches_finished_total", status=status) == finished + 1
+    )
+    assert _sample(gateway, "embeddings_gateway_batch_queue_depth") >= 0
+    assert _sample(gateway, "embeddings_gateway_batch_oldest_pending_chunk_age_seconds") >= 0

@@ -4,6 +4,7 @@ batch; the Redis store works in every REDIS_MODE; a re-run is answered by the ca
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,7 +41,9 @@ def registry(tmp_path_factory, upstream: FakeUpstream) -> Path:
     # One input per upstream call: a batch takes several calls' latency, long enough to kill.
     route = {"provider": "up", "model": "up-m", "max_batch_size": 4, "max_inflight_calls": 2}
     models = {"m": model_entry([route], dimensions=DIMS)}
-    return write_registry(tmp_path_factory.mktemp("durable") / "models.yaml", {"up": provider}, models)
+    return write_registry(
+        tmp_path_factory.mktemp("durable") / "models.yaml", {"up": provider}, models
+    )
 
 
 def _env(registry: Path, tmp: Path, **extra: str) -> dict[str, str]:
@@ -121,9 +124,7 @@ def test_two_replicas_sharing_redis_split_one_batch(
         other = OpenAI(base_url=second.url + "/v1", api_key=KEY, max_retries=0)
         assert other.batches.retrieve(batch.id).status == "completed"
         workers = {
-            pid
-            for gateway in (first, second)
-            for pid in _progress_pids(gateway.output(), batch.id)
+            pid for gateway in (first, second) for pid in _progress_pids(gateway.output(), batch.id)
         }
         assert len(workers) == 2, "one replica ran every chunk"
 
@@ -141,7 +142,9 @@ def test_the_redis_store_in_every_mode(
     request: pytest.FixtureRequest, tmp_path: Path, registry: Path, mode: str
 ):
     settings = {
-        k: v for k, v in _env(registry, tmp_path).items() if k not in ("BATCH_DB", "SHUTDOWN_DELAY_SECONDS")
+        k: v
+        for k, v in _env(registry, tmp_path).items()
+        if k not in ("BATCH_DB", "SHUTDOWN_DELAY_SECONDS")
     }
     settings |= redis_settings(request, mode)
     settings["BATCH_KEY_PREFIX"] = f"egw:batch:{mode}:{tmp_path.name}:"
@@ -156,7 +159,9 @@ def test_a_rerun_is_answered_by_the_cache(
     request: pytest.FixtureRequest, tmp_path: Path, registry: Path, upstream: FakeUpstream
 ):
     settings = {
-        k: v for k, v in _env(registry, tmp_path).items() if k not in ("BATCH_DB", "SHUTDOWN_DELAY_SECONDS")
+        k: v
+        for k, v in _env(registry, tmp_path).items()
+        if k not in ("BATCH_DB", "SHUTDOWN_DELAY_SECONDS")
     }
     settings |= redis_settings(request, "standalone")
     settings["BATCH_KEY_PREFIX"] = f"egw:batch:{tmp_path.name}:"
@@ -177,3 +182,26 @@ def test_a_rerun_is_answered_by_the_cache(
         out_second, _ = results(client, second)
         body = {k: v["response"]["body"] for k, v in out_first.items()}
         assert {k: v["response"]["body"] for k, v in out_second.items()} == body
+
+
+def test_a_stopping_gateway_hands_its_chunks_back(
+    tmp_path: Path, registry: Path, upstream: FakeUpstream
+):
+    upstream.latency = 0.3
+    # A long lease: only a hand-back lets the next process run these chunks soon.
+    env = _env(registry, tmp_path, BATCH_LEASE_SECONDS="120", BATCH_DRAIN_SECONDS="0.2")
+    gateway = GatewayProcess(env).start()
+    try:
+        client = OpenAI(base_url=gateway.url + "/v1", api_key=KEY, max_retries=0)
+        batch = start(client, texts_file("m", _texts()))
+        _progress(client, batch.id, 2)
+    finally:
+        gateway.stop()  # SIGINT: drain, then exit
+    with sqlite3.connect(tmp_path / "batches.db") as db:
+        states = dict(db.execute("SELECT state, COUNT(*) FROM batch_chunks GROUP BY state"))
+    assert states.get("claimed", 0) == 0 and states.get("waiting", 0) > 0
+    upstream.latency = 0.0
+    with GatewayProcess({**env, "PORT": str(gateway.port)}):
+        began = time.monotonic()
+        _check_exactly_once(client, batch.id)
+        assert time.monotonic() - began < 60  # well inside the lease the chunks were under

@@ -87,7 +87,9 @@ def test_a_budget_that_runs_out_mid_batch_fails_the_remaining_lines(gateway):
 def test_a_keys_rate_paces_its_batch_instead_of_refusing_it(gateway):
     client, _ = _client(gateway, name="paced", rate_limit_per_second=4)
     began = time.monotonic()
-    batch = wait_for(client, start(client, texts_file("other", [[f"paced {n}"] for n in range(9)])).id)
+    batch = wait_for(
+        client, start(client, texts_file("other", [[f"paced {n}"] for n in range(9)])).id
+    )
     assert batch.request_counts.model_dump() == {"total": 9, "completed": 9, "failed": 0}
     assert time.monotonic() - began >= 1.9  # 4 lines a second: the ninth waits two windows
 
@@ -115,14 +117,19 @@ def test_the_admin_api_lists_and_cancels_every_keys_batches(gateway, upstream: F
     first, first_id = _client(gateway, name="admin-1")
     second, _ = _client(gateway, name="admin-2")
     mine = start(first, texts_file("other", [[f"slow {n}"] for n in range(30)]))
-    theirs = wait_for(second, start(second, texts_file("other", [["fast"]])).id, ("in_progress", "completed"))
+    theirs = wait_for(
+        second, start(second, texts_file("other", [["fast"]])).id, ("in_progress", "completed")
+    )
     listed = admin(gateway.url, "GET", "/batches", params={"limit": 100}).json()
     by_id = {b["id"]: b for b in listed["data"]}
     assert {mine.id, theirs.id} <= set(by_id)
     assert by_id[mine.id]["owner"] == first_id
     assert listed["has_more"] is False
     cancelled = admin(gateway.url, "POST", f"/batches/{mine.id}/cancel")
-    assert cancelled.status_code == 200 and cancelled.json()["status"] in ("cancelling", "cancelled")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] in (
+        "cancelling",
+        "cancelled",
+    )
     assert wait_for(first, mine.id).status == "cancelled"
     # A client key is not an admin token.
     refused = httpx.get(

@@ -36,9 +36,9 @@ def _status(pid: int) -> dict[str, int]:
 
 def _body(digest: hashlib._Hash) -> Iterator[bytes]:
     yield (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; "
-        f"filename=\"big.jsonl\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="big.jsonl"\r\nContent-Type: application/octet-stream\r\n\r\n'
     ).encode()
     block = LINE * (MB // len(LINE))
     sent = 0

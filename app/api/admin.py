@@ -88,7 +88,9 @@ async def _record(keys: ManagedKeys, key_id: str) -> ApiKeyRecord:
 
 
 @router.post("/keys", status_code=201)
-async def create_key(request: Request, policy: KeyPolicy, actor: str = Depends(admin_actor)):
+async def create_key(
+    request: Request, policy: KeyPolicy, actor: str = Depends(admin_actor)
+) -> Response:
     record, secret = await _keys(request).create(policy, actor)
     # The only response that ever carries this secret.
     return json_response({"id": record.id, "key": secret, **record.public()}, status=201)

@@ -185,7 +185,7 @@ def _finish(scope: Scope, route: str, status: int, seconds: float, rid: str) -> 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
-            return value.decode("latin-1")
+            return str(value.decode("latin-1"))
     return None
 
 

@@ -220,7 +220,9 @@ def _basename(filename: str) -> str:
     return name[:MAX_FILENAME] or "upload"
 
 
-def _utf8(decoder: codecs.IncrementalDecoder, chunk: bytes, offset: int, final: bool = False):
+def _utf8(
+    decoder: codecs.IncrementalDecoder, chunk: bytes, offset: int, final: bool = False
+) -> None:
     try:
         decoder.decode(chunk, final)
     except UnicodeDecodeError as exc:

@@ -33,6 +33,14 @@ async def finalize(work: Work, batch_id: str, clock: Callable[[], float]) -> boo
     store = work.batches.store
     if not await store.take_lease(batch_id, work.worker, work.settings.BATCH_LEASE_SECONDS):
         return False  # another worker is on it
+    try:
+        return await _finalize(work, batch_id, clock)
+    finally:
+        await store.drop_lease(batch_id, work.worker)
+
+
+async def _finalize(work: Work, batch_id: str, clock: Callable[[], float]) -> bool:
+    store = work.batches.store
     stored = await store.get_batch(batch_id)
     if stored is None:
         return False

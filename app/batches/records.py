@@ -34,6 +34,7 @@ FilePurpose = Literal["batch", "batch_output"]
 ENDPOINT = "/v1/embeddings"
 
 _BASE62 = string.digits + string.ascii_letters
+_Bytes = bytes  # FileRecord has a field named `bytes` (OpenAI's), which hides the type there
 
 
 def _base62(data: bytes, length: int) -> str:
@@ -105,11 +106,11 @@ class FileRecord:
             "status_details": None,
         }
 
-    def dumps(self) -> bytes:
+    def dumps(self) -> _Bytes:
         return orjson.dumps(asdict(self))
 
     @classmethod
-    def loads(cls, raw: bytes | str) -> FileRecord:
+    def loads(cls, raw: _Bytes | str) -> FileRecord:
         data = orjson.loads(raw)
         data["parts"] = [Part(**part) for part in data.get("parts") or []]
         return cls(**{k: v for k, v in data.items() if k in _FILE_FIELDS})

@@ -78,6 +78,14 @@ local total = tonumber(redis.call('HGET', KEYS[1], 'chunks') or '0')
 return {won, (total > 0 and done >= total) and 1 or 0}
 """
 
+# KEYS: the batch hash. ARGV: worker.
+DROP_LEASE = """
+if redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until')
+end
+return 1
+"""
+
 # KEYS: the batch hash. ARGV: worker, now, until.
 LEASE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -100,6 +108,7 @@ class RedisBatchStore:
         self._plan = redis.register_script(PLAN)
         self._complete = redis.register_script(COMPLETE)
         self._lease = redis.register_script(LEASE)
+        self._drop_lease = redis.register_script(DROP_LEASE)
         self._autoclaim_from = "0-0"  # where the next look for stale claims starts
 
     # -- keys -------------------------------------------------------------------------------
@@ -162,17 +171,17 @@ class RedisBatchStore:
             rank, by_rank = (r.zrank, r.zrange) if asc else (r.zrevrank, r.zrevrange)
             start = 0
             if after is not None:
-                found = await rank(key, after)
+                found: Any = await rank(key, after)
                 if found is None:
                     return [], False
-                start = found + 1
+                start = int(found) + 1
             out: list[FileRecord] = []
             while len(out) <= limit:
                 ids = await by_rank(key, start, start + _PAGE - 1)
                 if not ids:
                     break
                 start += len(ids)
-                raws = await mget(r, [self._file(i.decode()) for i in ids])
+                raws = await mget(r, [self._file(_text(i)) for i in ids])
                 for raw in raws:
                     if raw is None:
                         continue
@@ -189,8 +198,8 @@ class RedisBatchStore:
             ids = await self._redis.zrangebyscore(key, "-inf", now, start=0, num=limit)
             if not ids:
                 return []
-            raws = await mget(self._redis, [self._file(i.decode()) for i in ids])
-            gone = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
+            raws = await mget(self._redis, [self._file(_text(i)) for i in ids])
+            gone = [_text(i) for i, raw in zip(ids, raws, strict=True) if raw is None]
             if gone:
                 await self._redis.zrem(key, *gone)
             return [FileRecord.loads(raw) for raw in raws if raw is not None]
@@ -242,14 +251,14 @@ class RedisBatchStore:
             key = self._owner(owner, "batches") if owner else f"{self._prefix}batches"
             start = 0
             if after is not None:
-                found = await r.zrevrank(key, after)
+                found: Any = await r.zrevrank(key, after)
                 if found is None:
                     return [], False
-                start = found + 1
+                start = int(found) + 1
             ids = await r.zrevrange(key, start, start + limit)  # one more: is there a next page
             out = []
             for batch_id in ids[:limit]:
-                found_batch = await r.hgetall(self._batch(batch_id.decode()))
+                found_batch = await r.hgetall(self._batch(_text(batch_id)))
                 if found_batch:
                     out.append(_stored(found_batch))
             return out, len(ids) > limit
@@ -258,7 +267,7 @@ class RedisBatchStore:
 
     async def active_batches(self) -> list[str]:
         ids = await self._call(lambda: self._redis.smembers(f"{self._prefix}active"))
-        return sorted(i.decode() for i in ids)
+        return sorted(_text(i) for i in ids)
 
     async def forget_active(self, batch_id: str) -> None:
         await self._call(lambda: self._redis.srem(f"{self._prefix}active", batch_id))
@@ -271,6 +280,9 @@ class RedisBatchStore:
             )
         )
         return bool(taken)
+
+    async def drop_lease(self, batch_id: str, worker: str) -> None:
+        await self._call(lambda: self._drop_lease(keys=[self._batch(batch_id)], args=[worker]))
 
     # -- chunks -----------------------------------------------------------------------------
 
@@ -334,7 +346,7 @@ class RedisBatchStore:
             self._autoclaim_from = _text(answer[0])
             entries = answer[1]
             if not entries:
-                read = await r.xreadgroup(GROUP, worker, {self._queue: ">"}, count=1)
+                read: Any = await r.xreadgroup(GROUP, worker, {self._queue: ">"}, count=1)
                 entries = read[0][1] if read else []
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
@@ -406,13 +418,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _stored(found: dict[bytes, bytes]) -> StoredBatch:
+def _stored(found: dict[Any, Any]) -> StoredBatch:
     fields = {_text(k): v for k, v in found.items()}
-    counters = Counters(
-        **{
-            name: (float if name == "spend_usd" else int)(fields.get(name, b"0"))
-            for name in COUNTER_FIELDS
-        }
-    )
+    counters = Counters()
+    for name in COUNTER_FIELDS:
+        kind = float if name == "spend_usd" else int
+        setattr(counters, name, kind(fields.get(name, b"0")))
     record = BatchRecord.loads(fields["record"], int(fields.get("version", b"0")))
     return StoredBatch(record, counters, fields.get("enqueued") == b"1")

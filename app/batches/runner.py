@@ -16,12 +16,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from app import metrics
 from app.batches.chunk import ChunkRun, count_lines
 from app.batches.finalize import finalize
 from app.batches.records import ACTIVE, Claim
-from app.batches.store import StoredBatch
 from app.batches.validating import validate
 from app.batches.work import Work
 from app.errors import DomainError
@@ -135,11 +135,12 @@ class BatchRunner:
             )
             return
         count_lines(outcome.counters)
-        await self._progress(claim, stored, outcome.counters.completed + outcome.counters.failed)
+        await self._progress(claim)
         if all_done:
             await _quietly(finalize(work, claim.batch_id, self._clock))
 
-    async def _progress(self, claim: Claim, before: StoredBatch, lines: int) -> None:
+    async def _progress(self, claim: Claim) -> None:
+        """The batch's progress in the JSON log, after each chunk."""
         stored = await self._store.get_batch(claim.batch_id)
         if stored is None:
             return
@@ -192,7 +193,7 @@ class BatchRunner:
                 if running is None and await store.take_lease(batch_id, work.worker, self._lease):
                     task = asyncio.create_task(validate(work, batch_id, self._clock))
                     self._validations[batch_id] = task
-                    task.add_done_callback(lambda _, b=batch_id: self._validations.pop(b, None))
+                    task.add_done_callback(partial(self._validated, batch_id))
                 continue
             if (
                 record.chunks
@@ -200,6 +201,7 @@ class BatchRunner:
                 and await store.take_lease(batch_id, work.worker, self._lease)
             ):
                 await store.enqueue_chunks(batch_id)
+                await store.drop_lease(batch_id, work.worker)
             ready = record.chunks == 0 or stored.counters.chunks_done >= record.chunks
             if ready and batch_id not in self._validations:
                 await finalize(work, batch_id, self._clock)
@@ -211,6 +213,11 @@ class BatchRunner:
         if time.monotonic() - self._last_sweep >= SWEEP_EVERY_SECONDS:
             self._last_sweep = time.monotonic()
             await work.batches.files.sweep_expired()
+
+    def _validated(self, batch_id: str, task: asyncio.Task[None]) -> None:
+        self._validations.pop(batch_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            self._warn(f"batch {batch_id}: validation stopped", task.exception() or Exception())
 
     def _warn(self, what: str, exc: BaseException) -> None:
         if time.monotonic() - self._last_warning >= 10:  # once in a while, not once a poll

@@ -213,7 +213,7 @@ class SQLiteBatchStore:
         return await self._read(read, ([], False))
 
     async def expired_files(self, now: int, limit: int) -> list[FileRecord]:
-        rows = await self._read(
+        rows: list[Any] = await self._read(
             lambda db: db.execute(
                 "SELECT record FROM batch_files WHERE expires_at IS NOT NULL AND expires_at <= ? "
                 "LIMIT ?",
@@ -272,7 +272,7 @@ class SQLiteBatchStore:
 
     async def active_batches(self) -> list[str]:
         marks = ", ".join("?" * len(_ACTIVE))
-        rows = await self._read(
+        rows: list[Any] = await self._read(
             lambda db: db.execute(
                 f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY created_at", _ACTIVE
             ).fetchall(),
@@ -297,6 +297,16 @@ class SQLiteBatchStore:
             )
 
         return await self._run(write)
+
+    async def drop_lease(self, batch_id: str, worker: str) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE batches SET lease_owner = NULL, lease_until = 0 "
+                "WHERE id = ? AND lease_owner = ?",
+                (batch_id, worker),
+            )
+
+        await self._run(write)
 
     # -- chunks -----------------------------------------------------------------------------
 
@@ -330,7 +340,7 @@ class SQLiteBatchStore:
         return ChunkPlan.loads(row[0]) if row else None
 
     async def plans(self, batch_id: str) -> list[ChunkPlan]:
-        rows = await self._read(
+        rows: list[Any] = await self._read(
             lambda db: db.execute(
                 "SELECT plan FROM batch_chunks WHERE batch_id = ? ORDER BY idx", (batch_id,)
             ).fetchall(),
@@ -412,7 +422,7 @@ class SQLiteBatchStore:
         return await self._run(write)
 
     async def outcomes(self, batch_id: str) -> list[ChunkOutcome]:
-        rows = await self._read(
+        rows: list[Any] = await self._read(
             lambda db: db.execute(
                 "SELECT outcome FROM batch_chunks WHERE batch_id = ? AND state = 'done' "
                 "ORDER BY idx",

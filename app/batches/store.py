@@ -104,6 +104,10 @@ class BatchStore(Protocol):
         holder; refused while another worker's has not run out."""
         ...
 
+    async def drop_lease(self, batch_id: str, worker: str) -> None:
+        """Give the batch's lease up (if `worker` holds it), for another worker to take now."""
+        ...
+
     # -- chunks -----------------------------------------------------------------------------
 
     async def plan_chunks(self, record: BatchRecord, plans: list[ChunkPlan]) -> bool:

@@ -18,6 +18,14 @@ log = logging.getLogger("app.batches")
 
 
 async def validate(work: Work, batch_id: str, clock: Callable[[], float]) -> None:
+    """Validate the batch under the lease the caller took; the lease is given up at the end."""
+    try:
+        await _validate(work, batch_id, clock)
+    finally:
+        await work.batches.store.drop_lease(batch_id, work.worker)
+
+
+async def _validate(work: Work, batch_id: str, clock: Callable[[], float]) -> None:
     store = work.batches.store
     stored = await store.get_batch(batch_id)
     if stored is None or stored.record.status != "validating":

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 from redis.asyncio import Redis
 
@@ -48,9 +49,11 @@ def build_services(
     registry = read_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = build_providers(registry)
     timeout = settings.REDIS_TIMEOUT_MS / 1000
-    redis = None
+    redis: Redis | None = None
     if settings.REDIS_URL:
-        redis = connect_redis(settings.REDIS_URL, timeout, settings.redis_options)
+        # Typed as the standalone client the stores are written against: a Cluster's speaks the
+        # same commands (app/state/redis_client.py says what differs, and the stores handle it).
+        redis = cast(Redis, connect_redis(settings.REDIS_URL, timeout, settings.redis_options))
     router = Router(registry, providers, clock=clock, rng=rng, pacing=build_pacing(settings, redis))
     serving = Serving(registry, providers, router, build_cache(settings, redis))
     # Key policies name models: checked against whatever registry is current, reloads included.

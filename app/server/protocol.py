@@ -92,10 +92,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().data_received(data[:room])
         if self.transport.is_closing():
             return
-        if self._in_head:
+        if self._head_incomplete():
             self._reject(431, "Request header fields too large", "request_headers_too_large")
             return
         super().data_received(data[room:])
+
+    def _head_incomplete(self) -> bool:
+        # A method, not the attribute: the parser's callbacks change it under the call above.
+        return self._in_head
 
     # --- parser callbacks --------------------------------------------------------------------
 

@@ -7,9 +7,12 @@ sign-in form is throttled by the same failed-authentication limit as API keys.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.responses import Response
 from starlette.routing import Mount, Route, request_response
 from starlette.staticfiles import StaticFiles
 
@@ -42,12 +45,12 @@ def install(app: FastAPI, settings: Settings) -> Console | None:
 
 
 def _routes(console: Console) -> list[Route | Mount]:
-    def page(handler):  # type: ignore[no-untyped-def]
+    def page(handler: Callable[..., Awaitable[Response]]) -> SecureHeaders:
         return SecureHeaders(
             request_response(signed_in(console.sessions, partial(handler, console)))
         )
 
-    def public(handler):  # type: ignore[no-untyped-def]
+    def public(handler: Callable[..., Awaitable[Any]]) -> SecureHeaders:
         return SecureHeaders(request_response(partial(handler, console)))
 
     static = StaticFiles(directory=str(HERE / "static"))

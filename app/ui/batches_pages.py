@@ -60,7 +60,9 @@ def _row(console: Console, stored: StoredBatch, now: float) -> Row:
     )
 
 
-async def batches_page(console: Console, ctx: Context, *, status: int = 200, **values: Any) -> Response:
+async def batches_page(
+    console: Console, ctx: Context, *, status: int = 200, **values: Any
+) -> Response:
     batches = console.services.batches
     after = ctx.request.query_params.get("after") or None
     found, has_more = await batches.list(None, after, PAGE)

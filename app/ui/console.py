@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
+
 from app.api.admin import admin_id
 from app.config.settings import Settings
 from app.runtime.services import Services
-from app.state.redis_client import RedisClient
 from app.ui.session import Sessions, token_matches
 from app.ui.stats import RollingStats
 
@@ -31,7 +32,7 @@ class Console:
         return self._services
 
     @property
-    def redis(self) -> RedisClient | None:
+    def redis(self) -> Redis | None:
         """The gateway's Redis client, once started (the traffic statistics share it)."""
         return self._services.redis if self._services is not None else None
 
