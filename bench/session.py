@@ -26,6 +26,7 @@ SCENARIO_NAMES = (
     "paced",
     "large-base64",
     "local",
+    "batch",  # the Batch API (bench/batch.py): its own gateway and upstreams, no table row
 )
 
 

@@ -25,12 +25,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import orjson
 
 from app import metrics
+from app.batches.embedding import YIELD_EVERY, LineEmbedder, LineResult
 from app.batches.lines import (
     CANCELLED,
     EXPIRED,
@@ -38,7 +38,6 @@ from app.batches.lines import (
     chunk_lines,
     error_response_line,
     not_run_line,
-    output_line,
     parse_line,
 )
 from app.batches.records import (
@@ -47,29 +46,17 @@ from app.batches.records import (
     ChunkPlan,
     Claim,
     Counters,
-    line_request_id,
-    request_line_id,
+    line_ids,
 )
 from app.batches.work import Work
-from app.core.embedding_request import parse_embedding_body
-from app.core.embedding_response import embeddings_body
-from app.core.job import Lane
-from app.errors import DomainError, ManagedKeyRefused
-from app.keys.model import ApiKeyRecord
+from app.errors import ManagedKeyRefused
 
 log = logging.getLogger("app.batches")
 
 Stop = Literal["cancel", "expire"]
 
 
-@dataclass(slots=True)
-class _Done:
-    ok: bool
-    line: bytes
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    upstream_tokens: int = 0
-    spend_usd: float = 0.0
+_Done = LineResult
 
 
 class ChunkRun:
@@ -101,7 +88,11 @@ class ChunkRun:
         data = await self._work.batches.objects.read(
             f"files/{batch.input_file_id}", plan.start, plan.end
         )
-        lines = [self._parse(number, raw) for number, raw in chunk_lines(data, plan.first_line)]
+        lines: list[InputLine | _Done] = []
+        for number, raw in chunk_lines(data, plan.first_line):
+            lines.append(self._parse(number, raw))
+            if len(lines) % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # interactive requests first
         wanted = [line for line in lines if isinstance(line, InputLine)]
         results: dict[int, _Done] = {}
         stop = await self._stop_reason(batch)
@@ -116,26 +107,35 @@ class ChunkRun:
         # Validated already: only a file changed under the batch gets here.
         body = _error_body(found.message, found.param, found.code)
         return _Done(
-            False, error_response_line(request_line_id(self._batch.id, number), "", "", 400, body)
+            False, error_response_line(line_ids(self._batch.id, number)[0], "", "", 400, body)
         )
 
     async def _embed_all(self, lines: list[InputLine], results: dict[int, _Done]) -> Stop | None:
+        """Embed the lines (app/batches/embedding.py) until done, or until the batch is
+        cancelled or expires: then what has not finished is stopped."""
         work = self._work
         try:
             key = await work.policy.record(self._batch.owner)
         except ManagedKeyRefused as refused:  # the creating key was revoked, disabled, expired
+            embedder = LineEmbedder(work, self._batch, None)
             for line in lines:
-                results[line.number] = self._failed(line, refused)
+                results[line.number] = embedder.failed(line, refused)
             return None
-        tasks = {asyncio.create_task(self._embed(line, key)): line.number for line in lines}
-        pending = set(tasks)
+        embedder = LineEmbedder(work, self._batch, key)
+        if embedder.grouped:
+            groups, failed = await embedder.groups(lines)
+            results.update(failed)
+            parts = [embedder.group(group) for group in groups]
+        else:
+            parts = [embedder.one(line) for line in lines]
+        pending = {asyncio.create_task(part) for part in parts}
         renew_at = time.monotonic() + self._lease / 3
         stop: Stop | None = None
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, timeout=self._poll)
                 for task in done:
-                    results[tasks[task]] = task.result()
+                    results.update(task.result())
                 if not pending:
                     break
                 if time.monotonic() >= renew_at:
@@ -150,49 +150,6 @@ class ChunkRun:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         return stop
-
-    async def _embed(self, line: InputLine, key: ApiKeyRecord | None) -> _Done:
-        work, batch = self._work, self._batch
-        request_id = line_request_id(batch.id, line.number)
-        line_id = request_line_id(batch.id, line.number)
-        try:
-            with work.gateway.serving.in_use() as serving:
-                job = await parse_embedding_body(
-                    line.body, serving.registry, request_id, work.policy.allows(key)
-                )
-                job.lane = Lane.BULK
-                charge = await work.policy.admit(key, job)
-                try:
-                    result = await serving.embedder.embed(job, self._timeout, read_cache=True)
-                except BaseException:
-                    await work.policy.refund(charge)
-                    raise
-                await work.policy.settle(charge, job, result)
-                work.policy.record_usage(batch.owner, job, result)
-                body = embeddings_body(
-                    job.model.id, result.vectors, job.want_base64, result.prompt_tokens
-                )
-        except Exception as exc:  # the line fails alone, answered as the endpoint would
-            if not isinstance(exc, DomainError):
-                log.exception(
-                    "batch line failed", extra={"batch_id": batch.id, "line": line.number}
-                )
-            return self._failed(line, exc)
-        price = job.model.config.pricing.per_million_tokens
-        return _Done(
-            True,
-            output_line(line_id, line.custom_id, request_id, body),
-            result.prompt_tokens,
-            result.cached_tokens,
-            result.upstream_tokens,
-            result.upstream_tokens * price / 1_000_000,
-        )
-
-    def _failed(self, line: InputLine, error: BaseException) -> _Done:
-        status, body = self._work.render(error)
-        request_id = line_request_id(self._batch.id, line.number)
-        line_id = request_line_id(self._batch.id, line.number)
-        return _Done(False, error_response_line(line_id, line.custom_id, request_id, status, body))
 
     async def _stop_reason(self, known: BatchRecord | None) -> Stop | None:
         record = known
@@ -218,7 +175,7 @@ class ChunkRun:
                 assert isinstance(line, InputLine)
                 stopped += 1
                 reason = CANCELLED if stop == "cancel" else EXPIRED
-                line_id = request_line_id(self._batch.id, line.number)
+                line_id = line_ids(self._batch.id, line.number)[0]
                 err.append(not_run_line(line_id, line.custom_id, reason))
                 if stop == "cancel":
                     counters.cancelled += 1

@@ -102,11 +102,19 @@ class BatchPolicy:
             await self._keys.settle(charge, 0.0)
 
     def record_usage(self, owner: str, job: EmbeddingJob, result: Embedded) -> None:
+        self.record_line_usage(
+            owner, job, result.prompt_tokens, result.cached_tokens, result.upstream_tokens
+        )
+
+    def record_line_usage(
+        self, owner: str, job: EmbeddingJob, prompt: int, cached: int, upstream: int
+    ) -> None:
+        """One line in the key's usage, as one request (a grouped line: its share)."""
         self._usage.record(
             None if owner == ANONYMOUS else owner,
             job.model.id,
-            input_tokens=result.prompt_tokens,
-            upstream_tokens=result.upstream_tokens,
-            cached_tokens=result.cached_tokens,
+            input_tokens=prompt,
+            upstream_tokens=upstream,
+            cached_tokens=cached,
             price_per_million=job.model.config.pricing.per_million_tokens,
         )

@@ -59,14 +59,12 @@ def derived_file_id(batch_id: str, kind: str) -> str:
     return "file-" + _base62(hashlib.sha256(f"{batch_id}:{kind}".encode()).digest(), 22)
 
 
-def request_line_id(batch_id: str, line: int) -> str:
-    """An output line's `id`: the same on every attempt at the line."""
-    return "batch_req_" + _base62(hashlib.sha256(f"{batch_id}:{line}".encode()).digest(), 24)
-
-
-def line_request_id(batch_id: str, line: int) -> str:
-    """The request id a line is embedded under (logs, `response.request_id`): 32 hex."""
-    return hashlib.sha256(f"{batch_id}:{line}:request".encode()).hexdigest()[:32]
+def line_ids(batch_id: str, line: int) -> tuple[str, str]:
+    """A line's `id` (`batch_req_` and 24 hex) and the request id it is embedded under (32 hex,
+    in logs and `response.request_id`): the same on every attempt at the line. The SDKs never
+    parse either; hex rather than OpenAI's base62, as it costs a line nothing to make."""
+    digest = hashlib.sha256(f"{batch_id}:{line}".encode()).hexdigest()
+    return "batch_req_" + digest[:24], digest[32:]
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,8 @@ class BatchRunner:
         self._chunks: set[asyncio.Task[None]] = set()
         self._validations: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a slot or a chunk may be there: claim now
+        self._watch_now = asyncio.Event()  # a batch was created here: look at it now
         self._draining = False
         self._last_sweep = 0.0
         self._last_warning = 0.0
@@ -54,6 +55,7 @@ class BatchRunner:
         if self._concurrency == 0:
             log.info("batch workers off in this process (BATCH_CONCURRENCY=0)")
             return
+        self._work.batches.on_created = self._watch_now.set
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="batch-claims"),
             asyncio.create_task(self._watch_loop(), name="batch-watch"),
@@ -174,7 +176,9 @@ class BatchRunner:
                 self._warn("batch watch: store unavailable", exc)
             except Exception as exc:
                 log.exception("batch watch failed: %s", type(exc).__name__)
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._watch_now.wait(), interval)
+            self._watch_now.clear()
 
     async def _watch(self) -> None:
         work, store = self._work, self._store
@@ -216,6 +220,7 @@ class BatchRunner:
 
     def _validated(self, batch_id: str, task: asyncio.Task[None]) -> None:
         self._validations.pop(batch_id, None)
+        self._wake.set()  # its chunks are queued
         if not task.cancelled() and task.exception() is not None:
             self._warn(f"batch {batch_id}: validation stopped", task.exception() or Exception())
 

@@ -52,6 +52,9 @@ class Batches:
         self.settings = settings
         self.clock = clock  # wall time, injectable: expiry is tested without sleeping
         self.files = Files(store, objects, settings, clock, in_use=self.input_in_use)
+        # This process's workers, told of a new batch at once (other processes' find it on
+        # their next look at the store).
+        self.on_created: Callable[[], None] | None = None
 
     @property
     def backend(self) -> str:
@@ -81,6 +84,8 @@ class Batches:
         if problem is not None:
             await self.store.forget_active(record.id)
             metrics.BATCHES_FINISHED.labels("failed").inc()
+        elif self.on_created is not None:
+            self.on_created()
         log.info(
             "batch created",
             extra={
