@@ -1,25 +1,17 @@
-"""The batch store in a SQLite file (BATCH_DB), for a gateway without Redis: every worker process
-on the machine shares it, as they share KEYS_DB (app/keys/sqlite_store.py says why the stdlib
-`sqlite3` on one thread per process, WAL and `busy_timeout`).
+"""The batch store in a SQLite file (BATCH_DB, app/batches/sqlite_db.py), for a gateway without
+Redis: every worker process on the machine shares it.
 
 Each step that must be atomic is one `BEGIN IMMEDIATE` transaction: claiming a chunk (the oldest
 waiting one, else one whose lease ran out), completing one (its outcome and its batch's
-counters), replacing a record (only at the version it was read at). `synchronous=FULL`: a
-completed chunk survives a power cut, not only a crash of the process.
-
-The file is created on first use, not at start-up: a gateway that never batches has none.
+counters), replacing a record (only at the version it was read at).
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from app.batches.records import (
     ACTIVE,
@@ -32,59 +24,9 @@ from app.batches.records import (
     FilePurpose,
     FileRecord,
 )
-from app.batches.store import QueueStats, StoredBatch, StoreUnavailable
+from app.batches.sqlite_db import SQLiteFile, transaction
+from app.batches.store import QueueStats, StoredBatch
 
-T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS batch_files (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER,
-    record TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS batch_files_by_owner ON batch_files (owner, created_at, id);
-CREATE INDEX IF NOT EXISTS batch_files_by_expiry ON batch_files (expires_at);
-CREATE TABLE IF NOT EXISTS batches (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    version INTEGER NOT NULL DEFAULT 0,
-    record TEXT NOT NULL,
-    enqueued INTEGER NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    lease_until REAL NOT NULL DEFAULT 0,
-    completed INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0,
-    cancelled INTEGER NOT NULL DEFAULT 0,
-    expired INTEGER NOT NULL DEFAULT 0,
-    input_tokens INTEGER NOT NULL DEFAULT 0,
-    cached_tokens INTEGER NOT NULL DEFAULT 0,
-    upstream_tokens INTEGER NOT NULL DEFAULT 0,
-    spend_usd REAL NOT NULL DEFAULT 0,
-    chunks_done INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS batches_by_owner ON batches (owner, created_at, id);
-CREATE INDEX IF NOT EXISTS batches_by_created ON batches (created_at, id);
-CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
-CREATE TABLE IF NOT EXISTS batch_chunks (
-    batch_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    plan TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'waiting',
-    worker TEXT,
-    lease_until REAL NOT NULL DEFAULT 0,
-    queued_at REAL NOT NULL,
-    outcome TEXT,
-    PRIMARY KEY (batch_id, idx)
-);
-CREATE INDEX IF NOT EXISTS batch_chunks_queue ON batch_chunks (state, queued_at, batch_id, idx);
-"""
-
-BUSY_TIMEOUT_MS = 10_000
 _COUNTERS = ", ".join(COUNTER_FIELDS)
 _BATCH_COLUMNS = f"record, version, enqueued, {_COUNTERS}"
 _ACTIVE = tuple(sorted(ACTIVE))
@@ -92,61 +34,14 @@ _ACTIVE = tuple(sorted(ACTIVE))
 
 class SQLiteBatchStore:
     def __init__(self, path: str | Path, *, timeout: float) -> None:
-        self.path = Path(path)
         self.backend = f"SQLite file {path}"
-        self._timeout = timeout
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches-sqlite")
-        self._db: sqlite3.Connection | None = None
-
-    def _connect(self, create: bool) -> sqlite3.Connection | None:
-        if self._db is None:
-            if not create and not self.path.exists():
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
-            self._db = db
-        return self._db
-
-    async def _run(self, work: Callable[[sqlite3.Connection], T], *, create: bool = True) -> T:
-        """`work` on the store's thread; with `create=False` and no file yet, `work` is not run
-        and the store answers as an empty one (None from `_run_or_none`)."""
-
-        def call() -> T:
-            try:
-                db = self._connect(create)
-                if db is None:
-                    raise _NoFile()
-                return work(db)
-            except (sqlite3.Error, OSError) as exc:
-                raise StoreUnavailable(f"SQLite: {exc}") from exc
-
-        future = asyncio.get_running_loop().run_in_executor(self._executor, call)
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            raise StoreUnavailable("SQLite: timed out") from None
-
-    async def _read(self, work: Callable[[sqlite3.Connection], T], empty: T) -> T:
-        try:
-            return await self._run(work, create=False)
-        except _NoFile:
-            return empty
+        self._db = SQLiteFile(path, timeout=timeout)
 
     async def start(self) -> None:
         return None
 
     async def aclose(self) -> None:
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, close)
-        self._executor.shutdown(wait=False)
+        await self._db.aclose()
 
     # -- files ------------------------------------------------------------------------------
 
@@ -167,10 +62,10 @@ class SQLiteBatchStore:
                 ),
             )
 
-        await self._run(write)
+        await self._db.run(write)
 
     async def get_file(self, file_id: str) -> FileRecord | None:
-        row = await self._read(
+        row = await self._db.read(
             lambda db: db.execute(
                 "SELECT record FROM batch_files WHERE id = ?", (file_id,)
             ).fetchone(),
@@ -182,7 +77,7 @@ class SQLiteBatchStore:
         def write(db: sqlite3.Connection) -> bool:
             return db.execute("DELETE FROM batch_files WHERE id = ?", (record.id,)).rowcount > 0
 
-        return await self._read(write, False)
+        return await self._db.read(write, False)
 
     async def list_files(
         self, owner: str, purpose: FilePurpose | None, after: str | None, limit: int, asc: bool
@@ -210,10 +105,10 @@ class SQLiteBatchStore:
             ).fetchall()
             return [FileRecord.loads(r[0]) for r in rows[:limit]], len(rows) > limit
 
-        return await self._read(read, ([], False))
+        return await self._db.read(read, ([], False))
 
     async def expired_files(self, now: int, limit: int) -> list[FileRecord]:
-        rows: list[Any] = await self._read(
+        rows: list[Any] = await self._db.read(
             lambda db: db.execute(
                 "SELECT record FROM batch_files WHERE expires_at IS NOT NULL AND expires_at <= ? "
                 "LIMIT ?",
@@ -233,10 +128,10 @@ class SQLiteBatchStore:
                 (record.id, record.owner, record.status, record.created_at, record.dumps()),
             )
 
-        await self._run(write)
+        await self._db.run(write)
 
     async def get_batch(self, batch_id: str) -> StoredBatch | None:
-        row = await self._read(
+        row = await self._db.read(
             lambda db: db.execute(
                 f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id = ?", (batch_id,)
             ).fetchone(),
@@ -245,7 +140,7 @@ class SQLiteBatchStore:
         return _stored(row) if row else None
 
     async def replace_batch(self, record: BatchRecord) -> bool:
-        return await self._run(lambda db: _replace(db, record))
+        return await self._db.run(lambda db: _replace(db, record))
 
     async def list_batches(
         self, owner: str | None, after: str | None, limit: int
@@ -268,11 +163,11 @@ class SQLiteBatchStore:
             ).fetchall()
             return [_stored(r) for r in rows[:limit]], len(rows) > limit
 
-        return await self._read(read, ([], False))
+        return await self._db.read(read, ([], False))
 
     async def active_batches(self) -> list[str]:
         marks = ", ".join("?" * len(_ACTIVE))
-        rows: list[Any] = await self._read(
+        rows: list[Any] = await self._db.read(
             lambda db: db.execute(
                 f"SELECT id FROM batches WHERE status IN ({marks}) ORDER BY created_at", _ACTIVE
             ).fetchall(),
@@ -296,7 +191,7 @@ class SQLiteBatchStore:
                 > 0
             )
 
-        return await self._run(write)
+        return await self._db.run(write)
 
     async def drop_lease(self, batch_id: str, worker: str) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -306,7 +201,7 @@ class SQLiteBatchStore:
                 (batch_id, worker),
             )
 
-        await self._run(write)
+        await self._db.run(write)
 
     # -- chunks -----------------------------------------------------------------------------
 
@@ -314,7 +209,7 @@ class SQLiteBatchStore:
         queued = time.time()
 
         def write(db: sqlite3.Connection) -> bool:
-            with _transaction(db):
+            with transaction(db):
                 if not _replace(db, record):
                     return False
                 db.executemany(
@@ -325,13 +220,13 @@ class SQLiteBatchStore:
                 db.execute("UPDATE batches SET enqueued = 1 WHERE id = ?", (record.id,))
                 return True
 
-        return await self._run(write)
+        return await self._db.run(write)
 
     async def enqueue_chunks(self, batch_id: str) -> None:
         return None  # planned chunks are queued rows already (`plan_chunks`)
 
     async def get_plan(self, batch_id: str, index: int) -> ChunkPlan | None:
-        row = await self._read(
+        row = await self._db.read(
             lambda db: db.execute(
                 "SELECT plan FROM batch_chunks WHERE batch_id = ? AND idx = ?", (batch_id, index)
             ).fetchone(),
@@ -340,7 +235,7 @@ class SQLiteBatchStore:
         return ChunkPlan.loads(row[0]) if row else None
 
     async def plans(self, batch_id: str) -> list[ChunkPlan]:
-        rows: list[Any] = await self._read(
+        rows: list[Any] = await self._db.read(
             lambda db: db.execute(
                 "SELECT plan FROM batch_chunks WHERE batch_id = ? ORDER BY idx", (batch_id,)
             ).fetchall(),
@@ -352,7 +247,7 @@ class SQLiteBatchStore:
         now = time.time()
 
         def write(db: sqlite3.Connection) -> Claim | None:
-            with _transaction(db):
+            with transaction(db):
                 row = db.execute(
                     "SELECT batch_id, idx FROM batch_chunks WHERE state = 'waiting' "
                     "ORDER BY queued_at, batch_id, idx LIMIT 1"
@@ -372,7 +267,7 @@ class SQLiteBatchStore:
                 )
                 return Claim(row[0], row[1], worker)
 
-        return await self._read(write, None)
+        return await self._db.read(write, None)
 
     async def renew(self, claim: Claim, worker: str, lease: float) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -382,7 +277,7 @@ class SQLiteBatchStore:
                 (time.time() + lease, claim.batch_id, claim.index, worker),
             )
 
-        await self._run(write)
+        await self._db.run(write)
 
     async def release(self, claim: Claim, worker: str) -> None:
         def write(db: sqlite3.Connection) -> None:
@@ -392,13 +287,13 @@ class SQLiteBatchStore:
                 (claim.batch_id, claim.index, worker),
             )
 
-        await self._run(write)
+        await self._db.run(write)
 
     async def complete(self, claim: Claim, outcome: ChunkOutcome) -> tuple[bool, bool]:
         added = outcome.counters
 
         def write(db: sqlite3.Connection) -> tuple[bool, bool]:
-            with _transaction(db):
+            with transaction(db):
                 won = (
                     db.execute(
                         "UPDATE batch_chunks SET state = 'done', outcome = ?, worker = NULL "
@@ -419,10 +314,10 @@ class SQLiteBatchStore:
                 ).fetchone()[0]
                 return won, left == 0
 
-        return await self._run(write)
+        return await self._db.run(write)
 
     async def outcomes(self, batch_id: str) -> list[ChunkOutcome]:
-        rows: list[Any] = await self._read(
+        rows: list[Any] = await self._db.read(
             lambda db: db.execute(
                 "SELECT outcome FROM batch_chunks WHERE batch_id = ? AND state = 'done' "
                 "ORDER BY idx",
@@ -433,7 +328,7 @@ class SQLiteBatchStore:
         return [ChunkOutcome.loads(r[0]) for r in rows]
 
     async def queue_stats(self, now: float) -> QueueStats:
-        row = await self._read(
+        row = await self._db.read(
             lambda db: db.execute(
                 "SELECT COUNT(*), MIN(queued_at) FROM batch_chunks WHERE state != 'done'"
             ).fetchone(),
@@ -441,10 +336,6 @@ class SQLiteBatchStore:
         )
         count, oldest = row
         return QueueStats(count, max(0.0, now - oldest) if oldest is not None else 0.0)
-
-
-class _NoFile(Exception):
-    """BATCH_DB does not exist yet: nothing was ever stored."""
 
 
 def _stored(row: Any) -> StoredBatch:
@@ -462,16 +353,3 @@ def _replace(db: sqlite3.Connection, record: BatchRecord) -> bool:
     if changed:
         record.version += 1
     return changed > 0
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE (the write lock first, so a read-then-write is one step across every
-    process using the file) … COMMIT, or ROLLBACK on any error."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
