@@ -24,8 +24,9 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any, Literal
 
 import orjson
 
@@ -54,6 +55,7 @@ from app.errors import ManagedKeyRefused
 log = logging.getLogger("app.batches")
 
 Stop = Literal["cancel", "expire"]
+PARTS_IN_FLIGHT = 4  # groups (or lines) of one chunk being embedded at once
 
 
 _Done = LineResult
@@ -80,6 +82,7 @@ class ChunkRun:
         self._lease = settings.BATCH_LEASE_SECONDS
         self._timeout = settings.REQUEST_TIMEOUT_SECONDS
         self._attempt = secrets.token_hex(6)
+        self._next_look = 0.0  # when to look at the batch (a cancel?) again
 
     async def run(self) -> tuple[ChunkOutcome, int]:
         """Embed the chunk's lines and write its parts: its outcome (not completed yet) and the
@@ -122,28 +125,38 @@ class ChunkRun:
                 results[line.number] = embedder.failed(line, refused)
             return None
         embedder = LineEmbedder(work, self._batch, key)
+        parts: list[Callable[[], Coroutine[Any, Any, dict[int, LineResult]]]]
         if embedder.grouped:
             groups, failed = await embedder.groups(lines)
             results.update(failed)
-            parts = [embedder.group(group) for group in groups]
+            parts = [partial(embedder.group, group) for group in groups]
         else:
-            parts = [embedder.one(line) for line in lines]
-        pending = {asyncio.create_task(part) for part in parts}
+            parts = [partial(embedder.one, line) for line in lines]
+        waiting = iter(parts)
+        pending: set[asyncio.Task[dict[int, LineResult]]] = set()
         renew_at = time.monotonic() + self._lease / 3
         stop: Stop | None = None
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, timeout=self._poll)
-                for task in done:
-                    results.update(task.result())
+            while True:
+                # A few parts at a time: every part in flight takes its turns of the event loop,
+                # and interactive requests wait for all of those turns.
+                while len(pending) < PARTS_IN_FLIGHT and (part := next(waiting, None)):
+                    pending.add(asyncio.create_task(part()))
                 if not pending:
                     break
+                done, pending = await asyncio.wait(
+                    pending, timeout=self._poll, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    results.update(task.result())
                 if time.monotonic() >= renew_at:
                     await work.batches.store.renew(self._claim, work.worker, self._lease)
                     renew_at = time.monotonic() + self._lease / 3
-                stop = await self._stop_reason(None)
-                if stop is not None:
-                    break
+                if not done or time.monotonic() >= self._next_look:
+                    stop = await self._stop_reason(None)
+                    self._next_look = time.monotonic() + self._poll
+                    if stop is not None:
+                        break
         finally:
             for task in pending:
                 task.cancel()
