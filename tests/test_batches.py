@@ -433,3 +433,44 @@ def test_metrics_count_batches_and_lines_by_outcome(client: OpenAI, gateway, ups
     )
     assert _sample(gateway, "embeddings_gateway_batch_queue_depth") >= 0
     assert _sample(gateway, "embeddings_gateway_batch_oldest_pending_chunk_age_seconds") >= 0
+
+
+def test_an_upload_may_outlast_the_body_timeout_while_it_keeps_the_minimum_rate(
+    tmp_path, upstream: FakeUpstream
+):
+    provider = {"type": "nanogpt", "base_url": upstream.base_url, "api_key": UPSTREAM_KEY}
+    models = {"m": model_entry([{"provider": "up", "model": "up-m"}], dimensions=DIMS)}
+    with ThreadedGateway(
+        MODELS_CONFIG=str(write_registry(tmp_path / "models.yaml", {"up": provider}, models)),
+        GATEWAY_API_KEYS=KEY,
+        BATCH_DIR=str(tmp_path / "files"),
+        BATCH_DB=str(tmp_path / "batches.db"),
+        BODY_TIMEOUT_SECONDS=0.3,
+        BATCH_UPLOAD_MIN_BYTES_PER_SECOND=1000,
+        RATE_LIMIT_PER_SECOND=0,
+    ) as gateway:
+        head = (
+            b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="slow.jsonl"\r\n\r\n'
+        )
+        pieces = [head, *[b"x" * 2000 for _ in range(6)], b"\r\n--b--\r\n"]
+
+        def slowly():  # about 1.2 s in all: four body timeouts, well above 1000 bytes a second
+            for piece in pieces:
+                yield piece
+                time.sleep(0.2)
+
+        headers = {
+            "authorization": f"Bearer {KEY}",
+            "content-type": "multipart/form-data; boundary=b",
+        }
+        uploaded = httpx.post(f"{gateway.url}/v1/files", headers=headers, content=slowly())
+        assert uploaded.status_code == 200, uploaded.text
+        assert uploaded.json()["bytes"] == 12_000
+        # Any other body still has BODY_TIMEOUT_SECONDS, whatever its rate.
+        embedded = httpx.post(
+            f"{gateway.url}/v1/embeddings",
+            headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"},
+            content=slowly(),
+        )
+        assert embedded.status_code == 408
