@@ -205,3 +205,26 @@ def test_a_stopping_gateway_hands_its_chunks_back(
         began = time.monotonic()
         _check_exactly_once(client, batch.id)
         assert time.monotonic() - began < 60  # well inside the lease the chunks were under
+
+
+def test_a_stopping_gateway_hands_its_redis_claims_back(
+    request: pytest.FixtureRequest, tmp_path: Path, registry: Path, upstream: FakeUpstream
+):
+    upstream.latency = 0.3
+    settings = {k: v for k, v in _env(registry, tmp_path).items() if k not in ("BATCH_DB",)}
+    settings |= redis_settings(request, "standalone")
+    settings |= {
+        "BATCH_KEY_PREFIX": f"egw:batch:{tmp_path.name}:",
+        "BATCH_LEASE_SECONDS": "120",  # only a hand-back lets the next gateway run them soon
+        "BATCH_DRAIN_SECONDS": "0.2",
+    }
+    with ThreadedGateway(**settings) as first:
+        client = OpenAI(base_url=first.url + "/v1", api_key=KEY, max_retries=0)
+        batch = start(client, texts_file("m", _texts()))
+        _progress(client, batch.id, 2)
+    upstream.latency = 0.0
+    with ThreadedGateway(**settings) as second:
+        client = OpenAI(base_url=second.url + "/v1", api_key=KEY, max_retries=0)
+        began = time.monotonic()
+        _check_exactly_once(client, batch.id)
+        assert time.monotonic() - began < 60  # well inside the lease the chunks were under

@@ -8,6 +8,7 @@ console is the admin's view, so it sees and cancels every key's batches (actor
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from app.ui.errors import ACTION_ERRORS, as_http_error
 from app.ui.web import Context, render
 
 PAGE = 50
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,5 +101,7 @@ async def file_content(console: Console, ctx: Context) -> Response:
         exc = as_http_error(caught)
         return render(ctx.request, "message.html", ctx.session, exc.status, message=exc.message)
     response: StreamingResponse = content_response(record.bytes, stream)
-    response.headers["content-disposition"] = f'attachment; filename="{record.filename}"'
+    # The name a client uploaded, reduced to characters that cannot break the header.
+    name = _UNSAFE.sub("_", record.filename) or "file.jsonl"
+    response.headers["content-disposition"] = f'attachment; filename="{name}"'
     return response
