@@ -111,6 +111,40 @@ ROUTE_COOLDOWN = Gauge(
     multiprocess_mode="livemax",
 )
 
+# The Batch API (docs/batches.md). The gauges are read from the batch store by every process's
+# runner (all see the same store: livemax, not a sum across workers).
+BATCHES = Gauge(
+    f"{PREFIX}_batches",
+    "Batches not finished yet, by status (validating, in_progress, finalizing, cancelling).",
+    ["status"],
+    multiprocess_mode="livemax",
+)
+BATCHES_FINISHED = Counter(
+    f"{PREFIX}_batches_finished_total",
+    "Batches that reached a final status (completed, failed, expired, cancelled).",
+    ["status"],
+)
+BATCH_LINES = Counter(
+    f"{PREFIX}_batch_lines_total",
+    "Batch input lines done, by outcome: completed (output file), failed, expired, cancelled "
+    "(error file).",
+    ["outcome"],
+)
+# Exported at 0 from the start, so "no progress" (a flat series) is something to see.
+for _outcome in ("completed", "failed", "expired", "cancelled"):
+    BATCH_LINES.labels(_outcome)
+    BATCHES_FINISHED.labels(_outcome)
+BATCH_QUEUE_DEPTH = Gauge(
+    f"{PREFIX}_batch_queue_depth",
+    "Batch chunks not done yet: waiting for a worker or in one's hands.",
+    multiprocess_mode="livemax",
+)
+BATCH_OLDEST_PENDING_SECONDS = Gauge(
+    f"{PREFIX}_batch_oldest_pending_chunk_age_seconds",
+    "Age of the oldest batch chunk not done yet (0: none).",
+    multiprocess_mode="livemax",
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text for /metrics, across all workers in multiprocess mode."""

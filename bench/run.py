@@ -45,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import procs  # noqa: E402
+from bench.batch import run_batch  # noqa: E402
 from bench.local import build_model_dir  # noqa: E402
 from bench.modes import run_micro, run_profile, run_soak, run_table  # noqa: E402
 from bench.peers import DEFAULT_PEERS, PEERS  # noqa: E402
@@ -119,7 +120,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", type=float, metavar="SECONDS", help="only: soak the gateway")
     parser.add_argument("--profile", metavar="DIR", help="also py-spy the gateway; output in DIR")
     parser.add_argument("--profile-seconds", type=float, default=10)
-    parser.add_argument("--profile-scenario", default="small-float", choices=SCENARIO_NAMES)
+    parser.add_argument(
+        "--profile-scenario",
+        default="small-float",
+        choices=[name for name in SCENARIO_NAMES if name != "batch"],
+    )
     parser.add_argument("--no-micro", action="store_true", help="skip the encoding micro-bench")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
@@ -181,9 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in args.peers:
                 log(f"starting {name}")
                 bench.peers.append(PEERS[name](bench))
-            run_table(bench)
+            if not args.only or set(args.only) - {"batch"}:
+                run_table(bench)
             if args.profile:
                 run_profile(bench)
+            if not args.only or "batch" in args.only:
+                log("batch: the Batch API's two targets (bench/batch.py)")
+                print("\n" + "\n".join(run_batch(bench)))
         if args.json:
             Path(args.json).write_text(json.dumps([asdict(r) for r in bench.results], indent=2))
         failed = False

@@ -27,6 +27,7 @@ SCENARIO_NAMES = (
     "large-base64",
     "local",
     "local-bulk",
+    "batch",  # the Batch API (bench/batch.py): its own gateway and upstreams, no table row
 )
 
 

@@ -91,8 +91,11 @@ def registry_path(tmp_path_factory, nanogpt, aiml, nugen) -> Path:
 
 @pytest.fixture(scope="session")
 def gateway(registry_path: Path) -> Iterator[ThreadedGateway]:
+    batches = registry_path.parent / "batches"  # the Batch API's files, not in the work tree
     with ThreadedGateway(
         MODELS_CONFIG=str(registry_path),
+        BATCH_DIR=str(batches / "files"),
+        BATCH_DB=str(batches / "batches.db"),
         GATEWAY_API_KEYS=f"{CLIENT_KEY},{OTHER_CLIENT_KEY}",
         GATEWAY_INTERNAL_TOKEN=INTERNAL_TOKEN,
         MAX_REQUEST_BODY_BYTES=4_000_000,

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +87,16 @@ def scratch_keys_db() -> str:
 
 
 class ThreadedGateway:
-    """The real ASGI app behind a real uvicorn server on 127.0.0.1, in a background thread."""
+    """The real ASGI app behind a real uvicorn server on 127.0.0.1, in a background thread.
+    `wall_clock`: the Batch API's clock (timestamps, completion windows), for tests that move
+    time instead of sleeping."""
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, wall_clock: Callable[[], float] = time.time, **settings: Any) -> None:
         self.port = free_port()
         settings.setdefault("KEYS_DB", scratch_keys_db())
         self.settings = Settings(_env_file=None, **settings)  # type: ignore[call-arg]
         config = uvicorn.Config(
-            create_app(self.settings),
+            create_app(self.settings, wall_clock=wall_clock),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",

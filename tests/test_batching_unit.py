@@ -262,3 +262,31 @@ async def test_a_freed_slot_goes_to_the_interactive_queue_before_an_older_bulk_o
     assert upstream.calls[2:] == [["query"], ["bulk"]]
     bulk_and_interactive_merged = [c for c in upstream.calls if {"query", "bulk"} <= set(c)]
     assert bulk_and_interactive_merged == []
+
+
+async def test_a_call_cancelled_before_it_starts_still_frees_its_slot():
+    # The queued chunk's caller leaves in the very turn of the loop in which its call is
+    # dispatched: the call's task is cancelled before it ever ran. Its slot must come back.
+    queued: asyncio.Task[UpstreamResult] | None = None
+    gate = asyncio.Event()
+
+    async def send(sent: UpstreamCall) -> UpstreamResult:
+        if sent.inputs == ["hold"]:
+            await gate.wait()
+            assert queued is not None
+            queued.cancel()  # ...as the slot this call held is handed to the queued chunk
+        return UpstreamResult(np.stack([vector_of(t) for t in sent.inputs]), prompt_tokens=1)  # type: ignore[arg-type]
+
+    b = RouteBatcher(route_with(max_inflight_calls=2), Sender(send))
+    holding = asyncio.create_task(b.embed(call("hold"), lambda: 1, Lane.BULK))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(b.embed(call("queued"), lambda: 1, Lane.BULK))
+    await asyncio.sleep(0)
+    gate.set()
+    await holding
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await asyncio.sleep(0.01)
+    # The bulk slot is free again: a new bulk chunk goes out at once.
+    again = await asyncio.wait_for(b.embed(call("again"), lambda: 1, Lane.BULK), 1)
+    assert again.vectors.tolist() == [vector_of("again").tolist()]

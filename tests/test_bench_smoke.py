@@ -101,6 +101,10 @@ def test_quick_benchmark_prints_a_row_per_scenario_and_target() -> None:
         assert re.search(r"- local: [\d.]+ req/s through the gateway .* = [\d.]+ ", report)
         assert re.search(r"- local-bulk: [\d.]+ sentences/s .* = [\d.]+ ", report)
     assert re.search(r"- shipped-defaults, CPU ms per request: .*gateway [\d.]+", report), report
+    # The batch scenario (bench/batch.py): both of its figures, side by side.
+    assert re.search(r"gateway, create -> completed +[\d.]+ s", result.stdout), result.stdout
+    assert re.search(r"upstream alone, calls of 2048.* [\d.]+ s", result.stdout)
+    assert re.search(r"beside batch p50 +[\d.]+ ms +p99 +[\d.]+ ms +errors 0", result.stdout)
 
 
 def test_the_stack_floor_peer_runs_beside_the_gateway() -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.api.validation import parse_embedding_request
 from app.config.registry import Registry
 from app.config.settings import Settings
+from app.core.embedding_request import parse_embedding_request
 from app.core.job import EmbeddingJob
 from app.core.tokens import count_tokens
 from app.errors import KeyStoreUnavailable

@@ -523,7 +523,7 @@ def test_env_may_be_a_map_or_a_list_and_wins_over_what_the_chart_sets() -> None:
 
 def test_every_variable_the_chart_sets_is_one_the_gateway_reads() -> None:
     registry_vars = set(re.findall(r"\$\{([A-Z0-9_]+)", (ROOT / "config/models.yaml").read_text()))
-    # Read by the OpenTelemetry SDK itself, and by the Batch API that is on its way.
+    # Read by the OpenTelemetry SDK itself.
     otel = {
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -533,16 +533,7 @@ def test_every_variable_the_chart_sets_is_one_the_gateway_reads() -> None:
         "OTEL_TRACES_SAMPLER_ARG",
         "OTEL_RESOURCE_ATTRIBUTES",
     }
-    batch = {
-        "BATCH_STORAGE",
-        "BATCH_DIR",
-        "BATCH_DB",
-        "BATCH_S3_BUCKET",
-        "BATCH_S3_PREFIX",
-        "BATCH_S3_ENDPOINT_URL",
-        "BATCH_S3_REGION",
-    }
-    known = set(Settings.model_fields) | registry_vars | otel | batch
+    known = set(Settings.model_fields) | registry_vars | otel
     for case in CASES:
         _, container = _gateway(render(*_case_args(case)))
         names = {e["name"] for e in container["env"]}

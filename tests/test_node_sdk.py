@@ -83,3 +83,47 @@ def test_node_sdk_defaults_get_the_upstreams_float32_values_exactly(
     sent = fake.embedding_requests()
     assert [text for r in sent for text in r.json["input"]] == texts
     assert all("encoding_format" not in r.json for r in sent)
+
+
+def test_node_sdk_runs_a_batch_end_to_end(gateway, node: str, nanogpt: FakeUpstream, tmp_path):
+    nanogpt.clear()
+    texts = [f"node batch {n}" for n in range(6)]
+    path = tmp_path / "node-batch.jsonl"
+    path.write_bytes(
+        b"".join(
+            json.dumps(
+                {
+                    "custom_id": f"n-{n}",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"model": "text-embedding-3-small", "input": text},
+                }
+            ).encode()
+            + b"\n"
+            for n, text in enumerate(texts)
+        )
+    )
+    result = subprocess.run(
+        [node, str(NODE_DIR / "batch.mjs"), str(path)],
+        env={**os.environ, "GATEWAY_BASE_URL": f"{gateway.url}/v1", "GATEWAY_API_KEY": CLIENT_KEY},
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"batch.mjs failed:\n{result.stderr}{result.stdout}"
+    out = json.loads(result.stdout)
+    assert out["file"]["filename"] == "node-batch.jsonl"
+    assert out["file"]["bytes"] == path.stat().st_size
+    batch = out["batch"]
+    assert batch["status"] == "completed"
+    assert batch["request_counts"] == {"total": 6, "completed": 6, "failed": 0}
+    assert batch["metadata"] == {"from": "node"}
+    # Auto-pagination one item a page reached this batch and its files (has_more was honest).
+    assert batch["id"] in out["listed_batches"]
+    assert {batch["input_file_id"], batch["output_file_id"]} <= set(out["listed_files"])
+    lines = {e["custom_id"]: e for e in map(json.loads, out["output"].splitlines())}
+    assert set(lines) == {f"n-{n}" for n in range(6)}
+    for n, text in enumerate(texts):
+        vector = lines[f"n-{n}"]["response"]["body"]["data"][0]["embedding"]
+        assert vector == fake_vector("text-embedding-3-small", text, 16).tolist()

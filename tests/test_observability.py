@@ -64,7 +64,7 @@ def test_every_metric_in_the_dashboard_is_exported(gateway) -> None:
 
 def test_every_metric_in_the_alert_rules_is_exported(gateway) -> None:
     exprs = list(_exprs(yaml.safe_load(RULES.read_text())))
-    assert len(exprs) == 5
+    assert len(exprs) == 6
     assert _unknown_names(exprs, _exported(gateway.url)) == set()
 
 
@@ -89,7 +89,16 @@ def test_the_dashboard_is_well_formed() -> None:
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24
     titles = " ".join(p["title"].lower() for p in charts)
-    for subject in ("requests", "error", "latency", "upstream", "cache", "rate-limited", "tokens"):
+    for subject in (
+        "requests",
+        "error",
+        "latency",
+        "upstream",
+        "cache",
+        "rate-limited",
+        "tokens",
+        "batch",
+    ):
         assert subject in titles, subject
     assert "spend" in titles
 
@@ -106,7 +115,7 @@ def test_promtool_checks_the_rules() -> None:
         [_promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "5 rules found" in done.stdout + done.stderr
+    assert "6 rules found" in done.stdout + done.stderr
 
 
 def test_the_alert_rules_pass_their_unit_tests() -> None:
@@ -151,4 +160,4 @@ def test_rules_file_is_plain_yaml_prometheus_loads() -> None:
     rules = yaml.safe_load(RULES.read_text())
     assert [group["name"] for group in rules["groups"]] == ["embeddings-gateway"]
     names = [rule["alert"] for rule in rules["groups"][0]["rules"]]
-    assert len(names) == len(set(names)) == 5
+    assert len(names) == len(set(names)) == 6

@@ -44,7 +44,7 @@ def admin_id(token: str) -> str:
     return "admin_" + hashlib.sha256(token.encode("utf-8")).hexdigest()[:12]
 
 
-async def _admin(request: Request) -> str:
+async def admin_actor(request: Request) -> str:
     """The caller's admin id, or a 401. Wrong tokens count against the client IP like the
     API's and the console's failed sign-ins (`AuthFailureThrottle`): past the limit the IP gets
     429s, before its token is even compared, and no audit line each (the log stays bounded:
@@ -100,7 +100,9 @@ async def _record(keys: ManagedKeys, key_id: str) -> ApiKeyRecord:
 
 
 @router.post("/keys", status_code=201)
-async def create_key(request: Request, policy: KeyPolicy, actor: str = Depends(_admin)) -> Response:
+async def create_key(
+    request: Request, policy: KeyPolicy, actor: str = Depends(admin_actor)
+) -> Response:
     record, secret = await _keys(request).create(policy, actor)
     # The only response that ever carries this secret.
     return json_response({"id": record.id, "key": secret, **record.public()}, status=201)
@@ -111,7 +113,7 @@ async def list_keys(
     request: Request,
     team: str | None = None,
     name: str | None = None,
-    actor: str = Depends(_admin),
+    actor: str = Depends(admin_actor),
 ) -> Response:
     records = await _keys(request).list(team=team, name=name)
     audit(actor, "list", "*", [])
@@ -119,7 +121,7 @@ async def list_keys(
 
 
 @router.get("/keys/{key_id}")
-async def show_key(request: Request, key_id: str, actor: str = Depends(_admin)) -> Response:
+async def show_key(request: Request, key_id: str, actor: str = Depends(admin_actor)) -> Response:
     keys = _keys(request)
     record = await _record(keys, key_id)
     audit(actor, "show", key_id, [])
@@ -128,7 +130,7 @@ async def show_key(request: Request, key_id: str, actor: str = Depends(_admin)) 
 
 @router.patch("/keys/{key_id}")
 async def update_key(
-    request: Request, key_id: str, change: KeyUpdate, actor: str = Depends(_admin)
+    request: Request, key_id: str, change: KeyUpdate, actor: str = Depends(admin_actor)
 ) -> Response:
     keys = _keys(request)
     await _record(keys, key_id)
@@ -140,7 +142,7 @@ async def rotate_key(
     request: Request,
     key_id: str,
     body: RotateRequest | None = None,
-    actor: str = Depends(_admin),
+    actor: str = Depends(admin_actor),
 ) -> Response:
     keys = _keys(request)
     await _record(keys, key_id)
@@ -150,7 +152,7 @@ async def rotate_key(
 
 
 @router.delete("/keys/{key_id}")
-async def revoke_key(request: Request, key_id: str, actor: str = Depends(_admin)) -> Response:
+async def revoke_key(request: Request, key_id: str, actor: str = Depends(admin_actor)) -> Response:
     keys = _keys(request)
     await _record(keys, key_id)
     return json_response((await keys.revoke(key_id, actor)).public())
@@ -162,7 +164,7 @@ async def usage_report(
     start: str | None = None,
     end: str | None = None,
     group_by: Literal["key", "team", "model"] = Query(default="key"),
-    actor: str = Depends(_admin),
+    actor: str = Depends(admin_actor),
 ) -> Response:
     first, last = report_range(start, end)
     services = lifespan_state(request.scope)["services"]
@@ -225,7 +227,7 @@ def _day(value: str | None, param: str, *, default: date) -> date:
 
 
 @router.post("/reload")
-async def reload_registry(request: Request, actor: str = Depends(_admin)) -> Response:
+async def reload_registry(request: Request, actor: str = Depends(admin_actor)) -> Response:
     """Re-read the registry on every worker (docs/operations.md, "Reload"); refused as at
     start-up."""
     lifecycle = lifespan_state(request.scope)["lifecycle"]

@@ -19,10 +19,11 @@ from app.api.admission import authenticate
 from app.api.context import lifespan_state, request_context
 from app.api.middleware import request_id
 from app.api.policy import PolicyCheck
-from app.api.responses import JSONBytesResponse, embeddings_body
+from app.api.responses import JSONBytesResponse
 from app.api.schemas import EMBEDDINGS_OPENAPI, EMBEDDINGS_RESPONSES
-from app.api.validation import UnknownModel, parse_embedding_request
-from app.core.errors import RoutingError
+from app.core.embedding_request import parse_embedding_request
+from app.core.embedding_response import embeddings_body
+from app.core.errors import RoutingError, UnknownModel
 from app.core.job import Lane
 from app.core.serving import Serving
 from app.runtime.services import Services

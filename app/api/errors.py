@@ -17,9 +17,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.batches.errors import (
+    BatchNotCancellable,
+    BatchNotFound,
+    BatchStoreUnavailable,
+    FileNotFound,
+    FileTooLarge,
+    InvalidBatchRequest,
+    InvalidUpload,
+    LineOverTokenLimit,
+)
 from app.core.errors import (
     DeadlineExceeded,
     InputRejected,
+    InvalidEmbeddingRequest,
+    ModelUnavailable,
     RoutesCoolingDown,
     UndecodableInput,
     UpstreamsFailed,
@@ -37,6 +49,7 @@ from app.errors import (
     UsageUnavailable,
 )
 from app.keys.errors import KeyRateLimited
+from app.state.object_store import ObjectStoreError
 
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
@@ -155,6 +168,44 @@ def gateway_error(error: DomainError) -> GatewayError:
             )
         case InvalidKeyChange(field=field):
             return GatewayError(400, message, param=field)
+        case InvalidEmbeddingRequest(param=param, code=code):
+            return GatewayError(400, message, param=param, code=code)
+        case ModelUnavailable():
+            # A retry cannot add a provider key.
+            return GatewayError(
+                503, message, type=SERVER, code="model_unavailable", headers=dict(NO_RETRY)
+            )
+        case FileNotFound() | BatchNotFound():
+            return GatewayError(404, message, type=INVALID_REQUEST, code="not_found")
+        case InvalidUpload(param=param):
+            return GatewayError(400, message, param=param)
+        case FileTooLarge():
+            return GatewayError(413, message, code="file_too_large", headers=dict(NO_RETRY))
+        case InvalidBatchRequest(param=param, code=code):
+            return GatewayError(400, message, param=param, code=code)
+        case BatchNotCancellable():
+            # Deterministic: the SDKs would otherwise retry a 409 twice.
+            return GatewayError(409, message, headers=dict(NO_RETRY))
+        case ObjectStoreError():
+            return GatewayError(
+                503,
+                message,
+                type=SERVER,
+                code="file_storage_unavailable",
+                headers={"retry-after": "1"},
+            )
+        case BatchStoreUnavailable():
+            return GatewayError(
+                503,
+                message,
+                type=SERVER,
+                code="batch_store_unavailable",
+                headers={"retry-after": "1"},
+            )
+        case LineOverTokenLimit():
+            return GatewayError(
+                429, message, type=RATE_LIMIT, code="rate_limit_exceeded", headers=dict(NO_RETRY)
+            )
         case UndecodableInput():
             return GatewayError(400, message, param="input")
         case InputRejected():
@@ -171,6 +222,18 @@ def gateway_error(error: DomainError) -> GatewayError:
                 failed.headers.update(NO_RETRY)  # a retry cannot fix the gateway's own keys
             return failed
     return GatewayError(500, "The gateway hit an internal error.", type=SERVER)
+
+
+def line_error(error: BaseException) -> tuple[int, bytes]:
+    """A Batch API line's failure as the embeddings endpoint would have answered it: (status,
+    body), for the line's `response` in the error file (app/batches/chunk.py)."""
+    if isinstance(error, GatewayError):
+        failed = error
+    elif isinstance(error, DomainError):
+        failed = gateway_error(error)
+    else:
+        failed = GatewayError(500, "The gateway hit an internal error.", type=SERVER)
+    return failed.status, failed.body()
 
 
 def error_response(error: GatewayError) -> Response:

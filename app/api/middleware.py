@@ -7,6 +7,7 @@ import logging
 import random
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import ClientDisconnect
@@ -25,7 +26,11 @@ _API_ROUTES = {
     "/embedding-models": "embedding_models",
     "/models": "models",
     "/usage": "usage",
+    "/files": "files",
+    "/batches": "batches",
 }
+# Paths under these get the same label as the collection (ids stay out of the labels).
+_API_ROUTE_TREES = {"/files/": "files", "/batches/": "batches"}
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -55,9 +60,13 @@ class BodyTooLarge(GatewayError):
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_caps: Mapping[str, int] | None = None
+    ) -> None:
+        """`body_caps`: paths with a cap of their own (file uploads), instead of the default."""
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_caps = dict(body_caps or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,11 +95,12 @@ class GatewayMiddleware:
             await send(message)
 
         try:
+            cap = self.body_caps.get(scope["path"], self.max_body_bytes)
             declared = _header(scope, b"content-length")
-            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                await send_error(send_with_headers, BodyTooLarge(self.max_body_bytes))
+            if declared and declared.isdigit() and int(declared) > cap:
+                await send_error(send_with_headers, BodyTooLarge(cap))
                 return
-            await self.app(scope, self._capped(receive), send_with_headers)
+            await self.app(scope, self._capped(receive, cap), send_with_headers)
         except ClientDisconnect:
             status = 499  # the client went away (or timed out) before its body arrived
         except Exception:
@@ -105,8 +115,7 @@ class GatewayMiddleware:
                 metrics.IN_FLIGHT.dec()
                 _finish(scope, route, status, time.perf_counter() - began, rid)
 
-    def _capped(self, receive: Receive) -> Receive:
-        limit = self.max_body_bytes
+    def _capped(self, receive: Receive, limit: int) -> Receive:
         seen = 0
 
         async def receive_capped() -> Message:
@@ -141,7 +150,12 @@ def api_route(path: str) -> str | None:
     """A fixed label for an API path, or None for paths that are not API traffic."""
     for prefix in API_PREFIXES:
         if path.startswith(prefix + "/"):
-            return _API_ROUTES.get(path[len(prefix) :], "other")
+            rest = path[len(prefix) :]
+            found = _API_ROUTES.get(rest)
+            if found is None:
+                tree = rest[: rest.find("/", 1) + 1] if rest.find("/", 1) > 0 else ""
+                found = _API_ROUTE_TREES.get(tree, "other")
+            return found
     return None
 
 
@@ -171,7 +185,7 @@ def _finish(scope: Scope, route: str, status: int, seconds: float, rid: str) -> 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
-            return value.decode("latin-1")
+            return str(value.decode("latin-1"))
     return None
 
 

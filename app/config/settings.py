@@ -148,6 +148,47 @@ class Settings(BaseSettings):
     # Open connections or requests in progress per process; past it, 503. 0: no cap.
     MAX_CONCURRENT_REQUESTS: int = Field(default=1000, ge=0)
 
+    # --- Batch API (docs/batches.md) ---
+    # Uploaded files and result parts: a local directory, or an S3-compatible bucket (needed
+    # by several replicas unless they share a ReadWriteMany volume).
+    BATCH_STORAGE: Literal["local", "s3"] = "local"
+    BATCH_DIR: str = "data/batches"
+    # The batch queue and records without Redis (with REDIS_URL they are in Redis).
+    BATCH_DB: str = "data/batches.db"
+    BATCH_KEY_PREFIX: str = "egw:batch:"  # their keys in Redis
+    BATCH_S3_BUCKET: str | None = None
+    BATCH_S3_PREFIX: str = ""  # a key prefix inside the bucket
+    BATCH_S3_ENDPOINT_URL: str | None = None  # MinIO, GCS and other S3-compatible stores
+    BATCH_S3_REGION: str | None = None
+    # The standard AWS credentials; unset: the S3 client's own chain (instance role, ...).
+    AWS_ACCESS_KEY_ID: SecretStr | None = None
+    AWS_SECRET_ACCESS_KEY: SecretStr | None = None
+    # OpenAI's limits per input file; an upload past the bytes gets 413 before it is stored.
+    BATCH_MAX_FILE_BYTES: int = Field(default=200 * 1024 * 1024, ge=1024)
+    BATCH_MAX_LINES: int = Field(default=50_000, ge=1)
+    # Batch files (inputs without `expires_after`, outputs without `output_expires_after`).
+    BATCH_FILE_RETENTION_SECONDS: int = Field(default=30 * 86_400, ge=3600)
+    # `completion_window` may be `24h` or any duration up to this (`30m`, `2h`, `7d`).
+    BATCH_MAX_COMPLETION_WINDOW_SECONDS: int = Field(default=30 * 86_400, ge=60)
+    # Chunks one process works on at once; 0: this process runs no batch work (the API still
+    # serves). Each chunk holds at most BATCH_CHUNK_LINES lines, BATCH_CHUNK_INPUTS inputs and
+    # BATCH_CHUNK_BYTES bytes of input (and always at least one line).
+    BATCH_CONCURRENCY: int = Field(default=4, ge=0)
+    BATCH_CHUNK_LINES: int = Field(default=500, ge=1)
+    BATCH_CHUNK_INPUTS: int = Field(default=2048, ge=1)
+    BATCH_CHUNK_BYTES: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # A chunk whose worker has not renewed its claim for this long is taken over by another
+    # (a worker renews every third of it while it works).
+    BATCH_LEASE_SECONDS: float = Field(default=60.0, ge=0.5)
+    # How often an idle worker looks for work, and a working one for a cancel or expiry.
+    BATCH_POLL_SECONDS: float = Field(default=0.5, gt=0, le=60)
+    # On shutdown, chunks in progress get this long to finish; then they are handed back.
+    BATCH_DRAIN_SECONDS: float = Field(default=10.0, ge=0)
+    # An upload's body may take longer than BODY_TIMEOUT_SECONDS while it keeps this rate.
+    BATCH_UPLOAD_MIN_BYTES_PER_SECOND: int = Field(default=100_000, ge=1)
+    # Bounds every call to the batch store (Redis or SQLite).
+    BATCH_STORE_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
+
     @field_validator("GATEWAY_API_KEYS", mode="before")
     @classmethod
     def _parse_keys(cls, value: object) -> object:
@@ -181,6 +222,8 @@ class Settings(BaseSettings):
                 self.REDIS_URL = f"redis://{self.REDIS_SENTINEL_MASTER}/0"
         elif self.REDIS_MODE == "cluster" and self.REDIS_URL is None:
             raise ValueError("REDIS_MODE=cluster needs REDIS_URL naming any one node")
+        if self.BATCH_STORAGE == "s3" and not self.BATCH_S3_BUCKET:
+            raise ValueError("BATCH_STORAGE=s3 needs BATCH_S3_BUCKET")
         return self
 
     @property
@@ -202,6 +245,11 @@ class Settings(BaseSettings):
         "REDIS_PASSWORD",
         "REDIS_SENTINEL_PASSWORD",
         "REDIS_CA_FILE",
+        "BATCH_S3_BUCKET",
+        "BATCH_S3_ENDPOINT_URL",
+        "BATCH_S3_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
         mode="before",
     )
     @classmethod

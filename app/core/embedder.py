@@ -48,6 +48,11 @@ class Embedded:
     cached_tokens: int  # the part of prompt_tokens the cache answered
     cache_status: CacheStatus | None  # None when the cache does not apply to this request
     cost: UpstreamCost  # what reaching the upstreams cost (empty when nothing was routed)
+    # With `embed(per_item=True)`: each item's tokens (its share, as `prompt_tokens` counts
+    # it) and whether the cache answered it. The Batch API embeds many lines as one job and
+    # gives each line the usage of its own items.
+    item_tokens: list[int] | None = None
+    item_cached: list[bool] | None = None
 
 
 class Embedder:
@@ -67,6 +72,7 @@ class Embedder:
         *,
         read_cache: bool,
         admitted: Awaitable[object] | None = None,
+        per_item: bool = False,
     ) -> Embedded:
         """The job's vectors and what they cost. A RoutingError from routing this request's own
         items carries its `cost`; one shared from an identical in-flight request carries that
@@ -106,20 +112,28 @@ class Embedder:
                 await cache.put(fetched)  # queued: written (shares split) after the response
 
         vectors = np.empty((len(job), dims), dtype=np.float32)
-        if upstream.whole_job_tokens is not None:
+        items: _PerItem | None = _PerItem([], []) if per_item else None
+        if upstream.whole_job_tokens is not None and items is None:
             # The upstream saw exactly the client's input: its own count, with no share to add.
             for index, key in enumerate(keys):
                 vectors[index] = found[key].vector
             prompt_tokens, cached_tokens = upstream.whole_job_tokens, 0
         else:
-            prompt_tokens, cached_tokens = _gather(job, keys, found, hits, vectors)
+            prompt_tokens, cached_tokens = _gather(job, keys, found, hits, vectors, items)
         status = None
         if cache is not None:
             metrics.CACHE_LOOKUPS.labels(job.model.id, "hit").inc(len(hits))
             metrics.CACHE_LOOKUPS.labels(job.model.id, "miss").inc(len(first) - len(hits))
             status = _status(len(hits), len(first))
         return Embedded(
-            vectors, prompt_tokens, upstream.tokens, cached_tokens, status, upstream.cost
+            vectors,
+            prompt_tokens,
+            upstream.tokens,
+            cached_tokens,
+            status,
+            upstream.cost,
+            items.tokens if items is not None else None,
+            items.cached if items is not None else None,
         )
 
     async def _fetch(
@@ -220,15 +234,22 @@ class _Fetched(NamedTuple):
         return None if self.shares is None else self.shares[self.position]
 
 
+class _PerItem(NamedTuple):
+    tokens: list[int]
+    cached: list[bool]
+
+
 def _gather(
     job: EmbeddingJob,
     keys: list[str],
     found: dict[str, CacheEntry],
     hits: set[str],
     vectors: np.ndarray,
+    items: _PerItem | None = None,
 ) -> tuple[int, int]:
     """Fill `vectors` in input order and count the job's tokens, every occurrence of an item at
-    its kept count (its share of an upstream's), else the gateway's own: (prompt, cached)."""
+    its kept count (its share of an upstream's), else the gateway's own: (prompt, cached).
+    `items`: filled with each item's tokens and whether it was a hit."""
     prompt = cached = 0
     uncounted: list[int] = []
     uncounted_hits: list[int] = []
@@ -236,17 +257,25 @@ def _gather(
         item = found[key]
         vectors[index] = item.vector
         tokens = item.tokens
+        hit = key in hits
+        if items is not None:
+            items.cached.append(hit)
+            items.tokens.append(0 if tokens is None else tokens)
         if tokens is None:
             uncounted.append(index)
-            if key in hits:
+            if hit:
                 uncounted_hits.append(index)
             continue
         prompt += tokens
-        if key in hits:
+        if hit:
             cached += tokens
     if uncounted:
         prompt += job.tokens_of(uncounted)
         cached += job.tokens_of(uncounted_hits)
+        if items is not None:
+            counts = job.token_counts()
+            for index in uncounted:
+                items.tokens[index] = counts[index]
     return prompt, cached
 
 

@@ -61,3 +61,29 @@ class DeadlineExceeded(RoutingError):
         self.model_id = model_id
         self.timeout = timeout
         self.details = list(details)
+
+
+# -- the embeddings request itself (app/core/embedding_request.py) ---------------------------
+
+
+class InvalidEmbeddingRequest(DomainError):
+    """An embeddings body the gateway cannot take: what is wrong, the field (`param`) and
+    OpenAI's error code where it has one."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class UnknownModel(InvalidEmbeddingRequest):
+    """The request names a model this caller cannot use: not in the registry, or not allowed
+    (answered alike, so a key cannot tell a model it may not use from none)."""
+
+    def __init__(self, message: str, model_id: str) -> None:
+        super().__init__(message, param="model", code="model_not_found")
+        self.model_id = model_id
+
+
+class ModelUnavailable(DomainError):
+    """The model exists but no provider of it has an API key in this gateway."""

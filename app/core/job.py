@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -49,6 +50,16 @@ class EmbeddingJob:
             else:
                 self._token_counts = [len(ids) for ids in self.token_ids or []]
         return self._token_counts
+
+    async def count_tokens_in_steps(self, step: int) -> None:
+        """Count now, `step` items at a time with a turn of the event loop between: for bulk
+        work (Batch API lines) whose counting must not hold up interactive requests."""
+        if self._token_counts is None and self.texts is not None:
+            counts: list[int] = []
+            for start in range(0, len(self.texts), step):
+                counts += count_tokens(self.texts[start : start + step])
+                await asyncio.sleep(0)
+            self._token_counts = counts
 
     async def count_tokens_in_thread(self) -> None:
         """Count now, off the event loop (tiktoken releases the GIL while it encodes)."""

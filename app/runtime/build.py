@@ -14,6 +14,10 @@ from pathlib import Path
 from app.auth.callers import Authenticator
 from app.auth.throttle import WINDOW_SECONDS as AUTH_FAILURE_WINDOW
 from app.auth.throttle import AuthFailureThrottle
+from app.batches.build import build_batches
+from app.batches.policy import BatchPolicy
+from app.batches.runner import BatchRunner
+from app.batches.work import RenderError, Work
 from app.config.registry import Model, Registry, RegistryError
 from app.config.registry_file import load_registry, masked
 from app.config.settings import Settings
@@ -60,6 +64,7 @@ def build_services(
     settings: Settings,
     clock: Callable[[], float] = time.monotonic,
     rng: random.Random | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Services:
     registry = read_registry(settings.MODELS_CONFIG, settings.interpolation_env(dict(os.environ)))
     providers = providers_for(registry)
@@ -85,6 +90,7 @@ def build_services(
         key_policies=build_key_policies(settings, redis, keys) if keys is not None else None,
         auth_failures=build_auth_failure_throttle(settings, redis),
         usage=build_usage(settings, redis),
+        batches=build_batches(settings, redis, wall_clock),
     )
     return services
 
@@ -196,3 +202,11 @@ def build_cache(settings: Settings, redis: RedisClient | None) -> EmbeddingCache
         timeout=settings.CACHE_TIMEOUT_MS / 1000,
         max_pending=settings.CACHE_WRITE_QUEUE,
     )
+
+
+def build_batch_runner(services: Services, render: RenderError) -> BatchRunner:
+    """The Batch API's workers in this process, embedding through `services` (its current
+    serving snapshot at each use) with the creating key's policy; `render` is the HTTP layer's
+    error table, for lines that fail (handed down: the batches layer cannot import it)."""
+    policy = BatchPolicy(services.keys, services.key_policies, services.usage)
+    return BatchRunner(Work(services.batches, services, render, policy))

@@ -1,5 +1,6 @@
 """The long-lived services one process serves with (a container, built from settings and the
-registry by app/main.py), which the HTTP layer reaches as `app.state.gateway`."""
+registry by app/runtime/build.py), which the HTTP layer reaches through the lifespan state
+(`app.api.context.lifespan_state`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from app.auth.callers import Authenticator
 from app.auth.throttle import AuthFailureThrottle
+from app.batches.service import Batches
 from app.config.registry import Registry
 from app.config.settings import Settings
 from app.core.embedder import Embedder
@@ -29,6 +31,7 @@ class Services:
     # Registry, providers and router: one reference, swapped whole by a reload
     # (app/runtime/reload.py).
     serving: Serving
+    batches: Batches  # the Batch API: its stores, files and batches
     limiter: RateLimiter | None = None  # None: RATE_LIMIT_PER_SECOND is 0
     redis: RedisClient | None = None  # None: REDIS_URL is unset
     keys: ManagedKeys | None = None  # None: no key store (no Redis, no admin token, no KEYS_DB)
@@ -73,6 +76,7 @@ class Services:
             await self.usage.aclose()  # one last write; says what it could not write
             await self.serving.aclose()
         finally:
+            await self.batches.aclose()
             if self.limiter is not None:
                 await self.limiter.aclose()
             if self.key_policies is not None:

@@ -5,7 +5,9 @@ concatenation, so one 80 MB header cost seconds of event loop before any of our 
 protocol counts the bytes of a request's head before the parser sees them and answers 431 past
 `MAX_HEADER_BYTES`. It also bounds time: a request's head must arrive within
 `HEADER_TIMEOUT_SECONDS` of its first byte (or of the connection, for the first request), and its
-body within `BODY_TIMEOUT_SECONDS` of the head; else 408 and the connection closes. Past
+body within `BODY_TIMEOUT_SECONDS` of the head; else 408 and the connection closes (a file upload,
+up to BATCH_MAX_FILE_BYTES, may take longer while it keeps BATCH_UPLOAD_MIN_BYTES_PER_SECOND on
+average after its first BODY_TIMEOUT_SECONDS). Past
 `MAX_CONCURRENT_REQUESTS` connections or requests in progress a new request gets an
 OpenAI-shaped 503 instead of uvicorn's plain-text one. While the gateway drains (SIGTERM, see
 app/server/worker.py) every response closes its connection.
@@ -24,7 +26,10 @@ from typing import Any, ClassVar
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.api.errors import SERVER, GatewayError
+from app.api.middleware import API_PREFIXES
 from app.config.settings import Settings
+
+UPLOAD_PATHS = frozenset(prefix + "/files" for prefix in API_PREFIXES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,7 @@ class ServerLimits:
     header_timeout: float
     body_timeout: float
     max_concurrent: int | None  # None: no cap
+    upload_min_rate: int = 100_000  # bytes per second an upload keeps past the body timeout
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServerLimits:
@@ -41,6 +47,7 @@ class ServerLimits:
             header_timeout=settings.HEADER_TIMEOUT_SECONDS,
             body_timeout=settings.BODY_TIMEOUT_SECONDS,
             max_concurrent=settings.MAX_CONCURRENT_REQUESTS or None,
+            upload_min_rate=settings.BATCH_UPLOAD_MIN_BYTES_PER_SECOND,
         )
 
 
@@ -57,6 +64,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_head = True  # the next bytes belong to a request's head
         self._head_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None
+        self._upload_began: float | None = None  # a file upload's body: when it began
+        self._upload_bytes = 0
 
     # --- connection --------------------------------------------------------------------------
 
@@ -70,6 +79,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._in_head:
+            self._upload_bytes += len(data)
             super().data_received(data)
             return
         room = self._limits.max_header_bytes - self._head_bytes
@@ -104,6 +114,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm(self._limits.body_timeout)
         self.app = self._overloaded if self._over_capacity() else self._gateway_app
         super().on_headers_complete()
+        upload = self.scope["method"] == "POST" and self.scope["path"] in UPLOAD_PATHS
+        self._upload_began = self.loop.time() if upload else None
+        self._upload_bytes = 0
         lifecycle = self.app_state.get("lifecycle")
         if lifecycle is not None and lifecycle.draining and self.cycle is not None:
             # Draining: answer, then close, so a client's next request opens a connection a
@@ -113,6 +126,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()
         self._in_head, self._head_bytes = True, 0  # a pipelined or keep-alive request follows
+        self._upload_began = None
         super().on_message_complete()
 
     # --- limits ------------------------------------------------------------------------------
@@ -155,8 +169,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not waiting_for_body and self._head_bytes == 0:
             self.transport.close()  # nothing was asked: nothing to answer
             return
+        if waiting_for_body and self._upload_keeps_up():
+            self._arm(self._limits.body_timeout)
+            return
         what = "body" if waiting_for_body else "headers"
         self._reject(408, f"The request {what} did not arrive in time", "request_timeout")
+
+    def _upload_keeps_up(self) -> bool:
+        """A file upload's body has arrived at the minimum rate, on average, since its first
+        `body_timeout` (its grace, as any body's)."""
+        if self._upload_began is None:
+            return False
+        late = self.loop.time() - self._upload_began - self._limits.body_timeout
+        return self._upload_bytes >= self._limits.upload_min_rate * max(late, 0.0)
 
     def _reject(self, status: int, message: str, code: str) -> None:
         """Answer on the raw transport and close: the request never reaches the app (or, if it

@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from app.api.middleware import API_PREFIXES
 from app.config.settings import Settings
-from app.ui import keys_pages, pages, usage_pages
+from app.ui import batches_pages, keys_pages, pages, usage_pages
 from app.ui.console import Console
 from app.ui.stats import RecordEmbeddings, RollingStats
 from app.ui.web import HERE, Context, SecureHeaders, signed_in
@@ -67,6 +67,9 @@ def _routes(console: Console) -> list[Route | Mount]:
         Route("/ui/keys/{key_id}/{action}", page(keys_pages.change), methods=["POST"]),
         Route("/ui/usage", page(usage_pages.usage), methods=["GET"]),
         Route("/ui/usage.csv", page(usage_pages.usage_csv), methods=["GET"]),
+        Route("/ui/batches", page(batches_pages.batches_page), methods=["GET"]),
+        Route("/ui/batches/{batch_id}/cancel", page(batches_pages.cancel), methods=["POST"]),
+        Route("/ui/files/{file_id}/content", page(batches_pages.file_content), methods=["GET"]),
         Route("/ui/playground", page(pages.playground), methods=["GET", "POST"]),
         Mount("/ui/static", app=SecureHeaders(static)),
     ]

@@ -15,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from app.api.client_ip import client_ip, parse_address
 from app.api.errors import GatewayError
 from app.api.middleware import request_id
-from app.api.validation import parse_embedding_request
+from app.core.embedding_request import parse_embedding_request
 from app.core.routing.hedging import hedge_delay
 from app.keys.service import audit
 from app.ui.charts import line_chart

@@ -27,10 +27,12 @@ queue, or the call, which is cancelled once nobody waits for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from app import metrics
 from app.config.registry import Route
@@ -202,6 +204,9 @@ class RouteBatcher:
                     self._bulk_waits.observe(now - chunk.queued_at)
             self._hold(lane)
             batch.task = loop.create_task(self._run(batch))
+            # Released when the task ends, however: a task cancelled before it ever ran (its
+            # callers left in the turn it was created) never enters `_run`'s body.
+            batch.task.add_done_callback(partial(self._finished, batch))
 
     def _timer_fired(self) -> None:
         self._timer = None
@@ -228,17 +233,17 @@ class RouteBatcher:
         return taken
 
     async def _run(self, batch: _Batch) -> None:
-        try:
+        # Cancelled: nobody waits for it any more (or the loop is closing).
+        with contextlib.suppress(asyncio.CancelledError):
             await self._resolve(batch.chunks, batch.lane)
-        except asyncio.CancelledError:
-            pass  # nobody waits for it any more (or the loop is closing)
-        finally:
-            for chunk in batch.chunks:
-                if not chunk.future.done():
-                    chunk.future.set_exception(
-                        UpstreamError(self._provider, Failure.CONNECT, "the call was cut short")
-                    )
-            self._release(batch.lane)
+
+    def _finished(self, batch: _Batch, _: asyncio.Task[None]) -> None:
+        for chunk in batch.chunks:
+            if not chunk.future.done():
+                chunk.future.set_exception(
+                    UpstreamError(self._provider, Failure.CONNECT, "the call was cut short")
+                )
+        self._release(batch.lane)
 
     async def _resolve(self, chunks: list[_Chunk], lane: Lane) -> None:
         """Send `chunks` as one call and hand each its part; bisect on a rejected input."""
@@ -270,7 +275,7 @@ class RouteBatcher:
         first = chunks[0].call
         if len(chunks) == 1:
             return replace(first, timeout=max(0.001, min(first.timeout, left)))
-        inputs: list = []
+        inputs: list[Any] = []
         for chunk in chunks:
             inputs.extend(chunk.call.inputs)
         # The first request's ID goes upstream: a merged call has no one request of its own.

@@ -23,6 +23,10 @@ from app import metrics
 
 # Aim a little under the upstream's limit: its clock and ours disagree at the edges.
 HEADROOM = 0.95
+# How close a slot must be for a bulk call to book it, in intervals: an interactive call then
+# finds the timeline free within this much of one interval (the slot the bulk call booked,
+# then its own), not within two.
+BULK_AHEAD = 0.1
 
 
 class SharedTimeline(Protocol):
@@ -77,11 +81,12 @@ class ProviderPacer:
         return wait
 
     async def wait_behind(self, most: float) -> float:
-        """`wait_turn` for bulk calls: never reserve a slot more than one interval ahead, so
-        interactive calls, which may reserve further out, always find the timeline no more than
-        one interval away; a bulk call waits (off the timeline) until a slot that close is
-        free. Raises PacingExceeded once it has waited `most` seconds without one."""
-        ahead = self._interval * 1.01  # one interval, and room for floating-point error
+        """`wait_turn` for bulk calls: never reserve a slot more than a tenth of an interval
+        ahead (BULK_AHEAD), so interactive calls, which may reserve further out, always find
+        the timeline at most a little more than one interval away; a bulk call waits (off the
+        timeline) until a slot that close is free. Raises PacingExceeded once it has waited
+        `most` seconds without one."""
+        ahead = self._interval * (BULK_AHEAD + 0.01)  # and room for floating-point error
         started = self._clock()
         while True:
             waited = self._clock() - started
@@ -93,7 +98,7 @@ class ProviderPacer:
                 if wait > 0:
                     await self._sleep(wait)
                 return waited
-            pause = wait - self._interval
+            pause = wait - self._interval * BULK_AHEAD
             if waited + pause > most:
                 raise PacingExceeded(waited + pause)
             await self._sleep(pause)

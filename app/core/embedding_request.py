@@ -1,5 +1,9 @@
 """OpenAI's embeddings request contract, checked by hand: cheaper than a model on the hot path,
-and every failure gets a message and `param` a client can act on."""
+and every failure gets a message and `param` a client can act on.
+
+Below the HTTP layer, so that the synchronous endpoint (app/api/embeddings.py) and the Batch
+API's lines (app/batches/) validate a body exactly alike: failures are domain errors
+(app/core/errors.py), rendered by app/api/errors.py's one table."""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from typing import Any
 
 import orjson
 
-from app.api.errors import SERVER, GatewayError, invalid_request
 from app.config.registry import MAX_INPUTS, Registry
+from app.core.errors import InvalidEmbeddingRequest, ModelUnavailable, UnknownModel
 from app.core.job import EmbeddingJob
 from app.core.tokens import vocabulary_size
 
@@ -19,19 +23,6 @@ MAX_TOTAL_TOKENS = 300_000
 ENCODING_FORMATS = ("float", "base64")
 # Retrieval models embed queries and documents differently; each provider maps these.
 INPUT_TYPES = ("query", "document")
-
-
-class UnknownModel(GatewayError):
-    """The request names a model this caller cannot use: not in the registry, or not allowed."""
-
-    def __init__(self, model_id: str) -> None:
-        super().__init__(
-            400,
-            f"The model '{_echo(model_id)}' does not exist. GET /v1/embedding-models lists the "
-            "models this gateway serves.",
-            param="model",
-            code="model_not_found",
-        )
 
 
 _INPUT_SHAPE = (
@@ -47,7 +38,7 @@ async def parse_embedding_request(
     allows: Callable[[str], bool] | None = None,
 ) -> EmbeddingJob:
     """`allows`: the caller's model allow-list; a model outside it is answered as unknown."""
-    job = _parse(body, registry, request_id, allows)
+    job = _parse(_decode(body), registry, request_id, allows)
     if job.texts is not None and _text_bytes(job.texts) > TOKENISE_OFF_LOOP_BYTES:
         await job.count_tokens_in_thread()  # big inputs would hold the event loop for long
     _check_token_limits(job, job.model.config.max_tokens, job.texts)
@@ -63,16 +54,33 @@ def _echo(value: str, limit: int = 80) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
-def _parse(
-    body: bytes, registry: Registry, request_id: str, allows: Callable[[str], bool] | None
+async def parse_embedding_body(
+    data: Any,
+    registry: Registry,
+    request_id: str,
+    allows: Callable[[str], bool] | None = None,
 ) -> EmbeddingJob:
+    """`parse_embedding_request` for a body already decoded from JSON (a Batch API line's)."""
+    job = _parse(data, registry, request_id, allows)
+    if job.texts is not None and _text_bytes(job.texts) > TOKENISE_OFF_LOOP_BYTES:
+        await job.count_tokens_in_thread()
+    _check_token_limits(job, job.model.config.max_tokens, job.texts)
+    return job
+
+
+def _decode(body: bytes) -> Any:
     try:
-        data = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise invalid_request(
             "We could not parse the JSON body of your request. Send a JSON object with "
             "'model' and 'input'."
         ) from None
+
+
+def _parse(
+    data: Any, registry: Registry, request_id: str, allows: Callable[[str], bool] | None
+) -> EmbeddingJob:
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.")
 
@@ -84,15 +92,15 @@ def _parse(
     model = registry.get(model_id)
     # Checked before availability, so a key cannot tell a model it may not use from none.
     if model is None or (allows is not None and not allows(model_id)):
-        raise UnknownModel(model_id)
+        raise UnknownModel(
+            f"The model '{_echo(model_id)}' does not exist. GET /v1/embedding-models lists the "
+            "models this gateway serves.",
+            model_id,
+        )
     if not model.available:
-        raise GatewayError(
-            503,
+        raise ModelUnavailable(
             f"The model '{_echo(model_id)}' is not available: the gateway has no API key for any "
-            f"of its providers. Set {' or '.join(model.missing_keys)} and restart the gateway.",
-            type=SERVER,
-            code="model_unavailable",
-            headers={"x-should-retry": "false"},  # a retry cannot add a provider key
+            f"of its providers. Set {' or '.join(model.missing_keys)} and restart the gateway."
         )
 
     encoding_format = data.get("encoding_format")
@@ -130,6 +138,12 @@ def _parse(
 
 
 _MISSING: Any = object()
+
+
+def invalid_request(
+    message: str, *, param: str | None = None, code: str | None = None
+) -> InvalidEmbeddingRequest:
+    return InvalidEmbeddingRequest(message, param=param, code=code)
 
 
 def _checked_dimensions(dimensions: Any, model_id: str, native: int, supported: bool) -> int | None:
