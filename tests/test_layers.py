@@ -47,6 +47,7 @@ LAYERS: list[set[str]] = [
 ]
 RANK = {node: rank for rank, layer in enumerate(LAYERS) for node in layer}
 MAX_TOP_LEVEL_MODULES = 8
+MAX_MODULE_LINES = 400  # a module longer than this is usually two ideas
 
 
 def module_name(path: Path) -> str:
@@ -159,6 +160,15 @@ def test_no_import_cycle_between_packages_under_app():
 def test_ls_app_shows_the_layers_not_a_flat_list_of_modules():
     top = sorted(p.name for p in APP.glob("*.py") if p.name != "__init__.py")
     assert len(top) <= MAX_TOP_LEVEL_MODULES, top
+
+
+def test_every_module_is_small_enough_to_read_in_one_sitting():
+    long = {
+        str(path.relative_to(APP.parent)): lines
+        for path in APP.rglob("*.py")
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
 
 
 def test_the_checks_see_an_import_up_the_layers_and_a_cycle(tmp_path):
