@@ -73,6 +73,7 @@ def test_peers_options() -> None:
         "portkey",
         "litellm",
         "stack-floor",
+        "infinity",
     ]
     assert run.parse_args(["--litellm", "--peers", "nginx,litellm"]).peers == ["nginx", "litellm"]
     assert run.parse_args(["--litellm"]).peers == ["litellm"]
