@@ -1,0 +1,368 @@
+"""The OpenTelemetry side of app/tracing, imported only once tracing is on.
+
+Cheap by construction, since a sampled span costs ~20 µs to record and ~30-45 µs more to encode
+in the exporter's thread (docs/tracing.md, "Cost"):
+
+- children of a span that is not sampled are never made: with every sampler the SDK ships
+  they would not be sampled either (the parent-based ones follow the parent, the ratio ones
+  decide on the trace ID they share), so only the request's SERVER span pays for sampling;
+- waits become spans only when something waited (`waited` records them after the fact);
+- spans start with `start_span` and an explicit context, attached only where code below must
+  find it (the request, a retry, a hedge);
+- a call made for several requests is one CLIENT span linking each request's wait.
+
+Nothing here ever puts input text, vectors or a key in a span: callers pass counts and names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import AttributeValue
+
+from app.tracing import CallOrigin
+
+Attributes = Mapping[str, AttributeValue]
+Headers = Sequence[tuple[bytes, bytes]]
+
+# http.request.method's known values (HTTP semconv); anything else is `_OTHER`.
+_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
+)
+_ERROR = Status(StatusCode.ERROR)
+
+
+class _ASGIHeaders(Getter[Headers]):
+    """Reads propagation headers straight from ASGI's `scope["headers"]` (lower-case names)."""
+
+    def get(self, carrier: Headers, key: str) -> list[str] | None:
+        name = key.lower().encode("latin-1")
+        found = [value.decode("latin-1") for header, value in carrier if header == name]
+        return found or None
+
+    def keys(self, carrier: Headers) -> list[str]:
+        return [header.decode("latin-1") for header, _ in carrier]
+
+
+_HEADERS = _ASGIHeaders()
+
+
+class _Resource(Resource):
+    """A Resource whose hash is computed once. The OTLP encoder hashes the resource of every span
+    it exports, and Resource's hash is a JSON dump of its attributes: ~4 µs a span (measured)."""
+
+    _hash: int | None = None
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = super().__hash__()
+        return self._hash
+
+
+@dataclass(slots=True)
+class Opened:
+    """A span made current in this task until `close` (or `detach`)."""
+
+    span: Span
+    token: object
+
+
+class Tracing:
+    """The process's tracer and the few shapes of span the gateway makes."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self._provider = provider
+        self._tracer = provider.get_tracer("embeddings-gateway")
+        # Header names the configured propagators read (OTEL_PROPAGATORS): a request carrying
+        # none of them is not worth a parse.
+        self._fields = frozenset(f.encode("latin-1") for f in propagate.get_global_textmap().fields)
+
+    @classmethod
+    def from_environment(cls, protocol: str, service_name: str) -> Tracing:
+        """The SDK built from the environment: it reads every OTEL_* variable itself, so
+        nothing is passed but the exporter class the protocol names."""
+        exporter: SpanExporter
+        if protocol == "grpc":
+            try:
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                    OTLPSpanExporter as GRPCExporter,
+                )
+            except ImportError:
+                raise ValueError(
+                    "OTLP over gRPC needs the package opentelemetry-exporter-otlp-proto-grpc "
+                    "(pip install 'embeddings-gateway[otlp-grpc]')"
+                ) from None
+            exporter = GRPCExporter()
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter()
+        resource = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
+        if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+            # Only when the environment named none: create({...}) would override it.
+            resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+        provider = TracerProvider(
+            resource=_Resource(resource.attributes, resource.schema_url),
+            shutdown_on_exit=False,  # flushed by the lifespan; atexit never runs in workers
+        )  # the sampler, span limits and OTEL_SDK_DISABLED come from the environment
+        provider.add_span_processor(BatchSpanProcessor(exporter))  # OTEL_BSP_*
+        return cls(provider)
+
+    def shutdown(self) -> None:
+        self._provider.shutdown()  # the processor exports everything queued first
+
+    # -- the request ---------------------------------------------------------------------
+
+    def server_start(self, scope: Mapping[str, Any], route: str | None) -> Opened:
+        """The request's SERVER span, a child of the caller's span if its headers carry one,
+        made current for everything the request does. `route`: known already (the API's
+        fixed paths); otherwise `server_end` takes it from the router."""
+        headers: Headers = scope.get("headers") or ()
+        parent = None
+        fields = self._fields
+        for header, _ in headers:
+            if header in fields:
+                parent = propagate.extract(headers, getter=_HEADERS)
+                break
+        method = scope.get("method") or "GET"
+        attributes: dict[str, AttributeValue] = {
+            "http.request.method": method,
+            "url.path": scope["path"],
+            "url.scheme": scope.get("scheme") or "http",
+        }
+        if method not in _METHODS:
+            attributes["http.request.method"] = method = "_OTHER"
+            attributes["http.request.method_original"] = scope.get("method") or ""
+        name = "HTTP" if method == "_OTHER" else method
+        if route is not None:
+            attributes["http.route"] = route
+            name = f"{name} {route}"
+        span = self._tracer.start_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+        return Opened(span, otel_context.attach(trace.set_span_in_context(span, parent)))
+
+    def server_end(
+        self,
+        opened: Opened,
+        *,
+        status: int | None,
+        route: str | None,
+        client_address: str,
+        error_type: str | None = None,
+        fault: bool = False,
+    ) -> None:
+        """End the SERVER span with what the request came to: its status (None: no response
+        was sent), its route if the router matched one only now, the client address the
+        gateway decided on (TRUSTED_PROXIES applied), and why it failed if it did. The span is
+        an error on a 5xx or a `fault` of the gateway's, never for what the client did."""
+        span = opened.span
+        try:
+            if span.is_recording():
+                attributes: dict[str, AttributeValue] = {"client.address": client_address}
+                if status is not None:
+                    attributes["http.response.status_code"] = status
+                    if status >= 500:
+                        error_type, fault = error_type or str(status), True
+                if route is not None:
+                    attributes["http.route"] = route
+                    method = getattr(span, "name", "HTTP").partition(" ")[0]
+                    span.update_name(f"{method} {route}")
+                if error_type is not None:
+                    attributes["error.type"] = error_type
+                if fault:
+                    span.set_status(_ERROR)
+                span.set_attributes(attributes)
+            span.end()
+        finally:
+            otel_context.detach(opened.token)  # type: ignore[arg-type]
+
+    def log_fields(self) -> dict[str, Any] | None:
+        """The current span's IDs for a log line (also when not sampled: `trace_sampled`
+        says whether the trace was exported)."""
+        context = trace.get_current_span().get_span_context()
+        if not context.is_valid:
+            return None
+        return {
+            "trace_id": format(context.trace_id, "032x"),
+            "span_id": format(context.span_id, "016x"),
+            "trace_sampled": context.trace_flags.sampled,
+        }
+
+    # -- spans inside a request ----------------------------------------------------------
+
+    def child(
+        self, name: str, attributes: Attributes | None = None, context: Context | None = None
+    ) -> Span | None:
+        """A span under the current one (or `context`'s), or None if that one is not sampled."""
+        if not trace.get_current_span(context).get_span_context().trace_flags.sampled:
+            return None
+        return self._tracer.start_span(name, context=context, attributes=attributes)
+
+    def waited(
+        self,
+        name: str,
+        began_ns: int,
+        attributes: Attributes | None = None,
+        context: Context | None = None,
+    ) -> None:
+        """A wait that has just ended, which began at `began_ns` (time.time_ns())."""
+        if trace.get_current_span(context).get_span_context().trace_flags.sampled:
+            span = self._tracer.start_span(
+                name, context=context, attributes=attributes, start_time=began_ns
+            )
+            span.end()
+
+    def open(
+        self, name: str, attributes: Attributes | None = None, *, began_ns: int | None = None
+    ) -> Opened | None:
+        """A child span made current in this task (what it awaits is under it), or None."""
+        if not trace.get_current_span().get_span_context().trace_flags.sampled:
+            return None
+        span = self._tracer.start_span(name, attributes=attributes, start_time=began_ns)
+        return Opened(span, otel_context.attach(trace.set_span_in_context(span)))
+
+    @staticmethod
+    def detach(opened: Opened) -> None:
+        """Stop being current (the span goes on until `end`)."""
+        otel_context.detach(opened.token)  # type: ignore[arg-type]
+
+    @staticmethod
+    def end(
+        span: Span, error_type: str | None = None, attributes: Attributes | None = None
+    ) -> None:
+        if attributes:
+            span.set_attributes(attributes)
+        if error_type is not None:
+            span.set_attribute("error.type", error_type)
+            span.set_status(_ERROR)
+        span.end()
+
+    def close(
+        self, opened: Opened, error_type: str | None = None, attributes: Attributes | None = None
+    ) -> None:
+        self.detach(opened)
+        self.end(opened.span, error_type, attributes)
+
+    def watch(self, name: str, awaitable: Awaitable[object]) -> asyncio.Future[object]:
+        """`awaitable` as a future, with a span from now until it is done, wherever it is
+        awaited (the key policy check runs beside the cache lookup)."""
+        future = asyncio.ensure_future(awaitable)
+        span = self.child(name)
+        if span is not None:
+            future.add_done_callback(functools.partial(_end_watched, span))
+        return future
+
+    # -- upstream calls ------------------------------------------------------------------
+
+    def queued(self, attributes: Attributes) -> tuple[Context, Span | None]:
+        """For a chunk entering a batcher's queue: its caller's context, and its wait span."""
+        return otel_context.get_current(), self.child("batching queue", attributes)
+
+    @staticmethod
+    def origin(chunks: Iterable[tuple[Context | None, Span | None]]) -> CallOrigin:
+        """Where a call carrying these chunks belongs: beside the first sampled chunk's wait
+        (else the first chunk's, unsampled), linking every sampled chunk's wait."""
+        parent: Context | None = None
+        links: list[SpanContext] = []
+        count = 0
+        for context, span in chunks:
+            count += 1
+            if span is not None:
+                if not links:
+                    parent = context
+                links.append(span.get_span_context())
+            elif parent is None:
+                parent = context
+        # None only for chunks queued before tracing was on: such a call starts a trace.
+        return CallOrigin(parent or Context(), links, requests=count)
+
+    @staticmethod
+    def end_wait(span: Span, ended_ns: int, client: SpanContext | None) -> None:
+        """End a chunk's wait (at `ended_ns`, when its batch left the queue; 0: now), linking
+        the call that carried it."""
+        if span.is_recording():
+            if client is not None:
+                span.add_link(client)
+            span.end(end_time=ended_ns or None)
+
+    def client_start(
+        self, name: str, attributes: Attributes, origin: CallOrigin | None
+    ) -> tuple[Span | None, dict[str, str]]:
+        """An upstream call's CLIENT span (None if its trace is not sampled) and the headers
+        that carry its context upstream, which go even when it is not sampled: the upstream
+        then follows the gateway's decision."""
+        context = None if origin is None else origin.parent
+        headers: dict[str, str] = {}
+        parent = trace.get_current_span(context).get_span_context()
+        if not parent.trace_flags.sampled:
+            if parent.is_valid:
+                propagate.inject(headers, context=context)
+            return None, headers
+        links = None
+        if origin is not None:
+            links = [Link(link) for link in origin.links]
+            attributes = {**attributes, "gateway.batch.requests": origin.requests}
+        span = self._tracer.start_span(
+            name, context=context, kind=SpanKind.CLIENT, attributes=attributes, links=links
+        )
+        propagate.inject(headers, context=trace.set_span_in_context(span, context))
+        if origin is not None:
+            origin.client = span.get_span_context()
+        return span, headers
+
+    # -- for work that is no request's (the Batch API's chunks) ---------------------------
+
+    def root(
+        self,
+        name: str,
+        linked: Iterable[tuple[str, str]] = (),
+        attributes: Attributes | None = None,
+    ) -> Opened:
+        """A new trace, current in this task until `close`, linking spans known by their hex
+        IDs (as `ids()` gave them, kept with the work): everything awaited under it (the
+        embedder, routing, upstream calls) becomes its children."""
+        links = [
+            Link(
+                SpanContext(
+                    int(trace_id, 16),
+                    int(span_id, 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                )
+            )
+            for trace_id, span_id in linked
+        ]
+        span = self._tracer.start_span(name, context=Context(), links=links, attributes=attributes)
+        return Opened(span, otel_context.attach(trace.set_span_in_context(span)))
+
+    @staticmethod
+    def ids() -> tuple[str, str] | None:
+        """The current span's (trace ID, span ID) in hex, to link to it later; None if none."""
+        context = trace.get_current_span().get_span_context()
+        if not context.is_valid:
+            return None
+        return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def _end_watched(span: Span, future: asyncio.Future[object]) -> None:
+    if future.cancelled():
+        Tracing.end(span, "cancelled")
+        return
+    error = future.exception()
+    if error is None:
+        span.end()
+    else:  # refused (a 429: its code) or failed
+        Tracing.end(span, str(getattr(error, "code", None) or type(error).__name__))
