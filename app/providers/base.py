@@ -25,6 +25,9 @@ class UpstreamCall:
     # "query", "document", or None (the client and the route named none); each provider maps
     # it to its own vocabulary, or ignores it.
     input_type: str | None = None
+    # The trace context to send (W3C `traceparent`, ...), set by routing's Dispatch when
+    # tracing is on; an HTTP provider adds these headers, an in-process one has no use for them.
+    trace_headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
