@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 Shape = tuple[object, ...]
+_BULK = {"gateway.lane": Lane.BULK.value}  # a wait span's attributes in the bulk lane
 
 
 class Sender(Protocol):
@@ -157,7 +158,7 @@ class RouteBatcher:
         chunk = _Chunk(call, lane, tokens, now + call.timeout, now, loop.create_future())
         traced = tracing.active
         if traced is not None:
-            chunk.context, chunk.span = traced.queued({"gateway.lane": lane.value})
+            chunk.context, chunk.span = traced.queued(_BULK if lane is Lane.BULK else None)
         self._queues.setdefault((lane, shape_of(call)), deque()).append(chunk)
         self._dispatch()
         try:
