@@ -15,6 +15,7 @@ from bench.procs import Managed, run_bounded
 from bench.reports import machine, ratio_table, results_table, targets_report
 from bench.servers import PACED_LIMIT
 from bench.session import ROOT, Bench, Result, Scenario, log
+from bench.tracing import tracing_report
 
 # The local scenario as the issue states it: one sentence a request at concurrency 16 through
 # the gateway, against the same session fed batches of 32.
@@ -116,6 +117,9 @@ def run_table(bench: Bench) -> None:
         print(f"local: skipped, the local model cannot run here: {bench.local_model_problem}")
     print()
     print(targets_report(bench.results, PACED_LIMIT or 0, LOCAL_BATCH))
+    if bench.traced:
+        print()
+        print(tracing_report(bench))
 
 
 def local_threads() -> str:

@@ -17,6 +17,7 @@ between targets, and the throughput targets (micro-batching, pacing, the local m
     python bench/run.py --quick           # CI: ~1.5 s per scenario, tiny load
     python bench/run.py --soak 60         # small requests for 60 s: RSS at start and end
     python bench/run.py --profile DIR     # ... then py-spy the gateway (--profile-scenario)
+    python bench/run.py --tracing 0.1,1   # ... and the gateway traced at 10 % and at 100 %
 
 Every child runs in its own process group and is stopped on exit, error or Ctrl-C.
 
@@ -49,6 +50,7 @@ from bench.modes import run_micro, run_profile, run_soak, run_table  # noqa: E40
 from bench.peers import DEFAULT_PEERS, PEERS  # noqa: E402
 from bench.servers import local_model_problem, start_fakes, start_gateway, start_redis  # noqa: E402
 from bench.session import SCENARIO_NAMES, Bench, log  # noqa: E402
+from bench.tracing import ratios, start_traced  # noqa: E402
 
 # Scenarios whose errors are the figure itself: today's gateway, unpaced, gets the paced
 # upstream's 429s; a run is not broken for that.
@@ -92,6 +94,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="NAMES",
         help=f"also benchmark these peers, of {', '.join(PEERS)} or `all` "
         f"(no value: {','.join(DEFAULT_PEERS)})",
+    )
+    parser.add_argument(
+        "--tracing",
+        type=ratios,
+        default=[],
+        metavar="RATIOS",
+        help="also the gateway traced at these sampling ratios, e.g. 0.1,1 (bench/tracing.py)",
     )
     parser.add_argument("--litellm", action="store_true", help="also benchmark LiteLLM's proxy")
     parser.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs")
@@ -172,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_fakes(bench)
         bench.local_model_problem = local_model_problem()
         bench.gateway = start_gateway(bench, redis_url)
+        if args.tracing:
+            log(f"starting the gateway traced at {args.tracing} and an OTLP sink for each")
+            start_traced(bench, redis_url)
         if args.soak is not None:
             run_soak(bench)
         else:

@@ -1,0 +1,127 @@
+"""What tracing costs: beside the untraced gateway, one gateway per sampling ratio, each
+exporting OTLP/HTTP to its own sink (tests/otlp_receiver.py in a process of its own, so the
+sink's decoding is not the gateway's CPU), measured under the same load, scenario by scenario.
+
+    python bench/run.py --tracing 0.1,1      # parentbased_traceidratio at 10 % and 100 %
+
+The targets are named `gateway+trace0.1` and so on; the report gives each one's CPU per request
+against the untraced gateway's, and what the sinks received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.request
+
+from bench.procs import Managed
+from bench.servers import start_gateway
+from bench.session import ROOT, Bench, Result, Target
+
+# The exporter's default delay: at the end, what is still queued has left within it.
+EXPORT_DELAY_SECONDS = 5.0
+
+
+def ratios(text: str) -> list[float]:
+    try:
+        found = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        found = []
+    if not found or not all(0.0 <= ratio <= 1.0 for ratio in found):
+        raise argparse.ArgumentTypeError("sampling ratios from 0 to 1, e.g. 0.1,1")
+    return found
+
+
+def target_name(ratio: float) -> str:
+    return f"gateway+trace{ratio:g}"
+
+
+def start_traced(bench: Bench, redis_url: str) -> None:
+    """One traced gateway per ratio of `--tracing`, each with its sink."""
+    for ratio in bench.args.tracing:
+        name = target_name(ratio)
+        url = start_sink(bench, f"otlp-sink-{ratio:g}")
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": url,
+            # The production setting docs/tracing.md recommends, at this ratio.
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+            "OTEL_SERVICE_NAME": name,
+        }
+        bench.traced.append(start_gateway(bench, redis_url, name=name, extra=env))
+        bench.sinks[name] = url
+
+
+def start_sink(bench: Bench, name: str) -> str:
+    """A sink's URL, once it listens."""
+    sink = Managed(
+        name,
+        [sys.executable, "-m", "tests.otlp_receiver"],
+        log_path=bench.workdir / f"{name}.log",
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).start()
+    url = ""
+
+    def listening() -> bool:
+        nonlocal url
+        for line in sink.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("listening on "):
+                url = line.removeprefix("listening on ").strip()
+                return True
+        return False
+
+    sink.wait_ready(listening, timeout=30)
+    return url
+
+
+def sink_spans(url: str) -> int:
+    with urllib.request.urlopen(url + "/stats", timeout=10) as response:
+        return int(json.loads(response.read())["spans"])
+
+
+def tracing_report(bench: Bench) -> str:
+    """CPU per request of each traced gateway against the untraced one, scenario by scenario,
+    then what each sink received and whether any span was dropped on the way."""
+    results: list[Result] = bench.results
+    by = {(r.scenario, r.target): r for r in results}
+    traced = [t.name for t in bench.traced]
+    lines = [
+        "Tracing (parentbased_traceidratio; CPU ms per request, and its growth over the "
+        "untraced gateway):",
+        "",
+        "| scenario | gateway | " + " | ".join(traced) + " |",
+        "|---|---|" + "---|" * len(traced),
+    ]
+    for scenario in dict.fromkeys(r.scenario for r in results):
+        base = by.get((scenario, "gateway"))
+        if base is None or not base.cpu_ms_per_request:
+            continue
+        cells = [f"{base.cpu_ms_per_request:.3f}"]
+        for name in traced:
+            result = by.get((scenario, name))
+            if result is None:
+                cells.append("—")
+                continue
+            growth = 100 * (result.cpu_ms_per_request / base.cpu_ms_per_request - 1)
+            cells.append(f"{result.cpu_ms_per_request:.3f} ({growth:+.1f} %)")
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    time.sleep(EXPORT_DELAY_SECONDS + 1)
+    lines.append("")
+    for target in bench.traced:
+        served = sum(r.completed for r in results if r.target == target.name)
+        spans = sink_spans(bench.sinks[target.name])
+        dropped = _dropped_warnings(target)
+        lines.append(
+            f"- {target.name}: {spans} spans received for {served} measured requests (and the "
+            f"warm-ups); {dropped} 'Queue full' warnings in its log"
+        )
+    return "\n".join(lines)
+
+
+def _dropped_warnings(target: Target) -> int:
+    text = target.process.log_path.read_text(errors="replace")
+    return text.count("Queue full")
