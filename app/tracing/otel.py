@@ -31,13 +31,12 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import AttributeValue
 
 from app.tracing import CallOrigin
+from app.tracing.provider import build_provider
 
 Attributes = Mapping[str, AttributeValue]
 Headers = Sequence[tuple[bytes, bytes]]
@@ -62,18 +61,6 @@ class _ASGIHeaders(Getter[Headers]):
 
 
 _HEADERS = _ASGIHeaders()
-
-
-class _Resource(Resource):
-    """A Resource whose hash is computed once. The OTLP encoder hashes the resource of every span
-    it exports, and Resource's hash is a JSON dump of its attributes: ~4 µs a span (measured)."""
-
-    _hash: int | None = None
-
-    def __hash__(self) -> int:
-        if self._hash is None:
-            self._hash = super().__hash__()
-        return self._hash
 
 
 @dataclass(slots=True)
@@ -127,34 +114,7 @@ class Tracing:
 
     @classmethod
     def from_environment(cls, protocol: str, service_name: str) -> Tracing:
-        """The SDK built from the environment: it reads every OTEL_* variable itself, so
-        nothing is passed but the exporter class the protocol names."""
-        exporter: SpanExporter
-        if protocol == "grpc":
-            try:
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                    OTLPSpanExporter as GRPCExporter,
-                )
-            except ImportError:
-                raise ValueError(
-                    "OTLP over gRPC needs the package opentelemetry-exporter-otlp-proto-grpc "
-                    "(pip install 'embeddings-gateway[otlp-grpc]')"
-                ) from None
-            exporter = GRPCExporter()
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            exporter = OTLPSpanExporter()
-        resource = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
-        if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-            # Only when the environment named none: create({...}) would override it.
-            resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-        provider = TracerProvider(
-            resource=_Resource(resource.attributes, resource.schema_url),
-            shutdown_on_exit=False,  # flushed by the lifespan; atexit never runs in workers
-        )  # the sampler, span limits and OTEL_SDK_DISABLED come from the environment
-        provider.add_span_processor(BatchSpanProcessor(exporter))  # OTEL_BSP_*
-        return cls(provider)
+        return cls(build_provider(protocol, service_name))
 
     def shutdown(self) -> None:
         self._provider.shutdown()  # the processor exports everything queued first
@@ -401,7 +361,8 @@ class Tracing:
 
     @staticmethod
     def ids() -> tuple[str, str] | None:
-        """The current span's (trace ID, span ID) in hex, to link to it later; None if none."""
+        """The current span's (trace ID, span ID) in hex, to link to it later; None outside a
+        trace or in an unsampled one (there is nothing exported to link to)."""
         context = trace.get_current_span().get_span_context()
         if not context.is_valid:
             return None
