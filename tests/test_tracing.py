@@ -7,38 +7,40 @@ check, queue waits, retries and hedges are spans under it; each upstream call is
 with the GenAI attributes, its context sent upstream; a merged call links every request it
 carries and each request links it; the access line carries the IDs; an unsampled request
 exports nothing but still propagates; no key and no input is in any span; spans still queued
-are exported when a worker stops; and with tracing off, or refused, nothing is exported and
-the SDK is not even imported.
+are exported when the workers stop. tests/test_tracing_off.py: when tracing is off or refused.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import json
-import random
 import re
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from app import tracing
 from tests.conftest import CLIENT_KEY
 from tests.fakes import FakeUpstream, Fault
 from tests.fakes.vectors import fake_token_count
-from tests.harness import GatewayProcess, model_entry, write_registry
-from tests.keys_support import ADMIN_TOKEN, create_key
+from tests.harness import GatewayProcess
+from tests.keys_support import create_key
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan, trace_tree
 from tests.redis_server import RedisServer
-
-UPSTREAM_KEY = "tracing-upstream-secret-0001"
-SERVICE = "gateway-under-trace"
-SECRET_INPUT = "confidential-input"  # in every input sent; never in a span
-# What the SDK's import of the tracing parts looks like under PYTHONPROFILEIMPORTTIME.
-SDK_IMPORTS = ("opentelemetry.sdk.trace", "opentelemetry.exporter", "app.tracing.otel")
+from tests.tracing_support import (
+    SDK_IMPORTS,
+    SERVICE,
+    UPSTREAM_KEY,
+    assert_nothing_secret,
+    embed,
+    gateway_env,
+    in_trace,
+    log_lines,
+    new_context,
+    one,
+    texts,
+    write_tracing_registry,
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,52 +62,7 @@ def _clean(upstream: FakeUpstream) -> None:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Path:
-    def provider(**knobs: object) -> dict[str, object]:
-        return {"type": "nanogpt", "base_url": upstream.base_url, "api_key": UPSTREAM_KEY, **knobs}
-
-    def on(provider: str, model: str, **knobs: object) -> dict[str, object]:
-        return {"provider": provider, "model": model, **knobs}
-
-    models = {
-        # One call in flight: what arrives meanwhile waits, and merges.
-        "m": model_entry([on("up", "up-m", max_inflight_calls=1)]),
-        "retried": model_entry([on("up", "up-retried", backoff_base_seconds=0.01)]),
-        "hedged": model_entry(
-            [on("up", "up-hedged", hedge_after_ms=50, hedge_max_ratio=1), on("up2", "up-hedged")]
-        ),
-        "paced": model_entry([on("paced", "up-paced")]),
-        "bulk": model_entry([on("up", "up-bulk", max_inflight_calls=2)]),
-    }
-    providers = {
-        "up": provider(),
-        "up2": provider(),
-        "paced": provider(max_requests_per_second=2),
-    }
-    path = tmp_path_factory.mktemp("tracing") / "models.yaml"
-    return write_registry(path, providers, models)
-
-
-def gateway_env(registry: Path, redis_url: str, **extra: str) -> dict[str, str]:
-    prefix = f"egw:tracing-{uuid.uuid4().hex[:8]}:"
-    return {
-        "MODELS_CONFIG": str(registry),
-        "GATEWAY_API_KEYS": CLIENT_KEY,
-        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-        "GATEWAY_INTERNAL_TOKEN": "",
-        "REDIS_URL": redis_url,
-        "CACHE_KEY_PREFIX": prefix + "cache:",
-        "KEYS_KEY_PREFIX": prefix + "keys:",
-        "RATE_LIMIT_KEY_PREFIX": prefix + "rl:",
-        "USAGE_KEY_PREFIX": prefix + "usage:",
-        "RATE_LIMIT_PER_SECOND": "0",
-        "AUTH_FAILURES_PER_MINUTE": "0",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "info",
-        "OTEL_SERVICE_NAME": SERVICE,
-        # Every import and its time, to stderr (the process log): shows what was imported.
-        "PYTHONPROFILEIMPORTTIME": "1",
-        **extra,
-    }
+    return write_tracing_registry(tmp_path_factory.mktemp("tracing") / "models.yaml", upstream)
 
 
 @pytest.fixture(scope="module")
@@ -129,57 +86,6 @@ def keys(gateway: GatewayProcess) -> dict[str, str]:
         "limited": create_key(gateway.url, name="limited", rate_limit_per_second=1000)["key"],
         "bulk": create_key(gateway.url, name="bulk", priority="bulk")["key"],
     }
-
-
-def new_context(sampled: bool = True) -> tuple[str, str, str]:
-    """A caller's (trace ID, span ID, traceparent)."""
-    trace_id, span_id = f"{random.getrandbits(128):032x}", f"{random.getrandbits(64):016x}"
-    return trace_id, span_id, f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"
-
-
-def texts(*labels: str) -> list[str]:
-    run = uuid.uuid4().hex[:8]  # never cached by an earlier run on the same Redis
-    return [f"{SECRET_INPUT} {label} {run}" for label in labels]
-
-
-def embed(
-    gateway: GatewayProcess, key: str, model: str, inputs: list[str], **headers: str
-) -> httpx.Response:
-    response = httpx.post(
-        f"{gateway.url}/v1/embeddings",
-        headers={"authorization": f"Bearer {key}", **headers},
-        json={"model": model, "input": inputs, "encoding_format": "float"},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-    return response
-
-
-def in_trace(trace_id: str, *wanted: str) -> Callable[[list[ReceivedSpan]], bool]:
-    """Done once the trace has a span named each of `wanted` (as many times as listed)."""
-
-    def done(spans: list[ReceivedSpan]) -> bool:
-        names = [s.name for s in spans if s.trace_id == trace_id]
-        return all(names.count(name) >= wanted.count(name) for name in wanted)
-
-    return done
-
-
-def one(spans: list[ReceivedSpan], **where: object) -> ReceivedSpan:
-    found = [s for s in spans if all(getattr(s, k) == v for k, v in where.items())]
-    assert len(found) == 1, (where, [(s.name, s.kind, s.trace_id) for s in spans])
-    return found[0]
-
-
-def assert_nothing_secret(spans: list[ReceivedSpan], *secrets: str) -> None:
-    exported = "\n".join(text for span in spans for text in span.strings())
-    for secret in (SECRET_INPUT, CLIENT_KEY, UPSTREAM_KEY, ADMIN_TOKEN, *secrets):
-        assert secret not in exported
-
-
-def log_lines(gateway: GatewayProcess) -> list[dict[str, object]]:
-    # The process log also holds PYTHONPROFILEIMPORTTIME's lines: only the JSON ones are ours.
-    return [json.loads(line) for line in gateway.output().splitlines() if line.startswith("{")]
 
 
 def test_a_request_is_one_trace_from_the_callers_span_to_the_upstream_call(
@@ -439,113 +345,3 @@ def test_spans_still_queued_are_exported_when_the_workers_stop(
     receiver.wait_for(
         lambda spans: {s.trace_id for s in spans if s.kind == "SERVER"} >= ours, timeout=5
     )
-
-
-@pytest.mark.parametrize(
-    "settings",
-    [
-        {},  # no endpoint: off
-        # An endpoint, but a sampler refused (it would trace everything): off, and serving.
-        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratoi"},
-    ],
-    ids=["unset", "bad-sampler"],
-)
-def test_untraced_gateways_export_nothing_and_never_import_the_sdk(
-    registry: Path,
-    receiver: OTLPReceiver,
-    upstream: FakeUpstream,
-    redis_server: RedisServer,
-    settings: dict[str, str],
-) -> None:
-    service = f"{SERVICE}-untraced-{uuid.uuid4().hex[:6]}"
-    env = gateway_env(registry, redis_server.url, OTEL_SERVICE_NAME=service, **settings)
-    if settings:  # an endpoint, so that only the setting keeps the spans from the receiver
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.endpoint
-        env["OTEL_BSP_SCHEDULE_DELAY"] = "50"
-    with GatewayProcess(env) as process:
-        embed(process, CLIENT_KEY, "m", texts("untraced"), traceparent=new_context()[2])
-    (call,) = upstream.embedding_requests()
-    assert "traceparent" not in call.headers
-    output = process.output()
-    assert [module for module in SDK_IMPORTS if module in output] == []
-    assert not [s for s in receiver.spans() if s.resource.get("service.name") == service]
-    lines = log_lines(process)
-    assert lines and not [line for line in lines if "trace_id" in line]
-    refused = [line["message"] for line in lines if line["logger"] == "app.tracing"]
-    if "OTEL_TRACES_SAMPLER" in settings:
-        assert refused == [
-            "tracing is off: OTEL_TRACES_SAMPLER='parentbased_traceidratoi': one of "
-            f"{sorted(tracing._SAMPLERS)}"
-        ]
-    else:
-        assert refused == []
-
-
-# -- what start() refuses, in this process (the SDK reads os.environ itself) -----------------
-
-
-@pytest.mark.parametrize(
-    ("environ", "on"),
-    [
-        ({}, False),
-        ({"OTEL_SERVICE_NAME": "x", "OTEL_TRACES_SAMPLER": "always_on"}, False),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, True),
-        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, True),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": " "}, False),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "TRUE"}, False),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "false"}, True),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
-    ],
-)
-def test_tracing_is_asked_for_by_an_endpoint_unless_something_turns_it_off(
-    environ: dict[str, str], on: bool
-) -> None:
-    assert tracing.requested(environ) is on
-
-
-@pytest.mark.parametrize(
-    ("name", "value", "why"),
-    [
-        ("OTEL_TRACES_SAMPLER_ARG", "10", "a ratio from 0 to 1"),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "http/protobuf or grpc"),
-        ("OTEL_TRACES_EXPORTER", "zipkin", "the gateway exports OTLP"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "an http:// or https:// URL"),
-        # Refused by the SDK itself, when it is built:
-        ("OTEL_SPAN_LINK_COUNT_LIMIT", "many", "OTEL_SPAN_LINK_COUNT_LIMIT"),
-    ],
-)
-def test_a_bad_value_is_logged_and_leaves_tracing_off(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    name: str,
-    value: str,
-    why: str,
-) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
-    monkeypatch.setenv(name, value)
-    assert tracing.active is None
-    with caplog.at_level("ERROR", logger="app.tracing"):
-        assert tracing.start() is False
-    assert tracing.active is None
-    (record,) = [r for r in caplog.records if r.name == "app.tracing"]
-    assert record.getMessage().startswith("tracing is off: ") and why in record.getMessage()
-
-
-def test_grpc_is_used_when_its_exporter_is_installed_and_refused_otherwise(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-    installed = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is not None
-    with caplog.at_level("INFO", logger="app.tracing"):
-        try:
-            assert tracing.start() is installed
-        finally:
-            tracing.shutdown()
-    messages = [r.getMessage() for r in caplog.records if r.name == "app.tracing"]
-    if installed:
-        assert messages == ["tracing on: OTLP over grpc"]
-    else:
-        (message,) = messages
-        assert "opentelemetry-exporter-otlp-proto-grpc" in message
