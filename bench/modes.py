@@ -225,6 +225,10 @@ def run_profile(bench: Bench) -> None:
 
     assert bench.gateway is not None
     args = bench.args
+    gateways = {t.name: t for t in (bench.gateway, *bench.traced)}
+    if args.profile_target not in gateways:
+        raise RuntimeError(f"--profile-target: one of {sorted(gateways)}")
+    target = gateways[args.profile_target]
     py_spy = Path(sys.executable).parent / "py-spy"
     if not py_spy.exists():
         log("installing py-spy into this venv")
@@ -239,15 +243,15 @@ def run_profile(bench: Bench) -> None:
     out.mkdir(parents=True, exist_ok=True)
     scenario = next(s for s in scenarios(args) if s.name == args.profile_scenario)
     seconds = args.profile_seconds
-    pid = bench.gateway.process.pid
+    pid = target.process.pid
     warmup = 4 if scenario.inputs > 100 else 500
-    loadgen(bench, bench.gateway, scenario, "profile-warmup", requests=warmup, duration=60)
+    loadgen(bench, target, scenario, "profile-warmup", requests=warmup, duration=60)
     # One load long enough for both recordings; py-spy attaches once it is running.
     load = Managed(
         "loadgen profile",
         [
             sys.executable, "-m", "bench.loadgen",
-            "--url", bench.gateway.url,
+            "--url", target.url,
             "--model", scenario.model,
             "--inputs", str(scenario.inputs),
             "--encoding-format", scenario.encoding_format,
@@ -256,7 +260,7 @@ def run_profile(bench: Bench) -> None:
             "--requests", "100000000",
             "--duration", str(2 * seconds + 4),
             "--out", str(bench.workdir / "profile-load.json"),
-            *[x for h in bench.gateway.headers for x in ("--header", h)],
+            *[x for h in target.headers for x in ("--header", h)],
         ],
         log_path=bench.workdir / "profile-load.log",
         cwd=ROOT,
@@ -264,7 +268,7 @@ def run_profile(bench: Bench) -> None:
     ).start()  # fmt: skip
     try:
         time.sleep(1)
-        name = f"gateway-{scenario.name}"
+        name = f"{target.name}-{scenario.name}"
         recordings = (("raw", f"{name}.txt"), ("flamegraph", f"{name}.svg"))
         for fmt, filename in recordings:
             spy = Managed(
@@ -288,7 +292,7 @@ def run_profile(bench: Bench) -> None:
         load.stop()
     summary = summarize((out / f"{name}.txt").read_text())
     (out / f"{name}-summary.txt").write_text(summary + "\n")
-    print(f"\nProfile of the gateway under {scenario.name} load ({seconds:g} s, py-spy, 200 Hz)")
+    print(f"\nProfile of {target.name} under {scenario.name} load ({seconds:g} s, py-spy, 200 Hz)")
     print(f"flame graph: {out / (name + '.svg')}\n{summary}")
 
 

@@ -128,6 +128,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR", help="also py-spy the gateway; output in DIR")
     parser.add_argument("--profile-seconds", type=float, default=10)
     parser.add_argument("--profile-scenario", default="small-float", choices=SCENARIO_NAMES)
+    parser.add_argument(
+        "--profile-target",
+        default="gateway",
+        help="which gateway to profile: gateway, or a traced one (gateway+trace0.1, ...)",
+    )
     parser.add_argument("--no-micro", action="store_true", help="skip the encoding micro-bench")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
