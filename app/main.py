@@ -95,7 +95,7 @@ def create_app(
             await reloader.aclose()
             await services.aclose()
             # Here, not at exit: uvicorn ends a worker by its signal, so atexit never runs.
-            await asyncio.to_thread(tracing.shutdown)
+            await tracing.flush()
 
     app = FastAPI(
         title="Embeddings Gateway",

@@ -5,7 +5,10 @@ serving; what `app.tracing.start()` refuses and why; and a root trace for work o
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,3 +199,27 @@ def test_work_of_no_request_gets_a_trace_of_its_own_linked_to_where_it_came_from
     assert [(link.trace_id, link.span_id) for link in root.links] == [(batch_trace, batch_span)]
     assert root.attributes == {"gateway.lines": 3}
     assert child_span.parent_span_id == root.span_id
+
+
+def test_a_collector_that_never_answers_delays_a_worker_s_shutdown_a_bounded_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A listening socket that never accepts: the export's connection waits for an answer.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}"
+        )
+        assert tracing.start() and tracing.active is not None
+        opened = tracing.active.root("queued at shutdown")
+        tracing.active.close(opened)
+        began = time.monotonic()
+        with caplog.at_level("WARNING", logger="app.tracing"):
+            asyncio.run(tracing.flush(0.5))
+        waited = time.monotonic() - began
+    assert tracing.active is None
+    assert 0.4 < waited < 5  # not the exporter's 10 s timeout, nor the SDK's 30 s
+    assert [r.getMessage() for r in caplog.records if r.name == "app.tracing"] == [
+        "tracing: spans still queued after 0.5s are dropped"
+    ]

@@ -20,8 +20,11 @@ ends a worker by re-raising the signal, so an atexit hook would never flush what
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -36,6 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.tracing")
 
 SERVICE_NAME = "embeddings-gateway"
+# How long a worker's shutdown waits for the last export. Past it the spans still queued are
+# lost rather than the worker killed mid-flush: the supervisor allows the whole lifespan
+# shutdown 5 s (app/server/supervisor.py, FLUSH_MARGIN_SECONDS), and the SDK's own bound is 30.
+FLUSH_SECONDS = 3.0
 
 # The one thing hot paths look at: None unless tracing is on in this process.
 active: Tracing | None = None
@@ -153,3 +160,25 @@ def shutdown() -> None:
     tracing, active = active, None
     if tracing is not None:
         tracing.shutdown()
+
+
+async def flush(seconds: float = FLUSH_SECONDS) -> None:
+    """`shutdown()` for the lifespan: off the event loop, and waited for at most `seconds`. A
+    daemon thread, not the loop's executor, whose threads the interpreter would wait for."""
+    if active is None:
+        return
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def run() -> None:
+        try:
+            shutdown()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(done.set)
+
+    threading.Thread(target=run, name="tracing-flush", daemon=True).start()
+    try:
+        await asyncio.wait_for(done.wait(), seconds)
+    except TimeoutError:
+        log.warning("tracing: spans still queued after %gs are dropped", seconds)
