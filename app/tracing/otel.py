@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any
@@ -300,11 +300,12 @@ class Tracing:
             span.end(end_time=ended_ns or None)
 
     def client_start(
-        self, name: str, attributes: Attributes, origin: CallOrigin | None
+        self, shape: Callable[[], tuple[str, Attributes]], origin: CallOrigin | None
     ) -> tuple[Span | None, dict[str, str]]:
-        """An upstream call's CLIENT span (None if its trace is not sampled) and the headers
-        that carry its context upstream, which go even when it is not sampled: the upstream
-        then follows the gateway's decision."""
+        """An upstream call's CLIENT span (None if its trace is not sampled), its name and
+        attributes from `shape()` (asked only if it is), and the headers that carry its
+        context upstream, which go even when it is not sampled: the upstream then follows the
+        gateway's decision."""
         headers: dict[str, str] = {}
         if origin is None:
             context = None
@@ -320,6 +321,7 @@ class Tracing:
                 if parent.is_valid:
                     propagate.inject(headers, context=context)
                 return None, headers
+        name, attributes = shape()
         links = None
         if origin is not None:
             links = [Link(link) for link in origin.links]

@@ -19,6 +19,7 @@ bulk slot, a pacing slot or a provider slot becomes a span of its own, only when
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -138,8 +139,8 @@ class Dispatch:
                 if traced is not None:
                     if began:
                         _waited("provider slot wait", began, route, lane, origin)
-                    name, attributes = self._span_shape(route, call)
-                    span, call.trace_headers = traced.client_start(name, attributes, origin)
+                    shape = functools.partial(self._span_shape, route, call)  # if sampled
+                    span, call.trace_headers = traced.client_start(shape, origin)
                 result = await provider.embed(call)
         except UpstreamError as exc:
             elapsed = self._record(route, started, exc.failure.name.lower())
