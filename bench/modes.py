@@ -15,7 +15,7 @@ from bench.procs import Managed, run_bounded
 from bench.reports import machine, ratio_table, results_table, targets_report
 from bench.servers import PACED_LIMIT
 from bench.session import ROOT, Bench, Result, Scenario, log
-from bench.tracing import tracing_report
+from bench.tracing import rounds_report, tracing_report
 
 # The local scenario as the issue states it: one sentence a request at concurrency 16 through
 # the gateway, against the same session fed batches of 32.
@@ -173,6 +173,32 @@ def measure_local_batches(bench: Bench) -> Result:
         f"{LOCAL_BATCH} ({load['threads']} thread(s) x {load['workers']} workers)"
     )
     return result
+
+
+def run_tracing_rounds(bench: Bench) -> None:
+    """`--tracing` with `--rounds N`: each scenario's gateways (untraced, then each ratio)
+    measured in turn, N times over, so that a busy machine's drift lands on all of them alike;
+    the report compares medians. Local and large are left out unless `--only` names them."""
+    assert bench.gateway is not None
+    args = bench.args
+    plan = [
+        s for s in scenarios(args) if args.only or s.name not in ("local", "large-base64", "paced")
+    ]
+    gateways = [bench.gateway, *bench.traced]
+    log(f"{args.rounds} rounds of {len(gateways)} gateways, {args.duration:g} s each")
+    for scenario in plan:
+        for target in gateways:
+            check_answer(target, scenario, args.dims)
+        for _ in range(args.rounds):
+            for target in gateways:
+                bench.results.append(measure(bench, target, scenario))
+    print(f"\nTracing cost — {machine()}")
+    print(
+        f"closed loop, concurrency {args.concurrency} (latency: 1; batching: "
+        f"{args.batch_concurrency}), {args.rounds} rounds of {args.duration:g} s per scenario "
+        "and gateway, in turn; gateway: 1 worker, as in the scenario table\n"
+    )
+    print(rounds_report(bench))
 
 
 def run_soak(bench: Bench) -> None:

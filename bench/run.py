@@ -46,7 +46,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import procs  # noqa: E402
-from bench.modes import run_micro, run_profile, run_soak, run_table  # noqa: E402
+from bench.modes import (  # noqa: E402
+    run_micro,
+    run_profile,
+    run_soak,
+    run_table,
+    run_tracing_rounds,
+)
 from bench.peers import DEFAULT_PEERS, PEERS  # noqa: E402
 from bench.servers import local_model_problem, start_fakes, start_gateway, start_redis  # noqa: E402
 from bench.session import SCENARIO_NAMES, Bench, log  # noqa: E402
@@ -101,6 +107,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="RATIOS",
         help="also the gateway traced at these sampling ratios, e.g. 0.1,1 (bench/tracing.py)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --tracing: only compare the gateways, each scenario N times in turn",
     )
     parser.add_argument("--litellm", action="store_true", help="also benchmark LiteLLM's proxy")
     parser.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs")
@@ -158,6 +170,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--duration, --concurrency and --large-concurrency must be positive")
     if args.batch_concurrency < 1:
         parser.error("--batch-concurrency must be positive")
+    if args.rounds < 1 or (args.rounds > 1 and not args.tracing):
+        parser.error("--rounds N (N > 1) compares traced gateways: it needs --tracing")
     # --litellm predates --peers and still means it.
     args.peers = list(dict.fromkeys([*(args.peers or ()), *(["litellm"] if args.litellm else [])]))
     return args
@@ -179,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(args, workdir)
     failed = True
     try:
-        if not args.no_micro and args.soak is None:
+        if not args.no_micro and args.soak is None and args.rounds == 1:
             run_micro(bench)  # before any server starts, on an idle machine
         log(f"starting redis-server, fake upstreams and the gateway (logs in {workdir})")
         redis_url = start_redis(bench)
@@ -191,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             start_traced(bench, redis_url)
         if args.soak is not None:
             run_soak(bench)
+        elif args.rounds > 1:
+            run_tracing_rounds(bench)
         else:
             for name in args.peers:
                 log(f"starting {name}")

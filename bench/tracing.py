@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 import urllib.request
@@ -119,6 +120,39 @@ def tracing_report(bench: Bench) -> str:
             f"- {target.name}: {spans} spans received for {served} measured requests (and the "
             f"warm-ups); {dropped} 'Queue full' warnings in its log"
         )
+    return "\n".join(lines)
+
+
+def rounds_report(bench: Bench) -> str:
+    """For `--rounds`: each gateway's median CPU per request over the rounds (and its range),
+    and each traced one's growth over the untraced one's median."""
+    names = ["gateway", *(t.name for t in bench.traced)]
+    lines = [
+        "CPU ms per request, median over the rounds [lowest-highest], and growth over the "
+        "untraced gateway's median:",
+        "",
+        "| scenario | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for scenario in dict.fromkeys(r.scenario for r in bench.results):
+        medians: dict[str, float] = {}
+        cells = []
+        for name in names:
+            values = [
+                r.cpu_ms_per_request
+                for r in bench.results
+                if r.scenario == scenario and r.target == name and r.completed
+            ]
+            if not values:
+                cells.append("—")
+                continue
+            medians[name] = median = statistics.median(values)
+            cell = f"{median:.3f} [{min(values):.3f}-{max(values):.3f}]"
+            base = medians.get("gateway")
+            if name != "gateway" and base:
+                cell += f" ({100 * (median / base - 1):+.1f} %)"
+            cells.append(cell)
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
