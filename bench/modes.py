@@ -15,7 +15,7 @@ from bench.procs import Managed, run_bounded
 from bench.reports import machine, ratio_table, results_table, targets_report
 from bench.servers import PACED_LIMIT
 from bench.session import ROOT, Bench, Result, Scenario, log
-from bench.tracing import rounds_report, tracing_report
+from bench.tracing import restart_gateways, rounds_report, tracing_report
 
 # The local scenario as the issue states it: one sentence a request at concurrency 16 through
 # the gateway, against the same session fed batches of 32.
@@ -175,28 +175,33 @@ def measure_local_batches(bench: Bench) -> Result:
     return result
 
 
-def run_tracing_rounds(bench: Bench) -> None:
-    """`--tracing` with `--rounds N`: each scenario's gateways (untraced, then each ratio)
-    measured in turn, N times over, so that a busy machine's drift lands on all of them alike;
-    the report compares medians. Local and large are left out unless `--only` names them."""
-    assert bench.gateway is not None
+def run_tracing_rounds(bench: Bench, redis_url: str) -> None:
+    """`--tracing` with `--rounds N`: N rounds, each with fresh gateway processes (untraced,
+    then each ratio), each scenario measured on every gateway in turn (the first one rotating),
+    so that neither a process's own luck nor a busy machine's drift favours one; the report
+    compares medians. Local, large and paced are left out unless `--only` names them."""
     args = bench.args
     plan = [
         s for s in scenarios(args) if args.only or s.name not in ("local", "large-base64", "paced")
     ]
-    gateways = [bench.gateway, *bench.traced]
-    log(f"{args.rounds} rounds of {len(gateways)} gateways, {args.duration:g} s each")
-    for scenario in plan:
-        for target in gateways:
-            check_answer(target, scenario, args.dims)
-        for _ in range(args.rounds):
+    for turn in range(args.rounds):
+        if turn:
+            restart_gateways(bench, redis_url)
+        assert bench.gateway is not None
+        gateways = [bench.gateway, *bench.traced]
+        log(f"round {turn + 1} of {args.rounds}: {len(gateways)} gateways, fresh processes")
+        first = turn % len(gateways)
+        for scenario in plan:
             for target in gateways:
+                check_answer(target, scenario, args.dims)
+            for target in gateways[first:] + gateways[:first]:
                 bench.results.append(measure(bench, target, scenario))
     print(f"\nTracing cost — {machine()}")
     print(
         f"closed loop, concurrency {args.concurrency} (latency: 1; batching: "
         f"{args.batch_concurrency}), {args.rounds} rounds of {args.duration:g} s per scenario "
-        "and gateway, in turn; gateway: 1 worker, as in the scenario table\n"
+        "and gateway, each round with fresh processes; gateway: 1 worker, as in the scenario "
+        "table\n"
     )
     print(rounds_report(bench))
 

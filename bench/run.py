@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.soak is not None:
             run_soak(bench)
         elif args.rounds > 1:
-            run_tracing_rounds(bench)
+            run_tracing_rounds(bench, redis_url)
         else:
             for name in args.peers:
                 log(f"starting {name}")

@@ -3,6 +3,9 @@ exporting OTLP/HTTP to its own sink (tests/otlp_receiver.py in a process of its 
 sink's decoding is not the gateway's CPU), measured under the same load, scenario by scenario.
 
     python bench/run.py --tracing 0.1,1      # parentbased_traceidratio at 10 % and 100 %
+    python bench/run.py --tracing off,0.1,1 --rounds 7 --only small-float,batching
+                                             # only these gateways, 7 times each in turn;
+                                             # `off`: a second untraced one, as a control
 
 The targets are named `gateway+trace0.1` and so on; the report gives each one's CPU per request
 against the untraced gateway's, and what the sinks received.
@@ -26,25 +29,34 @@ from bench.session import ROOT, Bench, Result, Target
 EXPORT_DELAY_SECONDS = 5.0
 
 
-def ratios(text: str) -> list[float]:
+def ratios(text: str) -> list[float | None]:
+    """`0.1,1`; `off` is an untraced gateway more, a control for the comparison itself."""
     try:
-        found = [float(part) for part in text.split(",") if part.strip()]
+        found = [
+            None if part.strip() == "off" else float(part)
+            for part in text.split(",")
+            if part.strip()
+        ]
     except ValueError:
         found = []
-    if not found or not all(0.0 <= ratio <= 1.0 for ratio in found):
-        raise argparse.ArgumentTypeError("sampling ratios from 0 to 1, e.g. 0.1,1")
+    if not found or not all(ratio is None or 0.0 <= ratio <= 1.0 for ratio in found):
+        raise argparse.ArgumentTypeError("sampling ratios from 0 to 1 or off, e.g. off,0.1,1")
     return found
 
 
-def target_name(ratio: float) -> str:
-    return f"gateway+trace{ratio:g}"
+def target_name(ratio: float | None) -> str:
+    return "gateway+control" if ratio is None else f"gateway+trace{ratio:g}"
 
 
 def start_traced(bench: Bench, redis_url: str) -> None:
-    """One traced gateway per ratio of `--tracing`, each with its sink."""
+    """One traced gateway per ratio of `--tracing`, each with its sink (`off`: an untraced
+    one more, whose difference from the first is what the comparison's noise alone makes)."""
     for ratio in bench.args.tracing:
         name = target_name(ratio)
-        url = start_sink(bench, f"otlp-sink-{ratio:g}")
+        if ratio is None:
+            bench.traced.append(start_gateway(bench, redis_url, name=name))
+            continue
+        url = bench.sinks.get(name) or start_sink(bench, f"otlp-sink-{ratio:g}")
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": url,
             # The production setting docs/tracing.md recommends, at this ratio.
@@ -54,6 +66,18 @@ def start_traced(bench: Bench, redis_url: str) -> None:
         }
         bench.traced.append(start_gateway(bench, redis_url, name=name, extra=env))
         bench.sinks[name] = url
+
+
+def restart_gateways(bench: Bench, redis_url: str) -> None:
+    """Fresh processes for the untraced gateway and every traced one (the sinks stay): two
+    identical gateway processes differ by up to ~15 % in CPU per request here, for as long as
+    they run (memory layout, hash seeds, which core), so each round gets new ones."""
+    assert bench.gateway is not None
+    for target in (bench.gateway, *bench.traced):
+        target.process.stop()
+    bench.traced.clear()
+    bench.gateway = start_gateway(bench, redis_url)
+    start_traced(bench, redis_url)
 
 
 def start_sink(bench: Bench, name: str) -> str:
@@ -113,6 +137,8 @@ def tracing_report(bench: Bench) -> str:
     time.sleep(EXPORT_DELAY_SECONDS + 1)
     lines.append("")
     for target in bench.traced:
+        if target.name not in bench.sinks:
+            continue
         served = sum(r.completed for r in results if r.target == target.name)
         spans = sink_spans(bench.sinks[target.name])
         dropped = _dropped_warnings(target)
