@@ -73,7 +73,7 @@ class Opened:
     request: Token[_Request | None] | None = None
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is ~3x as slow
 class _Request:
     """The trace of the request (or root work) this task serves, as the hot checks need it."""
 
