@@ -23,15 +23,15 @@ $(VENV)/.installed-lock: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(VENV)/bin/embeddings-gateway
 
-## Install everything (Redis server included) and run the linters and the whole test suite.
-test: $(VENV)/.installed-test redis-server node-deps promtool chromium k8s-tools
-	$(VENV)/bin/ruff check app tests bench scripts
-	$(VENV)/bin/ruff format --check app tests bench scripts
+## Install everything (Redis server included), then the linters, the type checker and every test.
+test: lint redis-server node-deps promtool chromium k8s-tools
 	$(PY) -m pytest
 
+## ruff, and mypy --strict over app/ (configured in pyproject.toml).
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check app tests bench scripts
 	$(VENV)/bin/ruff format --check app tests bench scripts
+	$(VENV)/bin/mypy
 
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format app tests bench scripts

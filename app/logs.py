@@ -1,4 +1,5 @@
-"""Logging set-up: JSON lines or plain text, at LOG_LEVEL."""
+"""Logging set-up: JSON lines or plain text, at LOG_LEVEL. With tracing on, a line written
+while a span is current (every request's access line) carries its `trace_id` and `span_id`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import time
 from typing import Any, Literal
 
 import orjson
+
+from app import tracing
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # What every LogRecord has; anything else on a record came from `extra=` and is a field.
@@ -36,6 +39,9 @@ class _JsonLines(logging.Formatter):
         for name, value in record.__dict__.items():
             if name not in _STANDARD:
                 line[name] = value
+        traced = tracing.active
+        if traced is not None and (ids := traced.log_fields()) is not None:
+            line.update(ids)
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
@@ -60,6 +66,9 @@ class _TextWithExtras(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+        traced = tracing.active
+        if traced is not None and (ids := traced.log_fields()) is not None:
+            extras.update(ids)
         return line + "".join(f" {k}={v}" for k, v in extras.items()) if extras else line
 
 
@@ -91,7 +100,7 @@ def uvicorn_log_config(level: str, fmt: Literal["json", "text"] = "json") -> dic
 def configure_logging(level: str, fmt: Literal["json", "text"] = "json") -> None:
     # The logging HOWTO's "Optimization": no caller lookup (a stack walk per record) and no
     # thread or multiprocessing names, which no line shows.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
     root = logging.getLogger()

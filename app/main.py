@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 
+from app import tracing
 from app.api import admin, admin_batches, batches, embeddings, files, models, ops, usage
 from app.api.admission import IPLimit
 from app.api.errors import install_error_handlers, line_error
@@ -51,6 +52,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
+        # Per worker process, from the OTEL_* variables; never stops start-up (app/tracing).
+        tracing.start()
         services = build_services(settings, clock, rng, wall_clock)
         reloader = lifecycle.reloader = Reloader(services)
         warm_up()
@@ -99,6 +102,8 @@ def create_app(
             follower.cancel()
             await reloader.aclose()
             await services.aclose()
+            # Here, not at exit: uvicorn ends a worker by its signal, so atexit never runs.
+            await tracing.flush()
 
     app = FastAPI(
         title="Embeddings Gateway",

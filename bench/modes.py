@@ -15,6 +15,7 @@ from bench.procs import Managed, run_bounded
 from bench.reports import machine, ratio_table, results_table, targets_report
 from bench.servers import PACED_LIMIT
 from bench.session import ROOT, Bench, Scenario, log
+from bench.tracing import restart_gateways, rounds_report, tracing_report
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -137,6 +138,9 @@ def run_table(bench: Bench) -> None:
         print(f"local: skipped, the local model cannot run here: {bench.local_model_problem}")
     print()
     print(targets_report(bench.results, PACED_LIMIT or 0, LOCAL_BATCH, args.large_inputs))
+    if bench.traced:
+        print()
+        print(tracing_report(bench))
 
 
 def local_threads() -> str:
@@ -145,6 +149,37 @@ def local_threads() -> str:
     fields = LocalConfig.model_fields
     threads, workers = fields["threads"].default, fields["workers"].default
     return f"{threads} intra-op thread{'s' * (threads != 1)} x {workers} runs at once"
+
+
+def run_tracing_rounds(bench: Bench, redis_url: str) -> None:
+    """`--tracing` with `--rounds N`: N rounds, each with fresh gateway processes (untraced,
+    then each ratio), each scenario measured on every gateway in turn (the first one rotating),
+    so that neither a process's own luck nor a busy machine's drift favours one; the report
+    compares medians. Local, large and paced are left out unless `--only` names them."""
+    args = bench.args
+    plan = [
+        s for s in scenarios(args) if args.only or s.name not in ("local", "large-base64", "paced")
+    ]
+    for turn in range(args.rounds):
+        if turn:
+            restart_gateways(bench, redis_url)
+        assert bench.gateway is not None
+        gateways = [bench.gateway, *bench.traced]
+        log(f"round {turn + 1} of {args.rounds}: {len(gateways)} gateways, fresh processes")
+        first = turn % len(gateways)
+        for scenario in plan:
+            for target in gateways:
+                check_answer(target, scenario, args.dims)
+            for target in gateways[first:] + gateways[:first]:
+                bench.results.append(measure(bench, target, scenario))
+    print(f"\nTracing cost — {machine()}")
+    print(
+        f"closed loop, concurrency {args.concurrency} (latency: 1; batching: "
+        f"{args.batch_concurrency}), {args.rounds} rounds of {args.duration:g} s per scenario "
+        "and gateway, each round with fresh processes; gateway: 1 worker, as in the scenario "
+        "table\n"
+    )
+    print(rounds_report(bench))
 
 
 def run_soak(bench: Bench) -> None:
@@ -197,6 +232,10 @@ def run_profile(bench: Bench) -> None:
 
     assert bench.gateway is not None
     args = bench.args
+    gateways = {t.name: t for t in (bench.gateway, *bench.traced)}
+    if args.profile_target not in gateways:
+        raise RuntimeError(f"--profile-target: one of {sorted(gateways)}")
+    target = gateways[args.profile_target]
     py_spy = Path(sys.executable).parent / "py-spy"
     if not py_spy.exists():
         log("installing py-spy into this venv")
@@ -211,15 +250,15 @@ def run_profile(bench: Bench) -> None:
     out.mkdir(parents=True, exist_ok=True)
     scenario = next(s for s in scenarios(args) if s.name == args.profile_scenario)
     seconds = args.profile_seconds
-    pid = bench.gateway.process.pid
+    pid = target.process.pid
     warmup = 4 if scenario.inputs > 100 else 500
-    loadgen(bench, bench.gateway, scenario, "profile-warmup", requests=warmup, duration=60)
+    loadgen(bench, target, scenario, "profile-warmup", requests=warmup, duration=60)
     # One load long enough for both recordings; py-spy attaches once it is running.
     load = Managed(
         "loadgen profile",
         [
             sys.executable, "-m", "bench.loadgen",
-            "--url", bench.gateway.url,
+            "--url", target.url,
             "--model", scenario.model,
             "--inputs", str(scenario.inputs),
             "--encoding-format", scenario.encoding_format,
@@ -228,7 +267,7 @@ def run_profile(bench: Bench) -> None:
             "--requests", "100000000",
             "--duration", str(2 * seconds + 4),
             "--out", str(bench.workdir / "profile-load.json"),
-            *[x for h in bench.gateway.headers for x in ("--header", h)],
+            *[x for h in target.headers for x in ("--header", h)],
         ],
         log_path=bench.workdir / "profile-load.log",
         cwd=ROOT,
@@ -236,7 +275,7 @@ def run_profile(bench: Bench) -> None:
     ).start()  # fmt: skip
     try:
         time.sleep(1)
-        name = f"gateway-{scenario.name}"
+        name = f"{target.name}-{scenario.name}"
         recordings = (("raw", f"{name}.txt"), ("flamegraph", f"{name}.svg"))
         for fmt, filename in recordings:
             spy = Managed(
@@ -260,7 +299,7 @@ def run_profile(bench: Bench) -> None:
         load.stop()
     summary = summarize((out / f"{name}.txt").read_text())
     (out / f"{name}-summary.txt").write_text(summary + "\n")
-    print(f"\nProfile of the gateway under {scenario.name} load ({seconds:g} s, py-spy, 200 Hz)")
+    print(f"\nProfile of {target.name} under {scenario.name} load ({seconds:g} s, py-spy, 200 Hz)")
     print(f"flame graph: {out / (name + '.svg')}\n{summary}")
 
 

@@ -17,6 +17,7 @@ between targets, and the throughput targets (micro-batching, pacing, the local m
     python bench/run.py --quick           # CI: ~1.5 s per scenario, tiny load
     python bench/run.py --soak 60         # small requests for 60 s: RSS at start and end
     python bench/run.py --profile DIR     # ... then py-spy the gateway (--profile-scenario)
+    python bench/run.py --tracing 0.1,1   # ... and the gateway traced at 10 % and at 100 %
 
 Every child runs in its own process group and is stopped on exit, error or Ctrl-C.
 
@@ -47,10 +48,17 @@ if str(ROOT) not in sys.path:
 from bench import procs  # noqa: E402
 from bench.batch import run_batch  # noqa: E402
 from bench.local import build_model_dir  # noqa: E402
-from bench.modes import run_micro, run_profile, run_soak, run_table  # noqa: E402
+from bench.modes import (  # noqa: E402
+    run_micro,
+    run_profile,
+    run_soak,
+    run_table,
+    run_tracing_rounds,
+)
 from bench.peers import DEFAULT_PEERS, PEERS  # noqa: E402
 from bench.servers import local_model_problem, start_fakes, start_gateway, start_redis  # noqa: E402
 from bench.session import SCENARIO_NAMES, Bench, log  # noqa: E402
+from bench.tracing import ratios, start_traced  # noqa: E402
 
 # Scenarios whose errors are the figure itself: today's gateway, unpaced, gets the paced
 # upstream's 429s; a run is not broken for that.
@@ -95,6 +103,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"also benchmark these peers, of {', '.join(PEERS)} or `all` "
         f"(no value: {','.join(DEFAULT_PEERS)})",
     )
+    parser.add_argument(
+        "--tracing",
+        type=ratios,
+        default=[],
+        metavar="RATIOS",
+        help="also the gateway traced at these sampling ratios, e.g. 0.1,1 (bench/tracing.py)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="with --tracing: only compare the gateways, each scenario N times in turn",
+    )
     parser.add_argument("--litellm", action="store_true", help="also benchmark LiteLLM's proxy")
     parser.add_argument("--litellm-spec", default="litellm[proxy]", help="what pip installs")
     parser.add_argument("--install-timeout", type=float, default=1200)
@@ -125,6 +146,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="small-float",
         choices=[name for name in SCENARIO_NAMES if name != "batch"],
     )
+    parser.add_argument(
+        "--profile-target",
+        default="gateway",
+        help="which gateway to profile: gateway, or a traced one (gateway+trace0.1, ...)",
+    )
     parser.add_argument("--no-micro", action="store_true", help="skip the encoding micro-bench")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, configs)")
@@ -150,6 +176,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--duration, --concurrency and --large-concurrency must be positive")
     if args.batch_concurrency < 1:
         parser.error("--batch-concurrency must be positive")
+    if args.rounds < 1 or (args.rounds > 1 and not args.tracing):
+        parser.error("--rounds N (N > 1) compares traced gateways: it needs --tracing")
     # --litellm predates --peers and still means it.
     args.peers = list(dict.fromkeys([*(args.peers or ()), *(["litellm"] if args.litellm else [])]))
     return args
@@ -171,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(args, workdir)
     failed = True
     try:
-        if not args.no_micro and args.soak is None:
+        if not args.no_micro and args.soak is None and args.rounds == 1:
             run_micro(bench)  # before any server starts, on an idle machine
         log(f"starting redis-server, fake upstreams and the gateway (logs in {workdir})")
         redis_url = start_redis(bench)
@@ -180,8 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bench.local_model_problem is None:
             bench.local_model_dir = build_model_dir(workdir)
         bench.gateway = start_gateway(bench, redis_url)
+        if args.tracing:
+            log(f"starting the gateway traced at {args.tracing} and an OTLP sink for each")
+            start_traced(bench, redis_url)
         if args.soak is not None:
             run_soak(bench)
+        elif args.rounds > 1:
+            run_tracing_rounds(bench, redis_url)
         else:
             for name in args.peers:
                 log(f"starting {name}")

@@ -220,14 +220,19 @@ def write_registry(bench: Bench) -> Path:
     return path
 
 
-def start_gateway(bench: Bench, redis_url: str) -> Target:
+def start_gateway(
+    bench: Bench, redis_url: str, *, name: str = "gateway", extra: dict[str, str] | None = None
+) -> Target:
+    """The gateway as `embeddings-gateway` runs it; `extra`: more env (bench/tracing.py's)."""
     port = free_port()
     key = "sk-bench-" + secrets.token_hex(16)
     env = {
         k: v
         for k, v in os.environ.items()
-        # Settings the caller's shell might carry that would change what is measured.
+        # Settings the caller's shell might carry that would change what is measured (OTEL_*:
+        # tracing, on only where bench/tracing.py asks for it).
         if k not in {"GATEWAY_INTERNAL_TOKEN", "TRUSTED_PROXIES", "PROMETHEUS_MULTIPROC_DIR"}
+        and not k.startswith("OTEL_")
     }
     env.update(
         {
@@ -247,16 +252,17 @@ def start_gateway(bench: Bench, redis_url: str) -> Target:
             # Nothing balances load onto it: no need to keep serving after SIGTERM at the end.
             "SHUTDOWN_DELAY_SECONDS": "0",
             "PYTHONPATH": str(ROOT),
+            **(extra or {}),
         }
     )
     gateway = Managed(
-        "gateway",
+        name,
         [sys.executable, "-m", "app.cli"],  # what the `embeddings-gateway` script runs
-        log_path=bench.workdir / "gateway.log",
+        log_path=bench.workdir / f"{name}.log",
         env=env,
         cwd=bench.workdir,  # no .env from the repository or the caller's directory
     ).start()
     url = f"http://127.0.0.1:{port}"
     # /readyz: the registry is loaded and Redis answers.
     gateway.wait_ready(lambda: http_ok(url + "/readyz"), timeout=60)
-    return Target("gateway", url + "/v1/embeddings", [f"Authorization: Bearer {key}"], gateway)
+    return Target(name, url + "/v1/embeddings", [f"Authorization: Bearer {key}"], gateway)

@@ -121,6 +121,9 @@ class Bench:
     # The fake upstreams by name (servers.UPSTREAMS): their process and base URL.
     upstreams: dict[str, tuple[Managed, str]] = field(default_factory=dict)
     gateway: Target | None = None
+    # The gateway again, traced at each --tracing ratio (bench/tracing.py), and their sinks.
+    traced: list[Target] = field(default_factory=list)
+    sinks: dict[str, str] = field(default_factory=dict)
     peers: list[Target] = field(default_factory=list)  # nginx, Portkey, LiteLLM: bench/peers
     results: list[Result] = field(default_factory=list)
     # Why the local model cannot run here (servers.local_model_problem), or None if it can.
@@ -142,11 +145,12 @@ class Bench:
             upstream, upstream_url = self.upstreams[scenario.upstream]
             headers = [f"Authorization: Bearer {UPSTREAM_KEY}"]
             found.append(Target("direct", upstream_url + "/v1/embeddings", headers, upstream))
-        found += [t for t in (self.gateway, *self.peers) if t is not None]
+        found += [t for t in (self.gateway, *self.traced, *self.peers) if t is not None]
+        # A traced gateway (`gateway+trace0.1`) goes wherever the gateway does.
         return [
             t
             for t in found
-            if (scenario.targets is None or t.name in scenario.targets)
+            if (scenario.targets is None or t.name.partition("+")[0] in scenario.targets)
             and (t.only is None or scenario.name in t.only)
         ]
 

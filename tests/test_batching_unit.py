@@ -71,7 +71,9 @@ class Sender:
     def display_name(self, provider: str) -> str:
         return provider.title()
 
-    async def send(self, route: Route, call: UpstreamCall, lane: Lane) -> UpstreamResult:
+    async def send(
+        self, route: Route, call: UpstreamCall, lane: Lane, origin: object = None
+    ) -> UpstreamResult:
         return await self._send(call)
 
 

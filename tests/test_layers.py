@@ -14,6 +14,7 @@ app.state | providers    what is kept in Redis (and other stores) | the upstream
 app.config               settings, the registry and its file
 app.local_model          data only (the local model's tokenizer)
 app.errors, metrics, logs, encoding    shared by every layer
+app.tracing              OpenTelemetry, free when off (under logs: a log line reads the span)
 ```
 
 A module may import from its own package and from any layer below its own, never from its own
@@ -44,6 +45,7 @@ LAYERS: list[set[str]] = [
     {"app.config"},
     {"app.local_model"},
     {"app.errors", "app.metrics", "app.logs", "app.encoding"},
+    {"app.tracing"},
 ]
 RANK = {node: rank for rank, layer in enumerate(LAYERS) for node in layer}
 MAX_TOP_LEVEL_MODULES = 8

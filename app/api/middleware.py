@@ -1,5 +1,7 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware): request IDs, body-size cap, response headers,
-and a last-resort OpenAI-shaped 500 that never shows a stack trace."""
+a last-resort OpenAI-shaped 500 that never shows a stack trace, and, when tracing is on, the
+request's SERVER span (app/tracing), current while the request runs and the access line is
+written."""
 
 from __future__ import annotations
 
@@ -7,13 +9,13 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app import metrics, tracing
 from app.api.context import RequestContext, request_context
 from app.api.errors import SERVER, GatewayError
 
@@ -82,6 +84,12 @@ class GatewayMiddleware:
         began = time.perf_counter()
         if route is not None:
             metrics.IN_FLIGHT.inc()
+        traced = tracing.active
+        span = known = None
+        if traced is not None:
+            # The API's paths are their own routes; any other's comes from the router.
+            known = scope["path"] if route is not None and route != "other" else None
+            span = traced.server_start(scope, known)
 
         async def send_with_headers(message: Message) -> None:
             nonlocal started, status
@@ -94,6 +102,8 @@ class GatewayMiddleware:
                 message = {**message, "headers": raw}
             await send(message)
 
+        error_type: str | None = None  # for the span: why there is no (or a failed) response
+        fault = False  # the gateway's own failure, not the client's
         try:
             cap = self.body_caps.get(scope["path"], self.max_body_bytes)
             declared = _header(scope, b"content-length")
@@ -103,7 +113,9 @@ class GatewayMiddleware:
             await self.app(scope, self._capped(receive, cap), send_with_headers)
         except ClientDisconnect:
             status = 499  # the client went away (or timed out) before its body arrived
-        except Exception:
+            error_type = "client_disconnected"
+        except Exception as exc:
+            error_type, fault = type(exc).__qualname__, True
             log.exception("unhandled error", extra={"request_id": rid})
             if not started:
                 await send_error(
@@ -114,6 +126,15 @@ class GatewayMiddleware:
             if route is not None:
                 metrics.IN_FLIGHT.dec()
                 _finish(scope, route, status, time.perf_counter() - began, rid)
+            if traced is not None and span is not None:
+                traced.server_end(
+                    span,
+                    status=status if started else None,
+                    route=None if known else _route_template(scope),
+                    client_address=request_context(scope).client_ip or client_host(scope),
+                    error_type=error_type,
+                    fault=fault,
+                )
 
     def _capped(self, receive: Receive, limit: int) -> Receive:
         seen = 0
@@ -182,8 +203,16 @@ def _finish(scope: Scope, route: str, status: int, seconds: float, rid: str) -> 
     )
 
 
+def _route_template(scope: Scope) -> str | None:
+    """The matched route's path template (`/admin/v1/keys/{key_id}`), for the span's name."""
+    route = scope.get("route")
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
+    return template if isinstance(template, str) else None
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
+    headers: Iterable[tuple[bytes, bytes]] = scope.get("headers", ())
+    for key, value in headers:
         if key == name:
             return str(value.decode("latin-1"))
     return None

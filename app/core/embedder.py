@@ -13,6 +13,9 @@ for its call (app/core/token_accounting.py), kept with its cached vector, so `pr
 the same whether an item was a hit, a miss or coalesced. Where there is no such share (the
 upstream reported no usage, or the entry predates the count) the item counts at the gateway's
 own count.
+
+With tracing on (app/tracing), the cache lookup and the key's policy check (from when the
+embedder takes it over until it has answered) are spans of the request's trace.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from app import metrics
+from app import metrics, tracing
 from app.core.errors import RoutingError
 from app.core.job import EmbeddingJob
 from app.core.routing.router import Router
@@ -91,12 +94,22 @@ class Embedder:
         for index, key in enumerate(keys):
             first.setdefault(key, index)
 
+        traced = tracing.active
+        if traced is not None and admitted is not None:
+            admitted = traced.watch("key policy check", admitted)
         found: dict[str, CacheEntry] = {}
         if cache is not None and read_cache:
             unique = list(first)
-            for key, item in zip(unique, await cache.get_many(unique, dims), strict=True):
-                if item is not None:
-                    found[key] = item
+            span = None
+            if traced is not None:
+                span = traced.child("cache lookup", {"gateway.cache.items": len(unique)})
+            try:
+                for key, item in zip(unique, await cache.get_many(unique, dims), strict=True):
+                    if item is not None:
+                        found[key] = item
+            finally:
+                if traced is not None and span is not None:
+                    traced.end(span, attributes={"gateway.cache.hits": len(found)})
         if admitted is not None:
             # Shielded: a client that goes away must not cut the check short, or what it
             # reserved could not be refunded (the caller awaits its outcome either way).

@@ -31,6 +31,7 @@ class AzureOpenAIConfig(HTTPProviderConfig):
 class AzureOpenAIProvider(OpenAICompatibleProvider):
     display_name = "Azure OpenAI"
     config_type = AzureOpenAIConfig
+    gen_ai_provider_name = "azure.ai.openai"
     documents_user = True
     documents_encoding_format = True
 

@@ -28,6 +28,9 @@ class UpstreamCall:
     # The route this call is for: its provider-specific `options` and the registry file's
     # directory (the local provider's model directories). None from callers outside routing.
     route: Route | None = None
+    # The trace context to send (W3C `traceparent`, ...), set by routing's Dispatch when
+    # tracing is on; an HTTP provider adds these headers, an in-process one has no use for them.
+    trace_headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

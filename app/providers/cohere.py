@@ -42,6 +42,7 @@ class CohereConfig(HTTPProviderConfig):
 class CohereProvider(HTTPProvider):
     display_name = "Cohere"
     config_type = CohereConfig
+    gen_ai_provider_name = "cohere"
     path = "/v2/embed"
 
     def __init__(self, name: str, config: CohereConfig) -> None:

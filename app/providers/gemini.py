@@ -44,6 +44,7 @@ class GeminiConfig(HTTPProviderConfig):
 class GeminiProvider(HTTPProvider):
     display_name = "Gemini"
     config_type = GeminiConfig
+    gen_ai_provider_name = "gcp.gemini"
 
     def __init__(self, name: str, config: GeminiConfig) -> None:
         super().__init__(name, config)

@@ -274,6 +274,9 @@ class HTTPProvider:
     display_name: ClassVar[str] = "upstream"
     path: ClassVar[str] = "/embeddings"
     config_type: ClassVar[type[HTTPProviderConfig]] = HTTPProviderConfig
+    # Traces' `gen_ai.provider.name`: the GenAI semantic conventions' well-known value where one
+    # applies (`openai`, `cohere`, ...); None: the registry's type name (`nanogpt`).
+    gen_ai_provider_name: ClassVar[str | None] = None
 
     def __init__(self, name: str, config: HTTPProviderConfig) -> None:
         self.name = name
@@ -317,7 +320,10 @@ class HTTPProvider:
         return None
 
     async def embed(self, call: UpstreamCall) -> UpstreamResult:
-        headers = {"x-request-id": call.request_id, **self.request_headers()}
+        headers = {"x-request-id": call.request_id}
+        if call.trace_headers:
+            headers.update(call.trace_headers)  # never over the auth headers below
+        headers.update(self.request_headers())
         cap = response_cap(len(call.inputs), call.expected_dims, self._max_response_bytes)
         response = await self._http.post_json(
             self.url(call), self.payload(call), headers, call.timeout, cap

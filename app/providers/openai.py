@@ -46,6 +46,7 @@ class OpenAIConfig(HTTPProviderConfig):
 class OpenAIProvider(OpenAICompatibleProvider):
     display_name = "OpenAI-compatible upstream"
     config_type = OpenAIConfig
+    gen_ai_provider_name = "openai"
 
     def __init__(self, name: str, config: OpenAIConfig) -> None:
         super().__init__(name, config)

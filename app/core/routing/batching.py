@@ -22,25 +22,37 @@ is bisected: the halves are sent again until the chunk at fault is alone, so onl
 gets the 400. Any other failure is every chunk's, and goes back to each caller's own retry and
 failover. A caller that gives up (its timeout, a hedge that won, a client gone) leaves the
 queue, or the call, which is cancelled once nobody waits for it.
+
+With tracing on (app/tracing), a chunk's time in the queue is a `batching queue` span in its
+request's trace, ended when its batch left the queue and linked to the call that carried it;
+that call's span (Dispatch's) links every chunk's wait in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from app import metrics
+from app import metrics, tracing
 from app.config.registry import Route
 from app.core.job import Lane
 from app.core.token_accounting import split_proportionally
 from app.providers import Failure, UpstreamCall, UpstreamError, UpstreamResult
+from app.tracing import CallOrigin
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
 
 Shape = tuple[object, ...]
+_BULK = {"gateway.lane": Lane.BULK.value}  # a wait span's attributes in the bulk lane
 
 
 class Sender(Protocol):
@@ -48,7 +60,9 @@ class Sender(Protocol):
 
     def display_name(self, provider: str) -> str: ...
 
-    async def send(self, route: Route, call: UpstreamCall, lane: Lane) -> UpstreamResult: ...
+    async def send(
+        self, route: Route, call: UpstreamCall, lane: Lane, origin: CallOrigin | None = None
+    ) -> UpstreamResult: ...
 
 
 def shape_of(call: UpstreamCall) -> Shape:
@@ -74,6 +88,11 @@ class _Chunk:
     queued_at: float
     future: asyncio.Future[UpstreamResult]
     batch: _Batch | None = None
+    # With tracing on: the caller's trace context, its wait's span (None: not sampled), and
+    # when (time.time_ns()) its batch left the queue.
+    context: Context | None = None
+    span: Span | None = None
+    left_ns: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -139,6 +158,9 @@ class RouteBatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         chunk = _Chunk(call, lane, tokens, now + call.timeout, now, loop.create_future())
+        traced = tracing.active
+        if traced is not None:
+            chunk.context, chunk.span = traced.queued(_BULK if lane is Lane.BULK else None)
         self._queues.setdefault((lane, shape_of(call)), deque()).append(chunk)
         self._dispatch()
         try:
@@ -154,6 +176,8 @@ class RouteBatcher:
             if not chunk.future.done():
                 chunk.future.cancel()
             self._leave(chunk)
+            if traced is not None and chunk.span is not None:
+                traced.end_wait(chunk.span, chunk.left_ns, None)  # unless its call ended it
 
     def _leave(self, chunk: _Chunk) -> None:
         """A caller stopped waiting: drop its chunk from the queue, or cancel its call if no
@@ -198,12 +222,18 @@ class RouteBatcher:
             if not queue:
                 del self._queues[key]
             now = loop.time()
+            # Traced, the call runs in a context of its own, not that of the request whose
+            # task happened to dispatch it: it belongs to every request it carries.
+            left_ns, context = 0, None
+            if tracing.active is not None:
+                left_ns, context = time.time_ns(), contextvars.Context()
             for chunk in batch.chunks:
                 chunk.batch = batch
+                chunk.left_ns = left_ns
                 if lane is Lane.BULK:
                     self._bulk_waits.observe(now - chunk.queued_at)
             self._hold(lane)
-            batch.task = loop.create_task(self._run(batch))
+            batch.task = loop.create_task(self._run(batch), context=context)
             # Released when the task ends, however: a task cancelled before it ever ran (its
             # callers left in the turn it was created) never enters `_run`'s body.
             batch.task.add_done_callback(partial(self._finished, batch))
@@ -251,8 +281,12 @@ class RouteBatcher:
         if not waiting:
             return
         self._requests_per_call.observe(len(waiting))
+        traced = tracing.active
+        origin = None
+        if traced is not None:
+            origin = traced.origin((chunk.context, chunk.span) for chunk in waiting)
         try:
-            result = await self._sender.send(self._route, self._merged(waiting), lane)
+            result = await self._sender.send(self._route, self._merged(waiting), lane, origin)
         except UpstreamError as exc:
             if exc.failure is Failure.BAD_REQUEST and len(waiting) > 1:
                 half = len(waiting) // 2
@@ -268,6 +302,11 @@ class RouteBatcher:
                 if not chunk.future.done():
                     chunk.future.set_exception(exc)
             return
+        finally:
+            if traced is not None and origin is not None:
+                for chunk in waiting:
+                    if chunk.span is not None:
+                        traced.end_wait(chunk.span, chunk.left_ns, origin.client)
         self._hand_out(waiting, result)
 
     def _merged(self, chunks: list[_Chunk]) -> UpstreamCall:

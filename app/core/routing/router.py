@@ -13,6 +13,9 @@ Calls go down, never back up: a chunk's call goes to its route's batcher (batchi
 may merge it with other requests' chunks, or straight to `Dispatch` (dispatch.py), the one
 downward call to a provider, paced under its `max_requests_per_second`. Each route's cooldown,
 latency and hedge budget is its `RouteState`, kept here across reloads.
+
+With tracing on (app/tracing), a retry (from the start of its backoff) and a hedge are each a
+span, with their calls' CLIENT spans under them; a route's first call needs none.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from app import metrics
+from app import metrics, tracing
 from app.config.registry import Registry, Route
 from app.core.errors import DeadlineExceeded, InputRejected, RoutingError
 from app.core.job import EmbeddingJob
@@ -41,6 +45,9 @@ from app.core.routing.timeouts import call_timeout, estimated_tokens
 from app.core.token_accounting import ItemTokens, checked_usage
 from app.core.upstream_cost import UpstreamCost
 from app.providers import Failure, Provider, UpstreamCall, UpstreamError, UpstreamResult
+
+if TYPE_CHECKING:
+    from app.tracing.otel import Opened
 
 log = logging.getLogger("app.routing")
 
@@ -183,8 +190,9 @@ class Router:
 
         async def run(chunk: list[int]) -> None:
             async with gate:
+                some = cast(Inputs, [inputs[i] for i in chunk])
                 outcome = await self._call_with_retries(
-                    route, later, chunk, [inputs[i] for i in chunk], progress, deadline
+                    route, later, chunk, some, progress, deadline
                 )
             if isinstance(outcome, UpstreamError):
                 progress.errors.append(outcome)
@@ -217,11 +225,23 @@ class Router:
         health = self._states[route.key].health
         tokens = estimated_tokens(inputs)
         error: UpstreamError | None = None
+        traced = tracing.active
+        backoff_began = 0  # time.time_ns() when the wait before a retry began, when traced
         for number in range(policy.max_attempts):
             timeout = call_timeout(policy, tokens, deadline - self._clock(), len(later))
+            retry = None
+            if number and traced is not None:
+                attributes: dict[str, str | int] = {
+                    "gateway.retry.attempt": number + 1,
+                    "gateway.provider": route.provider,
+                }
+                retry = traced.open("retry", attributes, began_ns=backoff_began or None)
             try:
-                return await self._attempt(route, later, chunk, inputs, progress, timeout, deadline)
+                served = await self._attempt(
+                    route, later, chunk, inputs, progress, timeout, deadline
+                )
             except UpstreamError as exc:
+                _close(retry, exc.failure.name.lower())
                 error = exc
                 if exc.failure is Failure.BAD_REQUEST:
                     raise InputRejected(
@@ -234,9 +254,18 @@ class Router:
                 wait = self._wait_before_retry(exc, number, policy.backoff_base_seconds)
                 if wait >= deadline - self._clock():
                     break  # the upstream asks for more time than is left: fail over now
+                if traced is not None:
+                    backoff_began = time.time_ns()
                 await asyncio.sleep(wait)
                 if health.is_open:
                     break  # the route went into cooldown while we waited: fail over
+            except BaseException:
+                _close(retry, "_OTHER")
+                raise
+            else:
+                if retry is not None:
+                    _close(retry)
+                return served
         assert error is not None
         return error
 
@@ -261,32 +290,45 @@ class Router:
             return _Served(await self._call(route, chunk, inputs, progress, timeout), route)
         primary = asyncio.create_task(self._call(route, chunk, inputs, progress, timeout))
         calls = {primary: route}
+        hedged: Opened | None = None
+        won = False
         try:
             done, _ = await asyncio.wait({primary}, timeout=delay)
             if done or self._states[target.key].health.is_open:
                 return _Served(await primary, route)
             if not state.hedges.try_hedge():
                 return _Served(await primary, route)
-            hedge_inputs: Inputs = [inputs_for(target, job)[i] for i in chunk]  # type: ignore[misc]
+            hedge_inputs = cast(Inputs, [inputs_for(target, job)[i] for i in chunk])
             left = deadline - self._clock()
             hedge_timeout = call_timeout(target.policy, estimated_tokens(hedge_inputs), left, 0)
             progress.cost.providers.append(target.provider)
-            hedge = asyncio.create_task(
-                self._call(target, chunk, hedge_inputs, progress, hedge_timeout)
-            )
+            traced = tracing.active
+            if traced is not None:  # current only while the hedge's task copies the context
+                hedged = traced.open("hedge", {"gateway.provider": target.provider})
+            try:
+                hedge = asyncio.create_task(
+                    self._call(target, chunk, hedge_inputs, progress, hedge_timeout)
+                )
+            finally:
+                if traced is not None and hedged is not None:
+                    traced.detach(hedged)
             calls[hedge] = target
             race = await first_valid(calls, primary, job, chunk)
             for unused, tokens in race.unused:
                 progress.count_unused(unused, tokens)
             if race.winner is None:
                 progress.errors.extend(race.other_errors)  # the primary's goes to the retry loop
-                assert race.error is not None  # no winner: some call failed
+                assert race.error is not None  # no winner: the primary's error
                 raise race.error
+            won = race.winner[1] is target
             return _Served(*race.winner)
         finally:
             for task in calls:
                 task.cancel()
             await asyncio.gather(*calls, return_exceptions=True)
+            traced = tracing.active
+            if traced is not None and hedged is not None:
+                traced.end(hedged.span, attributes={"gateway.hedge.won": won})
 
     def _hedge_target(
         self, later: list[Route], chunk: list[int], job: EmbeddingJob
@@ -340,3 +382,9 @@ class Router:
             return error.retry_after
         ceiling = base * (2**number)
         return random.uniform(ceiling / 2, ceiling)  # exponential backoff, "equal jitter"
+
+
+def _close(opened: Opened | None, error_type: str | None = None) -> None:
+    traced = tracing.active
+    if traced is not None and opened is not None:
+        traced.close(opened, error_type)
