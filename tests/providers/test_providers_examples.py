@@ -10,7 +10,7 @@ import yaml
 
 from app.providers.catalog import PROVIDER_TYPES
 from tests.harness import ROOT
-from tests.test_operations import check_config
+from tests.server.test_operations import check_config
 
 EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.yaml"))
 

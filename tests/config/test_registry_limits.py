@@ -18,9 +18,16 @@ from app.config.registry import RegistryError
 from app.config.yaml_file import MAX_DEPTH, MAX_REGISTRY_BYTES
 from app.runtime.build import read_registry
 from tests.harness import ROOT, GatewayProcess, model_entry
-from tests.test_reload import ADMIN, UPSTREAM_KEY, gateway_env, registry_to, running, upstream_a
+from tests.server.test_reload import (
+    ADMIN,
+    UPSTREAM_KEY,
+    gateway_env,
+    registry_to,
+    running,
+    upstream_a,
+)
 
-__all__ = ["upstream_a"]  # the module's fake upstream, shared with tests/test_reload.py
+__all__ = ["upstream_a"]  # the module's fake upstream, shared with tests/server/test_reload.py
 
 # Ten lines, nine aliases each: 9**9 (387 million) strings once expanded.
 ALIAS_BOMB = """\

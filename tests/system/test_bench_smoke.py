@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.redis_server import available as redis_available
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BOTH = ("direct", "gateway")
 # Which targets each scenario measures without peers.
 SCENARIOS = {

@@ -5,9 +5,10 @@ calls a fake upstream that records the headers it got.
 Checked: the caller's span is the SERVER span's parent; the cache lookup, the key's policy
 check, queue waits, retries and hedges are spans under it; each upstream call is a CLIENT span
 with the GenAI attributes, its context sent upstream; a merged call links every request it
-carries and each request links it; the access line carries the IDs; an unsampled request
-exports nothing but still propagates; no key and no input is in any span; spans still queued
-are exported when the workers stop. tests/test_tracing_off.py: when tracing is off or refused.
+carries and each request links it; the access line carries the IDs; an unsampled request exports
+nothing but still propagates; no key and no input is in any span; spans still queued are
+exported when the workers stop. tests/tracing/test_tracing_off.py: when tracing is off or
+refused.
 """
 
 from __future__ import annotations

@@ -345,7 +345,7 @@ async def test_max_in_flight(openai_server: FakeUpstream) -> None:
 
 
 def test_standalone_cli() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-m", "tests.fakes", "--protocol", "nugen", "--port", "0"]
     cmd += ["--dims", "32", "--key", KEY]
     with subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True) as proc:

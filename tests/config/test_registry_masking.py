@@ -11,10 +11,10 @@ import pytest
 
 from app.config.registry import RegistryError
 from app.runtime.build import providers_for, read_registry
+from tests.config.test_registry import GOOD
+from tests.config.test_registry_limits import check_config
 from tests.harness import GatewayProcess
-from tests.test_registry import GOOD
-from tests.test_registry_limits import check_config
-from tests.test_reload import (
+from tests.server.test_reload import (
     ADMIN,
     UPSTREAM_KEY,
     gateway_env,
@@ -24,7 +24,7 @@ from tests.test_reload import (
     wait_for,
 )
 
-__all__ = ["upstream_a"]  # the module's fake upstream, shared with tests/test_reload.py
+__all__ = ["upstream_a"]  # the module's fake upstream, shared with tests/server/test_reload.py
 
 SECRET = "sk-live-0123456789abcdef'\\x"  # a quote and a backslash: repr escapes both
 KEY_IN_TYPE = GOOD.replace("type: nanogpt", "type: ${UP_KEY}")

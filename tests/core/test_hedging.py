@@ -17,7 +17,7 @@ from aiohttp import web
 from tests.conftest import CLIENT_KEY
 from tests.fakes import FakeUpstream, Fault, fake_vector
 from tests.harness import ThreadedGateway, model_entry, write_registry
-from tests.test_operations import sample, scrape
+from tests.server.test_operations import sample, scrape
 
 USAGE_KEY = "sk-hedge-usage-key-0001"
 DEADLINE = 3.0

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.conftest import OTHER_CLIENT_KEY
-from tests.test_cache import cached, expected, usage
+from tests.state.test_cache import cached, expected, usage
 
 __all__ = ["cached"]  # the cache tests' gateway: real Redis, the standard models, width 16
 

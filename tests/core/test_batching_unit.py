@@ -1,5 +1,5 @@
 """RouteBatcher in process: when chunks merge, what each caller gets back, and how a rejected
-input, a failure or a caller that leaves is handled. (Real sockets: tests/test_batching.py.)"""
+input, a failure or a caller that leaves is handled. (Real sockets: tests/core/test_batching.py.)"""
 
 from __future__ import annotations
 

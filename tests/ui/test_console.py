@@ -1,6 +1,6 @@
 """The console at /ui over real sockets with httpx: enabling, sessions, CSRF, headers, throttled
 sign-in, and that its key forms go through the admin API's rules. The browser tests are in
-tests/test_console_browser.py."""
+tests/system/test_console_browser.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The console's sign-in over real sockets: a form posted from another site is refused (403)
 before the failed-authentication throttle counts anything, so another site cannot lock an IP
 out of the console and the API, nor sign a browser in. Same-origin and header-less (curl)
-sign-ins work as before. The browser's view is in tests/test_console_browser.py."""
+sign-ins work as before. The browser's view is in tests/system/test_console_browser.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.conftest import CLIENT_KEY
 from tests.console_support import console_gateway
 from tests.harness import ThreadedGateway
 from tests.keys_support import ADMIN_TOKEN
-from tests.test_console import registry
+from tests.ui.test_console import registry
 
 __all__ = ["registry"]  # the console tests' registry, over the session's fake upstreams
 

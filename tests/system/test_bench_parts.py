@@ -1,6 +1,6 @@
 """The benchmark's own parts, without running it: the counting fake, the vector check, options.
 
-tests/test_bench_smoke.py runs the whole benchmark; these pin down the pieces its throughput
+tests/system/test_bench_smoke.py runs the whole benchmark; these pin down the pieces its throughput
 figures rest on (a miscounted call or a vector check that passes anything would make every
 micro-batching figure meaningless), in well under a second, with no peer installed.
 """

@@ -19,7 +19,7 @@ from tests.console_support import console_gateway, csrf_of, signed_in
 from tests.harness import ThreadedGateway
 from tests.keys_support import ADMIN_TOKEN
 from tests.redis_server import RedisServer
-from tests.test_console import PAGES, registry
+from tests.ui.test_console import PAGES, registry
 
 __all__ = ["registry"]  # the console tests' registry, over the session's fake upstreams
 

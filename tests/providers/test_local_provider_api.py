@@ -1,6 +1,7 @@
-"""The built-in local model through real sockets and the OpenAI SDK: reference vectors, usage
-in the model's word pieces, order across provider calls, token IDs, the event loop kept free,
-and cache hits that report what their miss did (tests/test_local_provider.py: the provider)."""
+"""The built-in local model through real sockets and the OpenAI SDK: reference vectors, usage in
+the model's word pieces, order across provider calls, token IDs, the event loop kept free, and
+cache hits that report what their miss did (tests/providers/test_local_provider.py: the
+provider)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import tiktoken
 from app.core.tokens import count_tokens
 from app.providers.local import LOCAL_MODELS, LocalProvider, load_tokenizer
 from tests.harness import ThreadedGateway
-from tests.test_local_provider import (
+from tests.providers.test_local_provider import (
     API_TEXTS,
     CLIENT_KEY,
     DIMS,

@@ -23,7 +23,7 @@ from app.providers.local.sessions import execution_providers, sha256_of
 from app.runtime.build import read_registry
 from tests.harness import ROOT, model_entry, write_registry
 from tests.local_model_dirs import MINILM, DirModel, write_model_dir
-from tests.test_operations import check_config
+from tests.server.test_operations import check_config
 
 GRAPH_SHA = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 

@@ -2,10 +2,11 @@
 base's essentials kept.
 
 helm and kubectl are the ones `make k8s-tools` puts in .tools/bin (a missing one fails, as
-promtool does in tests/test_observability.py). Every values case renders with `helm template`
-and each manifest is validated by kubernetes-validate, strictly, for the versions
-tests/test_kubernetes.py uses. ServiceMonitor and PrometheusRule are Prometheus Operator CRDs,
-which kubernetes-validate has no schema for: their fields are checked one by one below instead.
+promtool does in tests/system/test_observability.py). Every values case renders with `helm
+template` and each manifest is validated by kubernetes-validate, strictly, for the versions
+tests/system/test_kubernetes.py uses. ServiceMonitor and PrometheusRule are Prometheus Operator
+CRDs, which kubernetes-validate has no schema for: their fields are checked one by one below
+instead.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import CLIENT_KEY
 from tests.fakes import FakeUpstream, fake_vector
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SCRIPT = NODE_DIR / "embed.mjs"
 INSTALL_HINT = "run `make test` (or `npm ci --prefix tests/node --no-audit --no-fund`)"
 

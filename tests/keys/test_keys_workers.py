@@ -50,7 +50,7 @@ def gateway_env(registry_path: Path, extra: dict[str, str]) -> dict[str, str]:
         "GATEWAY_INTERNAL_TOKEN": "",
         "RATE_LIMIT_PER_SECOND": "0",
         # These tests poll a revoked key until it fails on every worker; the failed-auth
-        # throttle (tests/test_hostile_clients.py) would turn those 401s into 429s.
+        # throttle (tests/api/test_hostile_clients.py) would turn those 401s into 429s.
         "AUTH_FAILURES_PER_MINUTE": "0",
         "LOG_LEVEL": "info",
         "REDIS_URL": "",
@@ -336,7 +336,7 @@ async def test_tokens_per_minute_per_key_hold_across_workers(redis_workers):
     assert last.json()["error"]["code"] == "rate_limit_exceeded"
 
 
-# Budgets across both workers, on both stores: tests/test_budgets.py.
+# Budgets across both workers, on both stores: tests/keys/test_budgets.py.
 
 
 def test_an_unusable_keys_db_stops_start_up_with_one_line(registry_path):

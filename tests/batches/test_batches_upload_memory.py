@@ -52,7 +52,7 @@ def _body(digest: hashlib._Hash) -> Iterator[bytes]:
 
 def test_a_200_mb_upload_streams_through_in_bounded_memory(tmp_path: Path) -> None:
     env = {
-        "MODELS_CONFIG": str(Path(__file__).resolve().parent.parent / "config/models.yaml"),
+        "MODELS_CONFIG": str(Path(__file__).resolve().parents[2] / "config/models.yaml"),
         "GATEWAY_API_KEYS": KEY,
         "BATCH_DIR": str(tmp_path / "files"),
         "BATCH_DB": str(tmp_path / "batches.db"),

@@ -1,6 +1,6 @@
 """OpenTelemetry off, or refused: nothing exported, the SDK not even imported, the gateway
 serving; what `app.tracing.start()` refuses and why; and a root trace for work of no request
-(the Batch API's chunks). tests/test_tracing.py: what a traced gateway exports.
+(the Batch API's chunks). tests/tracing/test_tracing.py: what a traced gateway exports.
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ from app.state.batched_writes import StoreFailed
 from app.state.redis_client import connect
 from tests.harness import GatewayProcess, model_entry, write_registry
 from tests.hostile_upstream import DIMS, HostileUpstream
+from tests.keys.test_keys_workers import gateway_env, started, store_env
 from tests.keys_support import admin, create_key
 from tests.redis_server import RedisServer
-from tests.test_keys_workers import gateway_env, started, store_env
 
 MODEL = "twelve"
 PRICE = 500.0  # $ per million tokens: 12 tokens cost $0.006

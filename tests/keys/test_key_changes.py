@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.harness import GatewayProcess
+from tests.keys.test_keys_workers import MODEL, gateway_env, started, store_env
 from tests.keys_support import ADMIN, create_key
-from tests.test_keys_workers import MODEL, gateway_env, started, store_env
 
 TRIES = 16  # per race and store: fresh keys, each with two calls, all sent at once
 
