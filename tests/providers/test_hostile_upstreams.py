@@ -48,9 +48,12 @@ def hostile_registry(tmp_path_factory, hostile: HostileUpstream) -> Path:
         "max_attempts": 1,
         "cooldown_failures": 1000,
     }
+    # Inflating a bomb to the cap takes seconds of CPU on a busy machine: these routes get the
+    # time, so the tests prove the cap, not the call timeout.
+    slow = {"gzip-bomb": {"timeout_seconds": 30}, "huge": {"timeout_seconds": 30}}
     models = {
         name: model_entry(
-            [{"provider": "hostile", "model": upstream} for upstream in routes],
+            [{"provider": "hostile", "model": up, **slow.get(up, {})} for up in routes],
             dimensions=DIMS,
             max_tokens=2000,
         )
