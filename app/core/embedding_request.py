@@ -46,7 +46,13 @@ async def parse_embedding_request(
 
 
 def _text_bytes(texts: list[str]) -> int:
-    return sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts)
+    return sum(_byte_bounds(texts))
+
+
+def _byte_bounds(texts: list[str]) -> list[int]:
+    """Each text's UTF-8 length: a cl100k token spans at least one byte, so it bounds the
+    text's tokens from above."""
+    return [len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts]
 
 
 def _echo(value: str, limit: int = 80) -> str:
@@ -65,6 +71,28 @@ async def parse_embedding_body(
     if job.texts is not None and _text_bytes(job.texts) > TOKENISE_OFF_LOOP_BYTES:
         await job.count_tokens_in_thread()
     _check_token_limits(job, job.model.config.max_tokens, job.texts)
+    return job
+
+
+def parse_small_embedding_body(
+    data: Any,
+    registry: Registry,
+    request_id: str,
+    allows: Callable[[str], bool] | None = None,
+) -> EmbeddingJob | None:
+    """`parse_embedding_body` without a turn of the event loop, for the Batch API's many small
+    bodies (an `await` per line costs more than checking it): the same checks, the same errors;
+    None when the body's text is big enough that counting it belongs in a thread (then await
+    `parse_embedding_body`)."""
+    job = _parse(data, registry, request_id, allows)
+    texts = job.texts
+    if texts is None:
+        _check_token_limits(job, job.model.config.max_tokens, None)
+        return job
+    bounds = _byte_bounds(texts)
+    if sum(bounds) > TOKENISE_OFF_LOOP_BYTES:
+        return None
+    _check_token_limits(job, job.model.config.max_tokens, texts, bounds)
     return job
 
 
@@ -223,13 +251,13 @@ def _check_token_ids(ids: list[Any], index: int | None) -> None:
             )
 
 
-def _check_token_limits(job: EmbeddingJob, max_tokens: int, texts: list[str] | None) -> None:
+def _check_token_limits(
+    job: EmbeddingJob, max_tokens: int, texts: list[str] | None, bounds: list[int] | None = None
+) -> None:
     # A cl100k token spans at least one UTF-8 byte, so byte lengths bound token counts from
     # above; only inputs that could break a limit pay for tokenisation.
-    if texts is not None:
-        bounds = [len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts]
-    else:
-        bounds = job.token_counts()
+    if bounds is None:
+        bounds = _byte_bounds(texts) if texts is not None else job.token_counts()
     total_bound = sum(bounds)
     if max(bounds) <= max_tokens and total_bound <= MAX_TOTAL_TOKENS:
         return
