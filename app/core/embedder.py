@@ -31,7 +31,7 @@ import numpy as np
 from app import metrics, tracing
 from app.core.errors import RoutingError
 from app.core.job import EmbeddingJob
-from app.core.routing.router import Router
+from app.core.routing.router import RoutedResult, Router
 from app.core.token_accounting import ItemTokens
 from app.core.upstream_cost import UpstreamCost
 from app.state.cache import CacheEntry, EmbeddingCache, item_digest, item_key
@@ -66,7 +66,8 @@ class Embedder:
     def __init__(self, router: Router, cache: EmbeddingCache | None) -> None:
         self._router = router
         self._cache = cache
-        self._in_flight: dict[str, asyncio.Future[_Fetched]] = {}
+        # Each item being routed: the future of the routing that carries it (items to vectors).
+        self._in_flight: dict[str, asyncio.Future[dict[str, _Fetched]]] = {}
 
     async def embed(
         self,
@@ -124,14 +125,13 @@ class Embedder:
             if cache is not None:
                 await cache.put(fetched)  # queued: written (shares split) after the response
 
-        vectors = np.empty((len(job), dims), dtype=np.float32)
         items: _PerItem | None = _PerItem([], []) if per_item else None
-        if upstream.whole_job_tokens is not None and items is None:
-            # The upstream saw exactly the client's input: its own count, with no share to add.
-            for index, key in enumerate(keys):
-                vectors[index] = found[key].vector
-            prompt_tokens, cached_tokens = upstream.whole_job_tokens, 0
+        if upstream.whole is not None:
+            # Routed whole, in input order (no hit, no repeat, nothing joined): nothing to gather.
+            vectors, prompt_tokens, items = _whole(job, upstream.whole, per_item)
+            cached_tokens = 0
         else:
+            vectors = np.empty((len(job), dims), dtype=np.float32)
             prompt_tokens, cached_tokens = _gather(job, keys, found, hits, vectors, items)
         status = None
         if cache is not None:
@@ -157,49 +157,50 @@ class Embedder:
         timeout: float,
         upstream: _UpstreamCost,
     ) -> dict[str, _Fetched]:
-        """Items for `missing` keys: joined to identical in-flight work, or routed upstream."""
-        loop = asyncio.get_running_loop()
+        """Items for `missing` keys: joined to identical in-flight work, or routed upstream.
+        The keys this request routes share one future (a 2,048-input job is one future, not
+        2,048), which identical items of other requests join."""
+        in_flight = self._in_flight
         owned: list[str] = []
-        joined: list[tuple[str, asyncio.Future[_Fetched]]] = []
+        joined: dict[asyncio.Future[dict[str, _Fetched]], list[str]] = {}
         for key in missing:
-            future = self._in_flight.get(key)
+            future = in_flight.get(key)
             if future is None:
-                future = loop.create_future()
-                future.add_done_callback(_retrieve_exception)
-                self._in_flight[key] = future
                 owned.append(key)
             else:
-                joined.append((key, future))
+                joined.setdefault(future, []).append(key)
 
         items: dict[str, _Fetched] = {}
-        try:
-            if owned:
+        if owned:
+            mine: asyncio.Future[dict[str, _Fetched]] = asyncio.get_running_loop().create_future()
+            mine.add_done_callback(_retrieve_exception)
+            in_flight.update(dict.fromkeys(owned, mine))
+            try:
                 routed = await self._route(job, owned, first, timeout, upstream)
+                mine.set_result(routed)
+            except BaseException as exc:
+                if not mine.done():
+                    if isinstance(exc, Exception):
+                        mine.set_exception(exc)  # joiners fail the same way: same input
+                    else:
+                        mine.cancel()  # we were cancelled: joiners fetch for themselves
+                raise
+            finally:
                 for key in owned:
-                    self._in_flight[key].set_result(routed[key])
-                items.update(routed)
-        except BaseException as exc:
-            for key in owned:
-                future = self._in_flight[key]
-                if future.done():
-                    continue
-                if isinstance(exc, Exception):
-                    future.set_exception(exc)  # joiners fail the same way: same input
-                else:
-                    future.cancel()  # we were cancelled: joiners fetch for themselves
-            raise
-        finally:
-            for key in owned:
-                self._in_flight.pop(key, None)
+                    in_flight.pop(key, None)
+            items.update(routed)
 
         orphans: list[str] = []
-        for key, future in joined:
+        for future, keys in joined.items():
             try:
-                items[key] = await asyncio.shield(future)
+                theirs = await asyncio.shield(future)
             except asyncio.CancelledError:
                 if not future.cancelled():
                     raise  # this request itself is being cancelled
-                orphans.append(key)  # the request we waited on went away: fetch it ourselves
+                orphans += keys  # the request we waited on went away: fetch them ourselves
+                continue
+            for key in keys:
+                items[key] = theirs[key]
         if orphans:
             items.update(await self._route(job, orphans, first, timeout, upstream))
         return items
@@ -225,7 +226,7 @@ class Embedder:
         upstream.cost.add(result.cost)
         tokens = result.upstream_tokens
         if whole:
-            upstream.whole_job_tokens = tokens
+            upstream.whole = result
         upstream.tokens += part.billed_tokens(tokens)
         upstream.tokens += result.hedge_tokens  # hedges that lost were sent, so may be billed
         shares = result.item_tokens
@@ -292,10 +293,25 @@ def _gather(
     return prompt, cached
 
 
+def _whole(
+    job: EmbeddingJob, routed: RoutedResult, per_item: bool
+) -> tuple[np.ndarray, int, _PerItem | None]:
+    """The job's vectors, tokens and (`per_item`) each item's, when it was routed whole: the
+    upstream's count, with no share to add (else the gateway's own), and each item its share of
+    it (as `_gather` would give it, item by item)."""
+    shares = routed.item_tokens
+    tokens = routed.upstream_tokens
+    prompt = tokens if tokens is not None else job.prompt_tokens()
+    if not per_item:
+        return routed.vectors, prompt, None
+    each = shares.as_list() if shares is not None else list(job.token_counts())
+    return routed.vectors, prompt, _PerItem(each, [False] * len(each))
+
+
 @dataclass(slots=True)
 class _UpstreamCost:
     tokens: int = 0  # sent upstream by this request (upstream's count, else ours)
-    whole_job_tokens: int | None = None  # the upstream's count when it saw the whole input
+    whole: RoutedResult | None = None  # the one routing of the whole input, when it was so
     cost: UpstreamCost = field(default_factory=UpstreamCost)
 
 
@@ -305,7 +321,7 @@ def _status(hits: int, unique: int) -> CacheStatus:
     return CacheStatus.HIT if hits == unique else CacheStatus.PARTIAL
 
 
-def _retrieve_exception(future: asyncio.Future[_Fetched]) -> None:
+def _retrieve_exception(future: asyncio.Future[dict[str, _Fetched]]) -> None:
     # A failure nobody joined must not be reported as "exception never retrieved".
     if not future.cancelled():
         future.exception()

@@ -63,6 +63,11 @@ class ItemTokens:
         shares = self._shares if self._shares is not None else self._split()
         return shares[index]
 
+    def as_list(self) -> list[int]:
+        """Every item's share (a copy)."""
+        shares = self._shares if self._shares is not None else self._split()
+        return list(shares)
+
     def _split(self) -> list[int]:
         shares = [0] * len(self._job)
         for chunk, total in self._calls:
