@@ -2,7 +2,8 @@
 in-flight inputs are never sent twice; only what is left goes to routing.
 
 Every input item is identified by the same key the cache uses (model, fingerprint, width,
-input_type, hash of the exact input). Items are resolved in three steps — the cache (unless
+input_type, hash of the exact input); for a model without the cache, a short text is its own
+key, not hashed. Items are resolved in three steps — the cache (unless
 the client said `Cache-Control: no-cache`), an identical item another request in this process is
 already fetching, and finally one routed upstream call for the rest — then put back in
 input order. A vector is only ever copied from the item that produced it, by key, so a mixed
@@ -87,10 +88,7 @@ class Embedder:
         upstream or is answered before it passes; what it raises, `embed` raises."""
         dims = job.expected_dims
         cache = self._cache if job.model.config.cache else None
-        keys = [
-            item_key(job.model, dims, item_digest(job.item(i)), job.input_type)
-            for i in range(len(job))
-        ]
+        keys = _item_keys(job, dims, cache is not None)
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
@@ -234,6 +232,29 @@ class Embedder:
             key: _Fetched(vector, shares, position)
             for position, (key, vector) in enumerate(zip(keys, result.vectors, strict=True))
         }
+
+
+# Uncached, a text up to this long is its own key (no hash); a longer one is keyed by its digest.
+_RAW_KEY_CHARS = 128
+
+
+def _item_keys(job: EmbeddingJob, dims: int, cached: bool) -> list[str]:
+    """Each item's identity: the cache's key for a cached model. For one that is not, a key
+    only ever compared in this process (identical items in flight), so a short text (most of
+    them) is its own key, with no digest to compute (~1 µs an item); a long one, its digest."""
+    model, input_type = job.model, job.input_type
+    texts = job.texts
+    if cached or texts is None:
+        return [
+            item_key(model, dims, item_digest(job.item(i)), input_type) for i in range(len(job))
+        ]
+    # Never a cache key: those start with the model's id, these with a NUL.
+    prefix = f"\x00{model.id}:{model.fingerprint}:{dims}:{input_type or ''}:"
+    raw, digested = prefix + "t", prefix + "h"
+    return [
+        raw + text if len(text) <= _RAW_KEY_CHARS else digested + item_digest(text)
+        for text in texts
+    ]
 
 
 class _Fetched(NamedTuple):
