@@ -241,6 +241,11 @@ class LineEmbedder:
         upstream = split_proportionally(
             result.upstream_tokens, [p - c for p, c in zip(prompts, cached, strict=True)]
         )
+        # The group's lines in the key's usage at once (each as a request), now that what they
+        # sent upstream is spent: even if the batch is cancelled before they are written.
+        policy.record_line_usage(
+            batch.owner, job, sum(prompts), sum(cached), sum(upstream), len(parsed)
+        )
         price = job.model.config.pricing.per_million_tokens
         rows: dict[bool, Any] = {}  # the group's vectors for the wire, by want_base64
         results: dict[int, LineResult] = {}
@@ -261,7 +266,6 @@ class LineEmbedder:
                 up,
                 up * price / 1_000_000,
             )
-            policy.record_line_usage(batch.owner, line_job, prompt, hit, up)
             start = end
             if turns.due():
                 await turns.give()
