@@ -68,7 +68,7 @@ class Embedder:
         self._router = router
         self._cache = cache
         # Each item being routed: the future of the routing that carries it (items to vectors).
-        self._in_flight: dict[str, asyncio.Future[dict[str, _Fetched]]] = {}
+        self._in_flight: dict[str, asyncio.Future[_Routed]] = {}
 
     async def embed(
         self,
@@ -119,9 +119,11 @@ class Embedder:
         upstream = _UpstreamCost()
         if missing:
             fetched = await self._fetch(job, missing, first, timeout, upstream)
-            found.update(fetched)
-            if cache is not None:
-                await cache.put(fetched)  # queued: written (shares split) after the response
+            if upstream.whole is None or cache is not None:  # else no item is asked for by key
+                items_by_key = fetched.by_key()
+                found.update(items_by_key)
+                if cache is not None:
+                    await cache.put(items_by_key)  # queued: written (shares split) later
 
         items: _PerItem | None = _PerItem([], []) if per_item else None
         if upstream.whole is not None:
@@ -154,13 +156,13 @@ class Embedder:
         first: dict[str, int],
         timeout: float,
         upstream: _UpstreamCost,
-    ) -> dict[str, _Fetched]:
+    ) -> _Fetch:
         """Items for `missing` keys: joined to identical in-flight work, or routed upstream.
         The keys this request routes share one future (a 2,048-input job is one future, not
         2,048), which identical items of other requests join."""
         in_flight = self._in_flight
         owned: list[str] = []
-        joined: dict[asyncio.Future[dict[str, _Fetched]], list[str]] = {}
+        joined: dict[asyncio.Future[_Routed], list[str]] = {}
         for key in missing:
             future = in_flight.get(key)
             if future is None:
@@ -168,9 +170,9 @@ class Embedder:
             else:
                 joined.setdefault(future, []).append(key)
 
-        items: dict[str, _Fetched] = {}
+        fetch = _Fetch([], {})
         if owned:
-            mine: asyncio.Future[dict[str, _Fetched]] = asyncio.get_running_loop().create_future()
+            mine: asyncio.Future[_Routed] = asyncio.get_running_loop().create_future()
             mine.add_done_callback(_retrieve_exception)
             in_flight.update(dict.fromkeys(owned, mine))
             try:
@@ -186,7 +188,7 @@ class Embedder:
             finally:
                 for key in owned:
                     in_flight.pop(key, None)
-            items.update(routed)
+            fetch.routed.append(routed)
 
         orphans: list[str] = []
         for future, keys in joined.items():
@@ -198,10 +200,10 @@ class Embedder:
                 orphans += keys  # the request we waited on went away: fetch them ourselves
                 continue
             for key in keys:
-                items[key] = theirs[key]
+                fetch.joined[key] = theirs.by_key()[key]
         if orphans:
-            items.update(await self._route(job, orphans, first, timeout, upstream))
-        return items
+            fetch.routed.append(await self._route(job, orphans, first, timeout, upstream))
+        return fetch
 
     async def _route(
         self,
@@ -210,7 +212,7 @@ class Embedder:
         first: dict[str, int],
         timeout: float,
         upstream: _UpstreamCost,
-    ) -> dict[str, _Fetched]:
+    ) -> _Routed:
         indices = [first[key] for key in keys]
         whole = len(indices) == len(job)
         part = job if whole else job.subset(indices)
@@ -227,11 +229,7 @@ class Embedder:
             upstream.whole = result
         upstream.tokens += part.billed_tokens(tokens)
         upstream.tokens += result.hedge_tokens  # hedges that lost were sent, so may be billed
-        shares = result.item_tokens
-        return {
-            key: _Fetched(vector, shares, position)
-            for position, (key, vector) in enumerate(zip(keys, result.vectors, strict=True))
-        }
+        return _Routed(keys, result)
 
 
 # Uncached, a text up to this long is its own key (no hash); a longer one is keyed by its digest.
@@ -267,6 +265,43 @@ class _Fetched(NamedTuple):
     @property
     def tokens(self) -> int | None:
         return None if self.shares is None else self.shares[self.position]
+
+
+class _Routed:
+    """One routing's items (`keys`, in the routed job's order), by key only when asked: a job
+    routed whole that nobody joined takes the routed vectors as they are (`_whole`)."""
+
+    __slots__ = ("_by_key", "keys", "result")
+
+    def __init__(self, keys: list[str], result: RoutedResult) -> None:
+        self.keys = keys
+        self.result = result
+        self._by_key: dict[str, _Fetched] | None = None
+
+    def by_key(self) -> dict[str, _Fetched]:
+        if self._by_key is None:
+            shares = self.result.item_tokens
+            self._by_key = {
+                key: _Fetched(vector, shares, position)
+                for position, (key, vector) in enumerate(
+                    zip(self.keys, self.result.vectors, strict=True)
+                )
+            }
+        return self._by_key
+
+
+@dataclass(slots=True)
+class _Fetch:
+    """What `_fetch` got: this request's routings, and the items it joined."""
+
+    routed: list[_Routed]
+    joined: dict[str, _Fetched]
+
+    def by_key(self) -> dict[str, _Fetched]:
+        items = dict(self.joined)
+        for routed in self.routed:
+            items.update(routed.by_key())
+        return items
 
 
 class _PerItem(NamedTuple):
@@ -342,7 +377,7 @@ def _status(hits: int, unique: int) -> CacheStatus:
     return CacheStatus.HIT if hits == unique else CacheStatus.PARTIAL
 
 
-def _retrieve_exception(future: asyncio.Future[dict[str, _Fetched]]) -> None:
+def _retrieve_exception(future: asyncio.Future[_Routed]) -> None:
     # A failure nobody joined must not be reported as "exception never retrieved".
     if not future.cancelled():
         future.exception()
