@@ -52,6 +52,8 @@ def _text_bytes(texts: list[str]) -> int:
 def _byte_bounds(texts: list[str]) -> list[int]:
     """Each text's UTF-8 length: a cl100k token spans at least one byte, so it bounds the
     text's tokens from above."""
+    if all(map(str.isascii, texts)):  # the usual case, without a Python step per text
+        return list(map(len, texts))
     return [len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts]
 
 
@@ -207,6 +209,10 @@ def _normalise_input(raw: Any) -> tuple[list[str] | None, list[list[int]] | None
         raise invalid_request("'input' cannot be an empty array.", param="input")
     first = raw[0]
     if isinstance(first, str):
+        # The usual case checked without a Python step per item; the loop finds the culprit.
+        if set(map(type, raw)) == {str} and "" not in raw:
+            _check_count(raw)
+            return raw, None
         for index, item in enumerate(raw):
             if not isinstance(item, str):
                 raise invalid_request(_INPUT_SHAPE, param="input")
