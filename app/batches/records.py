@@ -150,6 +150,9 @@ class BatchRecord:
     total: int = 0  # lines
     total_inputs: int = 0
     chunks: int = 0  # 0 until validation has planned them
+    # The batch's span (trace ID, span ID in hex) for its work's traces to link to; None when
+    # it was created untraced (app/batches/traces.py).
+    trace: list[str] | None = None
     version: int = 0
 
     def dumps(self) -> bytes:
