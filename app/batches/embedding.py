@@ -3,23 +3,28 @@ requests are (the per-input cache, de-duplication, micro-batching, pacing, failo
 
 Two ways, one result:
 - **Grouped** (the creating key has no limits and no budget): the chunk's lines that share a
-  call shape (dimensions, input_type, user, text or token IDs) are one job of up to 2,048 inputs,
-  embedded at once, and each line gets its own rows back with the usage of its own items
-  (`embed(per_item=True)`: each item at its share of the upstream's count, as the endpoint
-  counts items of merged requests). The engine's work per request is paid once per group
-  instead of once per line. Should the group fail (an upstream rejects one input, say), its
-  lines are embedded one by one, so each fails or succeeds on its own.
+  call shape (dimensions, input_type, user, text or token IDs) are one job of up to
+  GROUP_INPUTS inputs, embedded at once, and each line gets its own rows back with the usage of
+  its own items (`embed(per_item=True)`: each item at its share of the upstream's count, as the
+  endpoint counts items of merged requests). The engine's work per request is paid once per
+  group instead of once per line, and so is the vectors' conversion for the wire; the group's
+  lines go into the key's usage at once. Should the group fail (an upstream rejects one input,
+  say), its lines are embedded one by one, so each fails or succeeds on its own.
 - **Line by line** (a key with limits or a budget): each line is admitted by the key's policy
   on its own (paced by its limits, refused once its budget is spent), as its request would be.
 
-Either way each output line's body is built by the endpoint's own builder, and the work yields
-to the event loop between lines, so interactive requests are not held up behind a chunk.
+A body was checked at validation: while its model's rules are those it was checked under
+(`body_rules`, kept with the batch) it is only rebuilt into its job, else checked again.
+Either way each output line's body is what the endpoint's own builder makes, and the work gives
+the event loop a turn every millisecond (app/batches/turns.py), so interactive requests are not
+held up behind a chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import mul
@@ -29,9 +34,14 @@ from app.batches.lines import InputLine, error_response_line, output_line, outpu
 from app.batches.records import BatchRecord, line_ids
 from app.batches.turns import Turns
 from app.batches.work import Work
-from app.config.registry import MAX_INPUTS
+from app.config.registry import MAX_INPUTS, Model, Registry
 from app.core.embedder import Embedded
-from app.core.embedding_request import parse_embedding_body, parse_small_embedding_body
+from app.core.embedding_request import (
+    body_rules,
+    checked_embedding_body,
+    parse_embedding_body,
+    parse_small_embedding_body,
+)
 from app.core.embedding_response import embeddings_body, embeddings_payload, wire_rows
 from app.core.job import EmbeddingJob, Lane
 from app.core.token_accounting import split_proportionally
@@ -75,8 +85,8 @@ class _Group:
     inputs: int = 0
     bytes: int = 0  # bounds the tokens: a token spans at least one byte
 
-    def take(self, parsed: _Parsed) -> bool:
-        size = _job_bytes(parsed.job)
+    def take(self, parsed: _Parsed, size: int) -> bool:
+        """Add the line (`size`: its `_job_bytes`) if it fits."""
         inputs = self.inputs + len(parsed.job)
         if self.lines and (inputs > self.most or self.bytes + size > MAX_GROUP_BYTES):
             return False
@@ -91,6 +101,8 @@ class LineEmbedder:
         self._batch = batch
         self._key = key
         self._timeout = work.settings.REQUEST_TIMEOUT_SECONDS
+        self._rules_of: Registry | None = None  # the registry `_unchanged` was found for
+        self._unchanged: Model | None = None
 
     @property
     def grouped(self) -> bool:
@@ -105,7 +117,7 @@ class LineEmbedder:
         try:
             with work.gateway.serving.in_use() as serving:
                 allows = work.policy.allows(self._key)
-                job = parse_small_embedding_body(line.body, serving.registry, request_id, allows)
+                job = self._job_now(line, serving.registry, allows, request_id)
                 if job is None:
                     job = await parse_embedding_body(
                         line.body, serving.registry, request_id, allows
@@ -133,6 +145,40 @@ class LineEmbedder:
         )
         return {line.number: done}
 
+    def _job_now(
+        self,
+        line: InputLine,
+        registry: Registry,
+        allows: Callable[[str], bool] | None,
+        request_id: str,
+    ) -> EmbeddingJob | None:
+        """The line's job, without a turn of the event loop; None: await `parse_embedding_body`.
+        Its body was checked at validation: while its model's rules are the same, it is only
+        rebuilt (`checked_embedding_body`); else (a reload changed them, the key may no longer
+        use the model) it is checked again as the endpoint would."""
+        model = self._checked_model(registry, allows)
+        if model is not None and line.body.get("model") == model.id:
+            return checked_embedding_body(line.body, model, request_id)
+        return parse_small_embedding_body(line.body, registry, request_id, allows)
+
+    def _checked_model(
+        self, registry: Registry, allows: Callable[[str], bool] | None
+    ) -> Model | None:
+        """The batch's model if its bodies' checks at validation still hold (once a registry)."""
+        if self._rules_of is registry:
+            return self._unchanged
+        batch = self._batch
+        model = registry.get(batch.model) if batch.model is not None else None
+        same = (
+            model is not None
+            and batch.body_rules is not None
+            and model.available
+            and (allows is None or allows(model.id))
+            and body_rules(model) == batch.body_rules
+        )
+        self._rules_of, self._unchanged = registry, model if same else None
+        return self._unchanged
+
     def failed(self, line: InputLine, error: BaseException) -> LineResult:
         if not isinstance(error, DomainError):
             log.exception(
@@ -158,7 +204,7 @@ class LineEmbedder:
         batch_id = self._batch.id
         for line in lines:
             try:
-                job = parse_small_embedding_body(line.body, registry, batch_id, allows)
+                job = self._job_now(line, registry, allows, batch_id)
                 if job is None:  # big texts: checked with their count in a thread
                     job = await parse_embedding_body(line.body, registry, batch_id, allows)
             except DomainError as exc:
@@ -168,9 +214,9 @@ class LineEmbedder:
             groups = by_shape.get(shape)
             if groups is None:
                 groups = by_shape[shape] = [_Group([], _group_inputs(job))]
-            parsed = _Parsed(line, job)
-            if not groups[-1].take(parsed):
-                groups.append(_Group([parsed], groups[-1].most, len(job), _job_bytes(job)))
+            parsed, size = _Parsed(line, job), _job_bytes(job)
+            if not groups[-1].take(parsed, size):
+                groups.append(_Group([parsed], groups[-1].most, len(job), size))
             if turns.due():
                 await turns.give()
         return [g.lines for groups in by_shape.values() for g in groups], failed
@@ -279,6 +325,9 @@ def _group_inputs(job: EmbeddingJob) -> int:
 
 
 def _job_bytes(job: EmbeddingJob) -> int:
-    if job.texts is not None:
-        return sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in job.texts)
-    return sum(len(ids) for ids in job.token_ids or ())
+    texts = job.texts
+    if texts is not None:
+        if all(map(str.isascii, texts)):
+            return sum(map(len, texts))
+        return sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts)
+    return sum(map(len, job.token_ids or ()))

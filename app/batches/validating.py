@@ -13,6 +13,7 @@ from app.batches.records import BatchError
 from app.batches.traces import WorkSpan
 from app.batches.validation import Limits, ValidationStopped, validate_file
 from app.batches.work import Work
+from app.core.embedding_request import body_rules
 from app.errors import ManagedKeyRefused
 
 log = logging.getLogger("app.batches")
@@ -74,6 +75,8 @@ async def _validate(work: Work, batch_id: str, clock: Callable[[], float]) -> No
         except BaseException as exc:
             span.end(type(exc).__name__)
             raise
+        model = serving.registry.get(result.model) if result.model is not None else None
+        record.body_rules = body_rules(model) if model is not None else None
     span.end(
         attributes={
             "gateway.batch.lines": result.lines,

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from app.config.registry import MAX_INPUTS, Registry
+from app.config.registry import MAX_INPUTS, Model, Registry
 from app.core.errors import InvalidEmbeddingRequest, ModelUnavailable, UnknownModel
 from app.core.job import EmbeddingJob
 from app.core.tokens import vocabulary_size
@@ -43,6 +43,47 @@ async def parse_embedding_request(
         await job.count_tokens_in_thread()  # big inputs would hold the event loop for long
     _check_token_limits(job, job.model.config.max_tokens, job.texts)
     return job
+
+
+def body_rules(model: Model) -> str:
+    """What checking a body for `model` depends on, besides the body: equal rules, equal
+    verdicts. The Batch API keeps it with a validated batch, so that running a line re-checks
+    nothing while the model's rules are still the ones its body was checked under."""
+    config = model.config
+    return (
+        f"{model.id}|{config.dimensions}|{config.supports_dimensions}|{config.max_tokens}|"
+        f"{MAX_INPUTS}|{MAX_TOTAL_TOKENS}|{vocabulary_size()}"
+    )
+
+
+def checked_embedding_body(data: dict[str, Any], model: Model, request_id: str) -> EmbeddingJob:
+    """The job of a body that `parse_embedding_body` accepted for `model` under its current
+    `body_rules`: normalised exactly as `_parse` does (the same job), without checking again.
+    Anything else must go through `parse_embedding_body`."""
+    raw = data["input"]
+    texts: list[str] | None
+    token_ids: list[list[int]] | None
+    if isinstance(raw, str):
+        texts, token_ids = [raw], None
+    elif isinstance(raw[0], str):
+        texts, token_ids = raw, None
+    elif type(raw[0]) is int:
+        texts, token_ids = None, [raw]
+    else:
+        texts, token_ids = None, raw
+    dimensions = data.get("dimensions")
+    if dimensions == model.config.dimensions:
+        dimensions = None  # its own width is dropped (`_checked_dimensions`)
+    return EmbeddingJob(
+        model=model,
+        texts=texts,
+        token_ids=token_ids,
+        dimensions=dimensions,
+        user=data.get("user"),
+        want_base64=data.get("encoding_format") == "base64",
+        request_id=request_id,
+        input_type=data.get("input_type"),
+    )
 
 
 def _text_bytes(texts: list[str]) -> int:
