@@ -3,9 +3,14 @@ so nothing is passed but the exporter class the protocol names and a default ser
 
 from __future__ import annotations
 
+import sys
+
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from app.tracing import encoding
+from app.tracing.sampling import TraceIds
 
 
 def build_provider(protocol: str, service_name: str) -> TracerProvider:
@@ -24,10 +29,13 @@ def build_provider(protocol: str, service_name: str) -> TracerProvider:
                 "(pip install 'embeddings-gateway[otlp-grpc]')"
             ) from None
         exporter = GRPCExporter()
+        module = sys.modules[GRPCExporter.__module__]
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,HEADERS,...}
+        module = sys.modules[OTLPSpanExporter.__module__]
+    encoding.use_for(module)  # the SDK's message, built ~3x as fast (encoding.py)
     resource = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         # Only when the environment named none: create({...}) would override it.
@@ -35,6 +43,7 @@ def build_provider(protocol: str, service_name: str) -> TracerProvider:
     provider = TracerProvider(
         resource=_Resource(resource.attributes, resource.schema_url),
         shutdown_on_exit=False,  # flushed by the lifespan; atexit never runs in workers
+        id_generator=TraceIds(),  # the SDK's random IDs; see sampling.py
     )  # the sampler, span limits and OTEL_SDK_DISABLED come from the environment
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
