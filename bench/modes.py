@@ -226,16 +226,8 @@ def run_soak(bench: Bench) -> None:
     )
 
 
-def run_profile(bench: Bench) -> None:
-    """py-spy the gateway under one scenario's load: a flame graph and a text summary."""
-    from bench.pyspy import summarize
-
-    assert bench.gateway is not None
-    args = bench.args
-    gateways = {t.name: t for t in (bench.gateway, *bench.traced)}
-    if args.profile_target not in gateways:
-        raise RuntimeError(f"--profile-target: one of {sorted(gateways)}")
-    target = gateways[args.profile_target]
+def py_spy_path(bench: Bench) -> Path:
+    """py-spy in this venv, installed on first use."""
     py_spy = Path(sys.executable).parent / "py-spy"
     if not py_spy.exists():
         log("installing py-spy into this venv")
@@ -246,6 +238,20 @@ def run_profile(bench: Bench) -> None:
         )
         if run_bounded(pip, timeout=bench.args.install_timeout) != 0:
             raise RuntimeError(f"could not install py-spy:\n{pip.log_tail()}")
+    return py_spy
+
+
+def run_profile(bench: Bench) -> None:
+    """py-spy the gateway under one scenario's load: a flame graph and a text summary."""
+    from bench.pyspy import summarize
+
+    assert bench.gateway is not None
+    args = bench.args
+    gateways = {t.name: t for t in (bench.gateway, *bench.traced)}
+    if args.profile_target not in gateways:
+        raise RuntimeError(f"--profile-target: one of {sorted(gateways)}")
+    target = gateways[args.profile_target]
+    py_spy = py_spy_path(bench)
     out = Path(args.profile).resolve()
     out.mkdir(parents=True, exist_ok=True)
     scenario = next(s for s in scenarios(args) if s.name == args.profile_scenario)

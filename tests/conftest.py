@@ -141,3 +141,38 @@ def redis_settings(request: pytest.FixtureRequest, mode: str) -> dict[str, str]:
             "REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
         }
     return {"REDIS_URL": request.getfixturevalue("redis_server").url}
+
+
+# -- markers: what a test needs, so a developer can choose (`-m "not system and not processes"`)
+
+_SOURCES: dict[Path, str] = {}
+_BY_NAME = {
+    "test_console_browser": "browser",
+    "test_node_sdk": "node",
+    "test_kubernetes": "kubernetes",
+    "test_helm": "kubernetes",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it starts: from its folder, its module's name and its source."""
+    tests = Path(__file__).parent
+    for item in items:
+        path = Path(str(item.fspath))
+        if tests / "system" in path.parents:
+            item.add_marker("system")
+        if (extra := _BY_NAME.get(path.stem)) is not None:
+            item.add_marker(extra)
+        source = _SOURCES.get(path)
+        if source is None:
+            source = _SOURCES[path] = path.read_text(encoding="utf-8")
+        if (
+            "redis_server" in item.fixturenames
+            or "redis_cluster" in item.fixturenames
+            or "RedisServer" in source
+            or "redis_server" in source
+            or "redis_settings" in source
+        ):
+            item.add_marker("redis")
+        if "GatewayProcess" in source or "check_config" in source:
+            item.add_marker("processes")

@@ -1,6 +1,6 @@
-"""What tests/test_kubernetes.py and tests/test_helm.py share: the repo's root, the helm and
-kubectl that `make k8s-tools` installs, the Kubernetes versions to validate against, and lookups
-in rendered manifests."""
+"""What tests/system/test_kubernetes.py and tests/system/test_helm.py share: the repo's root, the
+helm and kubectl that `make k8s-tools` installs, the Kubernetes versions to validate against,
+and lookups in rendered manifests."""
 
 from __future__ import annotations
 

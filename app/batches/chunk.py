@@ -31,7 +31,7 @@ from typing import Any, Literal
 import orjson
 
 from app import metrics
-from app.batches.embedding import YIELD_EVERY, LineEmbedder, LineResult
+from app.batches.embedding import LineEmbedder, LineResult
 from app.batches.lines import (
     CANCELLED,
     EXPIRED,
@@ -49,6 +49,7 @@ from app.batches.records import (
     Counters,
     line_ids,
 )
+from app.batches.turns import Turns
 from app.batches.work import Work
 from app.errors import ManagedKeyRefused
 
@@ -92,15 +93,16 @@ class ChunkRun:
             f"files/{batch.input_file_id}", plan.start, plan.end
         )
         lines: list[InputLine | _Done] = []
+        turns = Turns()  # interactive requests first
         for number, raw in chunk_lines(data, plan.first_line):
             lines.append(self._parse(number, raw))
-            if len(lines) % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # interactive requests first
+            if turns.due():
+                await turns.give()
         wanted = [line for line in lines if isinstance(line, InputLine)]
         results: dict[int, _Done] = {}
         stop = await self._stop_reason(batch)
         if stop is None and wanted:
-            stop = await self._embed_all(wanted, results)
+            stop = await self._embed_all(wanted, results, turns)
         return await self._write(lines, results, stop)
 
     def _parse(self, number: int, raw: bytes) -> InputLine | _Done:
@@ -113,7 +115,9 @@ class ChunkRun:
             False, error_response_line(line_ids(self._batch.id, number)[0], "", "", 400, body)
         )
 
-    async def _embed_all(self, lines: list[InputLine], results: dict[int, _Done]) -> Stop | None:
+    async def _embed_all(
+        self, lines: list[InputLine], results: dict[int, _Done], turns: Turns
+    ) -> Stop | None:
         """Embed the lines (app/batches/embedding.py) until done, or until the batch is
         cancelled or expires: then what has not finished is stopped."""
         work = self._work
@@ -127,7 +131,7 @@ class ChunkRun:
         embedder = LineEmbedder(work, self._batch, key)
         parts: list[Callable[[], Coroutine[Any, Any, dict[int, LineResult]]]]
         if embedder.grouped:
-            groups, failed = await embedder.groups(lines)
+            groups, failed = await embedder.groups(lines, turns)
             results.update(failed)
             parts = [partial(embedder.group, group) for group in groups]
         else:

@@ -101,9 +101,16 @@ class BatchPolicy:
         )
 
     def record_line_usage(
-        self, owner: str, job: EmbeddingJob, prompt: int, cached: int, upstream: int
+        self,
+        owner: str,
+        job: EmbeddingJob,
+        prompt: int,
+        cached: int,
+        upstream: int,
+        lines: int = 1,
     ) -> None:
-        """One line in the key's usage, as one request (a grouped line: its share)."""
+        """Lines in the key's usage, each as one request: one line, or a group's `lines` at
+        once with their sums (the ledger adds them up either way)."""
         self._usage.record(
             None if owner == ANONYMOUS else owner,
             job.model.id,
@@ -111,4 +118,5 @@ class BatchPolicy:
             upstream_tokens=upstream,
             cached_tokens=cached,
             price_per_million=job.model.config.pricing.per_million_tokens,
+            requests=lines,
         )

@@ -150,6 +150,12 @@ class BatchRecord:
     total: int = 0  # lines
     total_inputs: int = 0
     chunks: int = 0  # 0 until validation has planned them
+    # The batch's span (trace ID, span ID in hex) for its work's traces to link to; None when
+    # it was created untraced (app/batches/traces.py).
+    trace: list[str] | None = None
+    # The rules its lines' bodies were checked under at validation (`body_rules`): while its
+    # model's are the same, running a line does not check its body again.
+    body_rules: str | None = None
     version: int = 0
 
     def dumps(self) -> bytes:

@@ -22,6 +22,7 @@ from app import metrics
 from app.batches.chunk import ChunkRun, count_lines
 from app.batches.finalize import finalize
 from app.batches.records import ACTIVE, Claim
+from app.batches.traces import WorkSpan
 from app.batches.validating import validate
 from app.batches.work import Work
 from app.errors import DomainError
@@ -113,24 +114,49 @@ class BatchRunner:
 
     async def _run(self, claim: Claim) -> None:
         work, store = self._work, self._store
+        span: WorkSpan | None = None
         try:
             stored = await store.get_batch(claim.batch_id)
             plan = await store.get_plan(claim.batch_id, claim.index)
             if stored is None or plan is None:
                 log.warning("batch chunk with no plan: %s #%d", claim.batch_id, claim.index)
                 return
+            # A trace per chunk, linked to the batch's span; its lines' embedding work under it.
+            span = WorkSpan(
+                "batch chunk",
+                stored.record.trace,
+                {
+                    "gateway.batch.id": claim.batch_id,
+                    "gateway.batch.chunk": claim.index,
+                    "gateway.batch.lines": plan.lines,
+                    "gateway.batch.inputs": plan.inputs,
+                },
+            )
             run = ChunkRun(work, claim, stored.record, plan, self._clock)
-            outcome, _ = await run.run()
+            outcome, stopped = await run.run()
             won, all_done = await store.complete(claim, outcome)
         except asyncio.CancelledError:
+            if span is not None:
+                span.end("cancelled")
             await _quietly(store.release(claim, work.worker))  # drained: another runs it now
             raise
         except Exception as exc:
+            if span is not None:
+                span.end(type(exc).__name__)
             # An outage of a store (or a bug): the chunk goes back, to be run again.
             self._warn(f"batch chunk {claim.batch_id} #{claim.index} handed back", exc)
             await _quietly(store.release(claim, work.worker))
             await asyncio.sleep(_ERROR_PAUSE)
             return
+        counters = outcome.counters
+        span.end(
+            attributes={
+                "gateway.batch.completed": counters.completed,
+                "gateway.batch.failed": counters.failed,
+                "gateway.batch.stopped": stopped,
+                "gateway.batch.first_completion": won,
+            }
+        )
         if not won:  # another worker completed it first: its parts are the ones named
             await _quietly(
                 work.batches.objects.delete(*filter(None, [outcome.out_key, outcome.err_key]))

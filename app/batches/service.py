@@ -24,6 +24,7 @@ from app.batches.records import (
     new_batch_id,
 )
 from app.batches.store import BatchStore, StoredBatch
+from app.batches.traces import batch_span
 from app.config.settings import Settings
 from app.state.object_store import ObjectStore
 
@@ -77,6 +78,7 @@ class Batches:
             metadata=params.metadata,
             output_expires_after=params.output_expires_after,
         )
+        record.trace = batch_span(record.id)
         problem = await self._input_problem(owner, params.input_file_id, now)
         if problem is not None:
             record.status, record.failed_at, record.errors = "failed", now, [problem]

@@ -10,8 +10,10 @@ from collections.abc import Callable
 
 from app import metrics
 from app.batches.records import BatchError
+from app.batches.traces import WorkSpan
 from app.batches.validation import Limits, ValidationStopped, validate_file
 from app.batches.work import Work
+from app.core.embedding_request import body_rules
 from app.errors import ManagedKeyRefused
 
 log = logging.getLogger("app.batches")
@@ -56,6 +58,7 @@ async def _validate(work: Work, batch_id: str, clock: Callable[[], float]) -> No
         chunk_inputs=settings.BATCH_CHUNK_INPUTS,
         chunk_bytes=settings.BATCH_CHUNK_BYTES,
     )
+    span = WorkSpan("batch validation", record.trace, {"gateway.batch.id": batch_id})
     with work.gateway.serving.in_use() as serving:
         try:
             result = await validate_file(
@@ -67,7 +70,21 @@ async def _validate(work: Work, batch_id: str, clock: Callable[[], float]) -> No
                 keep_going=keep_going,
             )
         except ValidationStopped:
+            span.end("stopped")
             return  # cancelled meanwhile (the watch finalizes it), or the lease went elsewhere
+        except BaseException as exc:
+            span.end(type(exc).__name__)
+            raise
+        model = serving.registry.get(result.model) if result.model is not None else None
+        record.body_rules = body_rules(model) if model is not None else None
+    span.end(
+        attributes={
+            "gateway.batch.lines": result.lines,
+            "gateway.batch.inputs": result.inputs,
+            "gateway.batch.chunks": len(result.plans),
+            "gateway.batch.errors": len(result.errors),
+        }
+    )
     if result.errors:
         await _fail(work, batch_id, result.errors, clock)
         return

@@ -14,20 +14,22 @@ runs and completes exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-from app.batches.lines import DUPLICATE_MESSAGE, is_blank, parse_line, split_lines
+from app.batches.lines import DUPLICATE_MESSAGE, InputLine, is_blank, parse_line, split_lines
 from app.batches.records import BatchError, ChunkPlan
+from app.batches.turns import Turns
 from app.config.registry import Registry
-from app.core.embedding_request import parse_embedding_body
+from app.core.embedding_request import parse_embedding_body, parse_small_embedding_body
 from app.core.errors import InvalidEmbeddingRequest, ModelUnavailable
 
 MAX_REPORTED_ERRORS = 100
-CHECK_EVERY_LINES = 1000  # how often a long validation renews its lease and looks for a cancel
-YIELD_EVERY_LINES = 32  # lines checked between two turns of the event loop (interactive first)
+# How often a long validation renews its lease and looks for a cancel (a store round trip, so
+# by time: every so many lines, a fast validation of 20,000 lines waited on 20 of them).
+CHECK_EVERY_SECONDS = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,45 +83,55 @@ async def validate_file(
         result.errors.append(error)
         return len(result.errors) >= MAX_REPORTED_ERRORS
 
-    async for raw in split_lines(chunks, limits.max_line_bytes):
-        if raw.number % CHECK_EVERY_LINES == 0 and not await keep_going():
-            raise ValidationStopped()
-        if raw.number % YIELD_EVERY_LINES == 0:
-            await asyncio.sleep(0)
-        if current is None:
-            current = _Open(next_start, raw.number)
-        current.end = raw.end
-        if raw.data is not None and is_blank(raw.data):
-            continue
-        result.lines += 1
-        if result.lines > limits.max_lines:
-            fail(
-                BatchError(
-                    "too_many_tasks",
-                    f"The file has more than {limits.max_lines} requests, the most one batch "
-                    "may have.",
-                    None,
-                    raw.number,
-                )
-            )
+    turns = Turns()
+    check_at = time.monotonic() + CHECK_EVERY_SECONDS
+    stopped = False  # too many errors, or too many lines
+    async for raws in split_lines(chunks, limits.max_line_bytes):
+        if stopped:
             break
-        inputs = await _check(
-            raw.data, raw.number, result, seen, registry, allows, limits, endpoint
-        )
-        if isinstance(inputs, BatchError):
-            if fail(inputs):
+        if time.monotonic() >= check_at:
+            if not await keep_going():
+                raise ValidationStopped()
+            check_at = time.monotonic() + CHECK_EVERY_SECONDS
+        for raw in raws:
+            if turns.due():
+                await turns.give()
+            if current is None:
+                current = _Open(next_start, raw.number)
+            current.end = raw.end
+            if raw.data is not None and is_blank(raw.data):
+                continue
+            result.lines += 1
+            if result.lines > limits.max_lines:
+                fail(
+                    BatchError(
+                        "too_many_tasks",
+                        f"The file has more than {limits.max_lines} requests, the most one batch "
+                        "may have.",
+                        None,
+                        raw.number,
+                    )
+                )
+                stopped = True
                 break
-            continue
-        current.lines += 1
-        current.inputs += inputs
-        result.inputs += inputs
-        if (
-            current.lines >= limits.chunk_lines
-            or current.inputs >= limits.chunk_inputs
-            or current.end - current.start >= limits.chunk_bytes
-        ):
-            result.plans.append(_plan(len(result.plans), current))
-            next_start, current = current.end, None
+            inputs = _check(raw.data, raw.number, result, seen, registry, allows, limits, endpoint)
+            if isinstance(inputs, InputLine):  # a body too big to check without a thread
+                inputs = await _check_big(inputs, result, registry, allows)
+            if isinstance(inputs, BatchError):
+                if fail(inputs):
+                    stopped = True
+                    break
+                continue
+            current.lines += 1
+            current.inputs += inputs
+            result.inputs += inputs
+            if (
+                current.lines >= limits.chunk_lines
+                or current.inputs >= limits.chunk_inputs
+                or current.end - current.start >= limits.chunk_bytes
+            ):
+                result.plans.append(_plan(len(result.plans), current))
+                next_start, current = current.end, None
     if current is not None and current.lines:
         result.plans.append(_plan(len(result.plans), current))
     if not result.errors and result.lines == 0:
@@ -129,7 +141,7 @@ async def validate_file(
     return result
 
 
-async def _check(
+def _check(
     data: bytes | None,
     number: int,
     result: Validated,
@@ -138,8 +150,9 @@ async def _check(
     allows: Callable[[str], bool] | None,
     limits: Limits,
     endpoint: str,
-) -> int | BatchError:
-    """The line's number of inputs, or what is wrong with it."""
+) -> int | BatchError | InputLine:
+    """The line's number of inputs, or what is wrong with it; the line itself when its body is
+    too big to check here (`_check_big`)."""
     if data is None:
         return BatchError(
             "line_too_long",
@@ -157,23 +170,44 @@ async def _check(
         return BatchError("duplicate_custom_id", DUPLICATE_MESSAGE, "custom_id", number)
     seen.add(digest)
     try:
+        job = parse_small_embedding_body(line.body, registry, "batch-validation", allows)
+    except (InvalidEmbeddingRequest, ModelUnavailable) as exc:
+        return _body_error(exc, number)
+    if job is None:
+        return line
+    return _same_model(result, job.model.id, number) or len(job)
+
+
+async def _check_big(
+    line: InputLine, result: Validated, registry: Registry, allows: Callable[[str], bool] | None
+) -> int | BatchError:
+    """`_check`'s end for a body whose texts are counted in a thread."""
+    try:
         job = await parse_embedding_body(line.body, registry, "batch-validation", allows)
-    except InvalidEmbeddingRequest as exc:
-        param = f"body.{exc.param}" if exc.param else "body"
-        return BatchError(exc.code or "invalid_request", exc.message, param, number)
-    except ModelUnavailable as exc:
+    except (InvalidEmbeddingRequest, ModelUnavailable) as exc:
+        return _body_error(exc, line.number)
+    return _same_model(result, job.model.id, line.number) or len(job)
+
+
+def _body_error(exc: InvalidEmbeddingRequest | ModelUnavailable, number: int) -> BatchError:
+    if isinstance(exc, ModelUnavailable):
         return BatchError("model_unavailable", exc.message, "body.model", number)
+    param = f"body.{exc.param}" if exc.param else "body"
+    return BatchError(exc.code or "invalid_request", exc.message, param, number)
+
+
+def _same_model(result: Validated, model_id: str, number: int) -> BatchError | None:
     if result.model is None:
-        result.model = job.model.id
-    elif job.model.id != result.model:
+        result.model = model_id
+    elif model_id != result.model:
         return BatchError(
             "model_mismatch",
             f"Every request of a batch must use the same model: the first uses "
-            f"'{result.model}', this one '{job.model.id}'.",
+            f"'{result.model}', this one '{model_id}'.",
             "body.model",
             number,
         )
-    return len(job)
+    return None
 
 
 def _plan(index: int, chunk: _Open) -> ChunkPlan:

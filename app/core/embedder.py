@@ -2,7 +2,8 @@
 in-flight inputs are never sent twice; only what is left goes to routing.
 
 Every input item is identified by the same key the cache uses (model, fingerprint, width,
-input_type, hash of the exact input). Items are resolved in three steps — the cache (unless
+input_type, hash of the exact input); for a model without the cache, a short text is its own
+key, not hashed. Items are resolved in three steps — the cache (unless
 the client said `Cache-Control: no-cache`), an identical item another request in this process is
 already fetching, and finally one routed upstream call for the rest — then put back in
 input order. A vector is only ever copied from the item that produced it, by key, so a mixed
@@ -31,7 +32,7 @@ import numpy as np
 from app import metrics, tracing
 from app.core.errors import RoutingError
 from app.core.job import EmbeddingJob
-from app.core.routing.router import Router
+from app.core.routing.router import RoutedResult, Router
 from app.core.token_accounting import ItemTokens
 from app.core.upstream_cost import UpstreamCost
 from app.state.cache import CacheEntry, EmbeddingCache, item_digest, item_key
@@ -66,7 +67,8 @@ class Embedder:
     def __init__(self, router: Router, cache: EmbeddingCache | None) -> None:
         self._router = router
         self._cache = cache
-        self._in_flight: dict[str, asyncio.Future[_Fetched]] = {}
+        # Each item being routed: the future of the routing that carries it (items to vectors).
+        self._in_flight: dict[str, asyncio.Future[_Routed]] = {}
 
     async def embed(
         self,
@@ -86,10 +88,7 @@ class Embedder:
         upstream or is answered before it passes; what it raises, `embed` raises."""
         dims = job.expected_dims
         cache = self._cache if job.model.config.cache else None
-        keys = [
-            item_key(job.model, dims, item_digest(job.item(i)), job.input_type)
-            for i in range(len(job))
-        ]
+        keys = _item_keys(job, dims, cache is not None)
         first: dict[str, int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
@@ -120,18 +119,19 @@ class Embedder:
         upstream = _UpstreamCost()
         if missing:
             fetched = await self._fetch(job, missing, first, timeout, upstream)
-            found.update(fetched)
-            if cache is not None:
-                await cache.put(fetched)  # queued: written (shares split) after the response
+            if upstream.whole is None or cache is not None:  # else no item is asked for by key
+                items_by_key = fetched.by_key()
+                found.update(items_by_key)
+                if cache is not None:
+                    await cache.put(items_by_key)  # queued: written (shares split) later
 
-        vectors = np.empty((len(job), dims), dtype=np.float32)
         items: _PerItem | None = _PerItem([], []) if per_item else None
-        if upstream.whole_job_tokens is not None and items is None:
-            # The upstream saw exactly the client's input: its own count, with no share to add.
-            for index, key in enumerate(keys):
-                vectors[index] = found[key].vector
-            prompt_tokens, cached_tokens = upstream.whole_job_tokens, 0
+        if upstream.whole is not None:
+            # Routed whole, in input order (no hit, no repeat, nothing joined): nothing to gather.
+            vectors, prompt_tokens, items = _whole(job, upstream.whole, per_item)
+            cached_tokens = 0
         else:
+            vectors = np.empty((len(job), dims), dtype=np.float32)
             prompt_tokens, cached_tokens = _gather(job, keys, found, hits, vectors, items)
         status = None
         if cache is not None:
@@ -156,53 +156,54 @@ class Embedder:
         first: dict[str, int],
         timeout: float,
         upstream: _UpstreamCost,
-    ) -> dict[str, _Fetched]:
-        """Items for `missing` keys: joined to identical in-flight work, or routed upstream."""
-        loop = asyncio.get_running_loop()
+    ) -> _Fetch:
+        """Items for `missing` keys: joined to identical in-flight work, or routed upstream.
+        The keys this request routes share one future (a 2,048-input job is one future, not
+        2,048), which identical items of other requests join."""
+        in_flight = self._in_flight
         owned: list[str] = []
-        joined: list[tuple[str, asyncio.Future[_Fetched]]] = []
+        joined: dict[asyncio.Future[_Routed], list[str]] = {}
         for key in missing:
-            future = self._in_flight.get(key)
+            future = in_flight.get(key)
             if future is None:
-                future = loop.create_future()
-                future.add_done_callback(_retrieve_exception)
-                self._in_flight[key] = future
                 owned.append(key)
             else:
-                joined.append((key, future))
+                joined.setdefault(future, []).append(key)
 
-        items: dict[str, _Fetched] = {}
-        try:
-            if owned:
+        fetch = _Fetch([], {})
+        if owned:
+            mine: asyncio.Future[_Routed] = asyncio.get_running_loop().create_future()
+            mine.add_done_callback(_retrieve_exception)
+            in_flight.update(dict.fromkeys(owned, mine))
+            try:
                 routed = await self._route(job, owned, first, timeout, upstream)
+                mine.set_result(routed)
+            except BaseException as exc:
+                if not mine.done():
+                    if isinstance(exc, Exception):
+                        mine.set_exception(exc)  # joiners fail the same way: same input
+                    else:
+                        mine.cancel()  # we were cancelled: joiners fetch for themselves
+                raise
+            finally:
                 for key in owned:
-                    self._in_flight[key].set_result(routed[key])
-                items.update(routed)
-        except BaseException as exc:
-            for key in owned:
-                future = self._in_flight[key]
-                if future.done():
-                    continue
-                if isinstance(exc, Exception):
-                    future.set_exception(exc)  # joiners fail the same way: same input
-                else:
-                    future.cancel()  # we were cancelled: joiners fetch for themselves
-            raise
-        finally:
-            for key in owned:
-                self._in_flight.pop(key, None)
+                    in_flight.pop(key, None)
+            fetch.routed.append(routed)
 
         orphans: list[str] = []
-        for key, future in joined:
+        for future, keys in joined.items():
             try:
-                items[key] = await asyncio.shield(future)
+                theirs = await asyncio.shield(future)
             except asyncio.CancelledError:
                 if not future.cancelled():
                     raise  # this request itself is being cancelled
-                orphans.append(key)  # the request we waited on went away: fetch it ourselves
+                orphans += keys  # the request we waited on went away: fetch them ourselves
+                continue
+            for key in keys:
+                fetch.joined[key] = theirs.by_key()[key]
         if orphans:
-            items.update(await self._route(job, orphans, first, timeout, upstream))
-        return items
+            fetch.routed.append(await self._route(job, orphans, first, timeout, upstream))
+        return fetch
 
     async def _route(
         self,
@@ -211,7 +212,7 @@ class Embedder:
         first: dict[str, int],
         timeout: float,
         upstream: _UpstreamCost,
-    ) -> dict[str, _Fetched]:
+    ) -> _Routed:
         indices = [first[key] for key in keys]
         whole = len(indices) == len(job)
         part = job if whole else job.subset(indices)
@@ -225,14 +226,33 @@ class Embedder:
         upstream.cost.add(result.cost)
         tokens = result.upstream_tokens
         if whole:
-            upstream.whole_job_tokens = tokens
+            upstream.whole = result
         upstream.tokens += part.billed_tokens(tokens)
         upstream.tokens += result.hedge_tokens  # hedges that lost were sent, so may be billed
-        shares = result.item_tokens
-        return {
-            key: _Fetched(vector, shares, position)
-            for position, (key, vector) in enumerate(zip(keys, result.vectors, strict=True))
-        }
+        return _Routed(keys, result)
+
+
+# Uncached, a text up to this long is its own key (no hash); a longer one is keyed by its digest.
+_RAW_KEY_CHARS = 128
+
+
+def _item_keys(job: EmbeddingJob, dims: int, cached: bool) -> list[str]:
+    """Each item's identity: the cache's key for a cached model. For one that is not, a key
+    only ever compared in this process (identical items in flight), so a short text (most of
+    them) is its own key, with no digest to compute (~1 µs an item); a long one, its digest."""
+    model, input_type = job.model, job.input_type
+    texts = job.texts
+    if cached or texts is None:
+        return [
+            item_key(model, dims, item_digest(job.item(i)), input_type) for i in range(len(job))
+        ]
+    # Never a cache key: those start with the model's id, these with a NUL.
+    prefix = f"\x00{model.id}:{model.fingerprint}:{dims}:{input_type or ''}:"
+    raw, digested = prefix + "t", prefix + "h"
+    return [
+        raw + text if len(text) <= _RAW_KEY_CHARS else digested + item_digest(text)
+        for text in texts
+    ]
 
 
 class _Fetched(NamedTuple):
@@ -245,6 +265,43 @@ class _Fetched(NamedTuple):
     @property
     def tokens(self) -> int | None:
         return None if self.shares is None else self.shares[self.position]
+
+
+class _Routed:
+    """One routing's items (`keys`, in the routed job's order), by key only when asked: a job
+    routed whole that nobody joined takes the routed vectors as they are (`_whole`)."""
+
+    __slots__ = ("_by_key", "keys", "result")
+
+    def __init__(self, keys: list[str], result: RoutedResult) -> None:
+        self.keys = keys
+        self.result = result
+        self._by_key: dict[str, _Fetched] | None = None
+
+    def by_key(self) -> dict[str, _Fetched]:
+        if self._by_key is None:
+            shares = self.result.item_tokens
+            self._by_key = {
+                key: _Fetched(vector, shares, position)
+                for position, (key, vector) in enumerate(
+                    zip(self.keys, self.result.vectors, strict=True)
+                )
+            }
+        return self._by_key
+
+
+@dataclass(slots=True)
+class _Fetch:
+    """What `_fetch` got: this request's routings, and the items it joined."""
+
+    routed: list[_Routed]
+    joined: dict[str, _Fetched]
+
+    def by_key(self) -> dict[str, _Fetched]:
+        items = dict(self.joined)
+        for routed in self.routed:
+            items.update(routed.by_key())
+        return items
 
 
 class _PerItem(NamedTuple):
@@ -292,10 +349,25 @@ def _gather(
     return prompt, cached
 
 
+def _whole(
+    job: EmbeddingJob, routed: RoutedResult, per_item: bool
+) -> tuple[np.ndarray, int, _PerItem | None]:
+    """The job's vectors, tokens and (`per_item`) each item's, when it was routed whole: the
+    upstream's count, with no share to add (else the gateway's own), and each item its share of
+    it (as `_gather` would give it, item by item)."""
+    shares = routed.item_tokens
+    tokens = routed.upstream_tokens
+    prompt = tokens if tokens is not None else job.prompt_tokens()
+    if not per_item:
+        return routed.vectors, prompt, None
+    each = shares.as_list() if shares is not None else list(job.token_counts())
+    return routed.vectors, prompt, _PerItem(each, [False] * len(each))
+
+
 @dataclass(slots=True)
 class _UpstreamCost:
     tokens: int = 0  # sent upstream by this request (upstream's count, else ours)
-    whole_job_tokens: int | None = None  # the upstream's count when it saw the whole input
+    whole: RoutedResult | None = None  # the one routing of the whole input, when it was so
     cost: UpstreamCost = field(default_factory=UpstreamCost)
 
 
@@ -305,7 +377,7 @@ def _status(hits: int, unique: int) -> CacheStatus:
     return CacheStatus.HIT if hits == unique else CacheStatus.PARTIAL
 
 
-def _retrieve_exception(future: asyncio.Future[_Fetched]) -> None:
+def _retrieve_exception(future: asyncio.Future[_Routed]) -> None:
     # A failure nobody joined must not be reported as "exception never retrieved".
     if not future.cancelled():
         future.exception()

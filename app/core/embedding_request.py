@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from app.config.registry import MAX_INPUTS, Registry
+from app.config.registry import MAX_INPUTS, Model, Registry
 from app.core.errors import InvalidEmbeddingRequest, ModelUnavailable, UnknownModel
 from app.core.job import EmbeddingJob
 from app.core.tokens import vocabulary_size
@@ -45,8 +45,57 @@ async def parse_embedding_request(
     return job
 
 
+def body_rules(model: Model) -> str:
+    """What checking a body for `model` depends on, besides the body: equal rules, equal
+    verdicts. The Batch API keeps it with a validated batch, so that running a line re-checks
+    nothing while the model's rules are still the ones its body was checked under."""
+    config = model.config
+    return (
+        f"{model.id}|{config.dimensions}|{config.supports_dimensions}|{config.max_tokens}|"
+        f"{MAX_INPUTS}|{MAX_TOTAL_TOKENS}|{vocabulary_size()}"
+    )
+
+
+def checked_embedding_body(data: dict[str, Any], model: Model, request_id: str) -> EmbeddingJob:
+    """The job of a body that `parse_embedding_body` accepted for `model` under its current
+    `body_rules`: normalised exactly as `_parse` does (the same job), without checking again.
+    Anything else must go through `parse_embedding_body`."""
+    raw = data["input"]
+    texts: list[str] | None
+    token_ids: list[list[int]] | None
+    if isinstance(raw, str):
+        texts, token_ids = [raw], None
+    elif isinstance(raw[0], str):
+        texts, token_ids = raw, None
+    elif type(raw[0]) is int:
+        texts, token_ids = None, [raw]
+    else:
+        texts, token_ids = None, raw
+    dimensions = data.get("dimensions")
+    if dimensions == model.config.dimensions:
+        dimensions = None  # its own width is dropped (`_checked_dimensions`)
+    return EmbeddingJob(
+        model=model,
+        texts=texts,
+        token_ids=token_ids,
+        dimensions=dimensions,
+        user=data.get("user"),
+        want_base64=data.get("encoding_format") == "base64",
+        request_id=request_id,
+        input_type=data.get("input_type"),
+    )
+
+
 def _text_bytes(texts: list[str]) -> int:
-    return sum(len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts)
+    return sum(_byte_bounds(texts))
+
+
+def _byte_bounds(texts: list[str]) -> list[int]:
+    """Each text's UTF-8 length: a cl100k token spans at least one byte, so it bounds the
+    text's tokens from above."""
+    if all(map(str.isascii, texts)):  # the usual case, without a Python step per text
+        return list(map(len, texts))
+    return [len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts]
 
 
 def _echo(value: str, limit: int = 80) -> str:
@@ -65,6 +114,28 @@ async def parse_embedding_body(
     if job.texts is not None and _text_bytes(job.texts) > TOKENISE_OFF_LOOP_BYTES:
         await job.count_tokens_in_thread()
     _check_token_limits(job, job.model.config.max_tokens, job.texts)
+    return job
+
+
+def parse_small_embedding_body(
+    data: Any,
+    registry: Registry,
+    request_id: str,
+    allows: Callable[[str], bool] | None = None,
+) -> EmbeddingJob | None:
+    """`parse_embedding_body` without a turn of the event loop, for the Batch API's many small
+    bodies (an `await` per line costs more than checking it): the same checks, the same errors;
+    None when the body's text is big enough that counting it belongs in a thread (then await
+    `parse_embedding_body`)."""
+    job = _parse(data, registry, request_id, allows)
+    texts = job.texts
+    if texts is None:
+        _check_token_limits(job, job.model.config.max_tokens, None)
+        return job
+    bounds = _byte_bounds(texts)
+    if sum(bounds) > TOKENISE_OFF_LOOP_BYTES:
+        return None
+    _check_token_limits(job, job.model.config.max_tokens, texts, bounds)
     return job
 
 
@@ -179,6 +250,10 @@ def _normalise_input(raw: Any) -> tuple[list[str] | None, list[list[int]] | None
         raise invalid_request("'input' cannot be an empty array.", param="input")
     first = raw[0]
     if isinstance(first, str):
+        # The usual case checked without a Python step per item; the loop finds the culprit.
+        if set(map(type, raw)) == {str} and "" not in raw:
+            _check_count(raw)
+            return raw, None
         for index, item in enumerate(raw):
             if not isinstance(item, str):
                 raise invalid_request(_INPUT_SHAPE, param="input")
@@ -223,13 +298,13 @@ def _check_token_ids(ids: list[Any], index: int | None) -> None:
             )
 
 
-def _check_token_limits(job: EmbeddingJob, max_tokens: int, texts: list[str] | None) -> None:
+def _check_token_limits(
+    job: EmbeddingJob, max_tokens: int, texts: list[str] | None, bounds: list[int] | None = None
+) -> None:
     # A cl100k token spans at least one UTF-8 byte, so byte lengths bound token counts from
     # above; only inputs that could break a limit pay for tokenisation.
-    if texts is not None:
-        bounds = [len(t) if t.isascii() else len(t.encode("utf-8")) for t in texts]
-    else:
-        bounds = job.token_counts()
+    if bounds is None:
+        bounds = _byte_bounds(texts) if texts is not None else job.token_counts()
     total_bound = sum(bounds)
     if max(bounds) <= max_tokens and total_bound <= MAX_TOTAL_TOKENS:
         return

@@ -15,16 +15,28 @@ def embeddings_body(
     model_id: str, vectors: np.ndarray, want_base64: bool, prompt_tokens: int
 ) -> bytes:
     """orjson, building no per-value Python objects."""
-    rows: Any = to_base64_rows(vectors) if want_base64 else to_float_rows(vectors)
     return orjson.dumps(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": index, "embedding": row}
-                for index, row in enumerate(rows)
-            ],
-            "model": model_id,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        },
+        embeddings_payload(model_id, wire_rows(vectors, want_base64), prompt_tokens),
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
+
+
+def wire_rows(vectors: np.ndarray, want_base64: bool) -> Any:
+    """The vectors as the response carries them: base64 strings, or float64 rows (each float32
+    exactly). Sliceable: the Batch API converts a whole group's vectors at once and gives each
+    line its rows."""
+    return to_base64_rows(vectors) if want_base64 else to_float_rows(vectors)
+
+
+def embeddings_payload(model_id: str, rows: Any, prompt_tokens: int) -> dict[str, Any]:
+    """The response as orjson serialises it (with OPT_SERIALIZE_NUMPY), from `wire_rows`: a
+    Batch API output line nests it, serialised in the same pass as the line."""
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": index, "embedding": row}
+            for index, row in enumerate(rows)
+        ],
+        "model": model_id,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

@@ -44,9 +44,13 @@ def split_proportionally(total: int, weights: Sequence[int]) -> list[int]:
     if whole == 0:
         basis, whole = [1] * len(weights), len(weights)
     shares = [total * w // whole for w in basis]
-    remainders = sorted(range(len(basis)), key=lambda i: (-(total * basis[i] % whole), i))
-    for i in remainders[: total - sum(shares)]:
-        shares[i] += 1
+    left = total - sum(shares)
+    if left:
+        remainders = [total * w % whole for w in basis]
+        # The largest remainders, the first of equal ones first (a reversed sort is stable).
+        order = sorted(range(len(basis)), key=remainders.__getitem__, reverse=True)
+        for i in order[:left]:
+            shares[i] += 1
     return shares
 
 
@@ -62,6 +66,11 @@ class ItemTokens:
     def __getitem__(self, index: int) -> int:
         shares = self._shares if self._shares is not None else self._split()
         return shares[index]
+
+    def as_list(self) -> list[int]:
+        """Every item's share (a copy)."""
+        shares = self._shares if self._shares is not None else self._split()
+        return list(shares)
 
     def _split(self) -> list[int]:
         shares = [0] * len(self._job)

@@ -13,7 +13,7 @@ and Polars use), rather than `aioboto3`:
   after its put returns, so a reader never sees half of one;
 - asynchronous natively (its own Tokio runtime), with retries and timeouts of its own.
 
-The S3 backend is tested against moto's standalone server (tests/test_batches_s3.py).
+The S3 backend is tested against moto's standalone server (tests/batches/test_batches_s3.py).
 """
 
 from __future__ import annotations

@@ -116,9 +116,10 @@ class UsageLedger(BatchedWrites[Batch]):
         upstream_tokens: int,
         cached_tokens: int,
         price_per_million: float,
+        requests: int = 1,  # the Batch API records a group of lines (each a request) at once
     ) -> None:
         pending = self._local[(today().isoformat(), key_id or ANONYMOUS, model)]
-        pending["requests"] += 1
+        pending["requests"] += requests
         pending["input_tokens"] += input_tokens
         pending["upstream_tokens"] += upstream_tokens
         pending["cached_tokens"] += cached_tokens

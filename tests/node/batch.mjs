@@ -1,4 +1,4 @@
-// The official openai Node SDK running a Batch API round trip, for tests/test_node_sdk.py.
+// The official openai Node SDK running a Batch API round trip, for tests/system/test_node_sdk.py.
 //
 //   GATEWAY_BASE_URL=http://127.0.0.1:8000/v1 GATEWAY_API_KEY=sk-... node batch.mjs <file.jsonl>
 //
