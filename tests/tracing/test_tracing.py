@@ -367,9 +367,10 @@ def test_at_a_ratio_each_new_trace_is_sampled_or_not_and_its_ids_agree_everywher
     with GatewayProcess(env) as process:
         ids = [embed(process, CLIENT_KEY, "m", [text]).headers["x-request-id"] for text in inputs]
     lines = {line.get("request_id"): line for line in log_lines(process)}  # all written now
-    calls = {
-        call.json["input"][0]: call.headers["traceparent"] for call in upstream.embedding_requests()
-    }
+    calls = {}
+    for call in upstream.embedding_requests():
+        assert call.json is not None
+        calls[call.json["input"][0]] = call.headers["traceparent"]
     sampled = {lines[rid]["trace_id"] for rid in ids if lines[rid]["trace_sampled"]}
     assert 0 < len(sampled) < len(ids)  # 2^-24 to fail by chance, either way
     spans = receiver.wait_for(

@@ -1,7 +1,7 @@
 """The request's sampling decision, made before the SDK is asked (app/tracing/sampling.py), is
 the SDK's own: for every sampler OTEL_TRACES_SAMPLER names, a sweep of trace IDs (around the
 ratio's bound, and random) and callers' flags; and an unsampled request's IDs and headers are
-what the SDK's non-recording span would have given. tests/test_tracing.py: across sockets.
+what the SDK's non-recording span would have given. tests/tracing/test_tracing.py: across sockets.
 """
 
 from __future__ import annotations
@@ -71,9 +71,10 @@ def test_the_decision_is_the_sdk_samplers_for_every_trace_id_and_callers_flags(
             if flags is not None:
                 caller = SpanContext(trace_id, 0x1234, True, TraceFlags(flags))
                 parent = trace.set_span_in_context(NonRecordingSpan(caller), Context())
-            sdk = sampler.should_sample(
+            decision = sampler.should_sample(
                 parent, trace_id, "POST /v1/embeddings", SpanKind.SERVER
-            ).decision.is_sampled()
+            ).decision
+            sdk = decision is sampling.Decision.RECORD_AND_SAMPLE
             assert head.sampled(trace_id, flags) is sdk, (hex(trace_id), flags)
             decided.add(sdk)
     if name.endswith("traceidratio") and ratio not in ("0", "1"):
@@ -184,7 +185,8 @@ def test_a_request_gets_the_ids_decision_and_headers_the_sdk_would_give_it(
             trace_id, span_id = int(request.log["trace_id"], 16), int(request.log["span_id"], 16)
             parent = caller if remote.is_valid else None
             sdk = sampler.should_sample(parent, trace_id, "POST /v1/embeddings").decision
-            assert request.sampled is request.log["trace_sampled"] is sdk.is_sampled()
+            sdk_sampled = sdk is sampling.Decision.RECORD_AND_SAMPLE
+            assert request.sampled is request.log["trace_sampled"] is sdk_sampled
             seen.add(request.sampled)
             if request.sampled:
                 exported.add(request.log["trace_id"])
