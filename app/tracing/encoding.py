@@ -10,7 +10,12 @@ classes from opentelemetry-proto and the same rules: tests/test_tracing_encoding
 its bytes are the SDK encoder's, for spans of every shape.
 
 `use_for(module)` makes an SDK exporter module (the OTLP/HTTP or gRPC trace exporter) call it in
-place of the SDK's function, which it looks up by name at each export.
+place of the SDK's function, which it looks up by name at each export. That reaches into the
+SDK's insides (two helpers of its `_internal` package, the exporter module's global name), which
+another SDK version may change, so it is done only when all of them are as expected AND, checked
+once at start-up, this builds the very bytes the SDK's encoder builds for spans of the shapes the
+gateway records; otherwise the SDK's encoder is kept (logged), and traces are as they would be
+without this module. tests/tracing/test_tracing_encoding.py covers both ways.
 """
 
 from __future__ import annotations
@@ -21,21 +26,35 @@ from types import ModuleType
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common import trace_encoder
-from opentelemetry.exporter.otlp.proto.common._internal import (
-    _encode_instrumentation_scope,
-    _encode_resource,
-)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, SpanFlags
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PBSpan
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 from opentelemetry.util.types import Attributes
 
+_sdk: ModuleType | None
+try:  # the SDK encoder's own helpers for a resource and a scope (rare: once per batch each)
+    from opentelemetry.exporter.otlp.proto.common import _internal as _sdk
+except ImportError:  # an SDK laid out otherwise
+    _sdk = None
+
 log = logging.getLogger("app.tracing")
+_encode_resource: Any = getattr(_sdk, "_encode_resource", None)
+_encode_instrumentation_scope: Any = getattr(_sdk, "_encode_instrumentation_scope", None)
 
 _KINDS = {
     SpanKind.INTERNAL: PBSpan.SpanKind.SPAN_KIND_INTERNAL,
@@ -51,11 +70,78 @@ _Groups = dict[Resource, tuple[ResourceSpans, dict[InstrumentationScope | None, 
 
 def use_for(module: ModuleType) -> bool:
     """Have `module`'s exporter encode with `encode_spans` below; False (and the SDK's own
-    encoder kept) if the module does not call the SDK's by the name this expects."""
-    if getattr(module, "encode_spans", None) is not trace_encoder.encode_spans:
+    encoder kept) if the SDK is not shaped as this expects or its bytes differ from ours."""
+    sdk = getattr(module, "encode_spans", None)
+    if sdk is encode_spans:
+        return True
+    why = None
+    if sdk is not trace_encoder.encode_spans:
+        why = f"{module.__name__} does not call the SDK's encode_spans"
+    elif _encode_resource is None or _encode_instrumentation_scope is None:
+        why = "the SDK's encoder helpers are not where they were"
+    elif not agrees():
+        why = "its bytes differ from the SDK encoder's"
+    if why is not None:
+        log.warning("tracing: the SDK's own OTLP encoder is used (%s)", why)
         return False
     setattr(module, "encode_spans", encode_spans)  # noqa: B010 (a module, not a typed object)
     return True
+
+
+def agrees() -> bool:
+    """Whether `encode_spans` builds the SDK encoder's bytes for spans of the shapes the
+    gateway records (SERVER under a caller's span, CLIENT with links, waits, an error, an
+    event, two scopes); a few spans, once per process."""
+    try:
+        spans = _probes()
+        if len(spans) != 4:  # some were not recorded: nothing to compare
+            return False
+        ours: bytes = encode_spans(spans).SerializeToString(deterministic=True)
+        theirs: bytes = trace_encoder.encode_spans(spans).SerializeToString(deterministic=True)
+        return ours == theirs
+    except Exception:  # anything this does not expect: the SDK's encoder is the safe choice
+        log.debug("tracing: encoder check failed", exc_info=True)
+        return False
+
+
+def _probes() -> list[ReadableSpan]:
+    provider = TracerProvider(
+        sampler=ALWAYS_ON,  # not the environment's: every probe must record
+        resource=Resource({"service.name": "probe", "n": 1}, "https://example.invalid/s"),
+        shutdown_on_exit=False,
+    )
+    tracer = provider.get_tracer("embeddings-gateway")
+    other = provider.get_tracer("other", "1.0", schema_url="https://example.invalid/t")
+    caller = SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C,
+        0xB7AD6B7169203331,
+        is_remote=True,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("vendor", "opaque")]),
+    )
+    server = tracer.start_span(
+        "POST /v1/embeddings",
+        context=set_span_in_context(NonRecordingSpan(caller)),
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "POST", "server.port": 8000, "ok": True},
+    )
+    context = set_span_in_context(server)
+    wait = tracer.start_span("batching queue", context=context, attributes={"w": 0.5})
+    client = tracer.start_span(
+        "embeddings m",
+        context=context,
+        kind=SpanKind.CLIENT,
+        attributes={"gen_ai.request.encoding_formats": ["float"], "n": [1, 2]},
+        links=[Link(wait.get_span_context(), {"why": "merged"})],
+    )
+    client.set_status(StatusCode.ERROR)
+    client.add_event("retry", {"attempt": 2})
+    wait.add_link(client.get_span_context())
+    internal = other.start_span("cache lookup", context=context)
+    spans = [wait, client, internal, server]
+    for span in spans:
+        span.end()
+    return [span for span in spans if isinstance(span, ReadableSpan)]  # all of them
 
 
 def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
@@ -79,7 +165,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> ExportTraceServiceRequest:
         if scope_spans is None:
             scope_spans = scopes[scope] = resource_spans.scope_spans.add()
             scope_spans.scope.SetInParent()
-            scope_spans.scope.CopyFrom(_encode_instrumentation_scope(scope))  # type: ignore[arg-type]
+            scope_spans.scope.CopyFrom(_encode_instrumentation_scope(scope))
             if scope is not None and scope.schema_url:
                 scope_spans.schema_url = scope.schema_url
         _put_span(scope_spans.spans.add(), span)

@@ -11,12 +11,13 @@ out of the sampler the SDK built from `OTEL_TRACES_SAMPLER` / `_ARG` (the six it
 always_off, traceidratio, parentbased_*), and compares as `TraceIdRatioBased.should_sample` does
 (the trace ID's 64 low bits against `bound`). Any other sampler (a subclass, one passed in code,
 a parent-based one with other delegates) gives None, and the SDK decides every request.
-tests/test_tracing_sampling.py checks the decisions against the SDK's own for a sweep of trace
-IDs and parent flags.
+tests/tracing/test_tracing_sampling.py checks the decisions against the SDK's own for a sweep of
+trace IDs and parent flags.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from opentelemetry.sdk.trace import sampling as sdk
@@ -26,9 +27,13 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 _LOW_BITS = sdk.TraceIdRatioBased.TRACE_ID_LIMIT  # the bits a ratio sampler looks at
 _EVERY = _LOW_BITS + 1  # a bound every trace ID is under: always sampled
 # The SDK's own reading of a traceparent (tracecontext.py), so that a header it would refuse is
-# refused here too.
-_TRACEPARENT = TraceContextTextMapPropagator._TRACEPARENT_HEADER_FORMAT_RE
-TRACEPARENT_MAX = TraceContextTextMapPropagator._TRACEPARENT_MAXIMUM_LENGTH
+# refused here too. Private to the SDK: if a version lacks either, `READABLE` is False and the
+# SDK decides every request (server.py).
+_TRACEPARENT: re.Pattern[str] | None = getattr(
+    TraceContextTextMapPropagator, "_TRACEPARENT_HEADER_FORMAT_RE", None
+)
+TRACEPARENT_MAX: int = getattr(TraceContextTextMapPropagator, "_TRACEPARENT_MAXIMUM_LENGTH", 0)
+READABLE = isinstance(_TRACEPARENT, re.Pattern) and isinstance(TRACEPARENT_MAX, int)
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
 
 
@@ -95,6 +100,7 @@ def parse_traceparent(value: bytes) -> tuple[int, int, int] | None:
     """A caller's `traceparent` as the SDK's propagator reads it: (trace ID, span ID, flags),
     or None where the SDK would ignore it (the request then starts a trace). The caller checks
     the length first (`TRACEPARENT_MAX`): the SDK logs a longer one, so it reads those itself."""
+    assert _TRACEPARENT is not None  # READABLE
     match = _TRACEPARENT.search(value.decode("latin-1"))
     if match is None:
         return None

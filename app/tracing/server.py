@@ -6,6 +6,7 @@ context upstream are written here, once, as the SDK's non-recording span would h
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -39,7 +40,13 @@ from app.tracing.requests import (
     release,
     traceparent,
 )
-from app.tracing.sampling import TRACEPARENT_MAX, HeadSampler, TraceIds, parse_traceparent
+from app.tracing.sampling import (
+    READABLE,
+    TRACEPARENT_MAX,
+    HeadSampler,
+    TraceIds,
+    parse_traceparent,
+)
 
 # http.request.method's known values (HTTP semconv); anything else is `_OTHER`.
 _METHODS = frozenset(
@@ -49,6 +56,7 @@ ERROR = Status(StatusCode.ERROR)
 _HEADERS = ASGIHeaders()
 _TRACECONTEXT = TraceContextTextMapPropagator()
 _RANDOM = TraceFlags.RANDOM_TRACE_ID
+_log = logging.getLogger("app.tracing")
 
 
 class ServerSpans:
@@ -67,7 +75,7 @@ class ServerSpans:
         self._ids = ids if isinstance(ids, TraceIds) else None
         # None: the SDK decides every request (a sampler, propagator or tracer of its own).
         self._head = None
-        if self._w3c and self._ids is not None and type(self._tracer) is Tracer:
+        if READABLE and self._w3c and self._ids is not None and type(self._tracer) is Tracer:
             self._head = HeadSampler.of(provider.sampler)
 
     # -- the request ---------------------------------------------------------------------
@@ -106,12 +114,19 @@ class ServerSpans:
         if remote is None:
             trace_id = _random_id(128)
             if head.sampled(trace_id, None):
-                assert self._ids is not None
-                self._ids.drawn = trace_id  # the SDK's root span takes it, and agrees
+                ids = self._ids
+                assert ids is not None
+                ids.drawn = trace_id  # the SDK's root span takes it, and agrees
                 try:
-                    return self._server_span(scope, route, None)
+                    opened = self._server_span(scope, route, None)
                 finally:
-                    self._ids.drawn = 0  # taken, unless a current span made it no root
+                    ids.drawn = 0  # taken, unless a current span made it no root
+                if opened.span.get_span_context().trace_id != trace_id:
+                    # The SDK drew its own ID (a version that asks for IDs otherwise): its
+                    # decision stands for this request, and it makes every one from now on.
+                    self._head = None
+                    _log.warning("tracing: the SDK decides sampling (it did not take our ID)")
+                return opened
             flags = _RANDOM  # as the SDK's random IDs are marked
         else:
             trace_id = remote.trace_id

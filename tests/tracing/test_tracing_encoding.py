@@ -1,10 +1,12 @@
 """The OTLP export request app/tracing/encoding.py builds is, byte for byte, the one the SDK's
-own encoder builds, for spans of every shape the SDK can record; and a traced gateway's
-exporter uses it (tests/test_tracing.py decodes what it sends)."""
+own encoder builds, for spans of every shape the SDK can record; a traced gateway's exporter
+uses it (tests/tracing/test_tracing.py decodes what it sends); and where the SDK is not shaped
+as it expects, or its bytes would differ, the SDK's own encoder is kept."""
 
 from __future__ import annotations
 
 import logging
+import types
 
 import pytest
 from opentelemetry import trace
@@ -114,7 +116,7 @@ def spans_of_every_shape() -> list[ReadableSpan]:
     cut.add_event("e2")  # dropped
     cut.end()
     server.end()
-    plain = ReadableSpan("handmade", context=remote, resource=Resource({}), status=None)
+    plain = ReadableSpan("handmade", context=remote, resource=Resource({}), status=None)  # type: ignore[arg-type]
     finished = [*memory.get_finished_spans(), *memory2.get_finished_spans(), plain]
     # Resources and scopes interleaved, as spans from two processors' batches would be.
     return finished[::2] + finished[1::2]
@@ -139,6 +141,60 @@ def test_a_traced_gateways_otlp_http_exporter_encodes_with_it(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     try:
         assert tracing.start()
-        assert http_exporter.encode_spans is encoding.encode_spans
+        assert http_exporter.encode_spans is encoding.encode_spans  # type: ignore[attr-defined]
     finally:
         tracing.shutdown()
+
+
+def _exporter_module() -> types.ModuleType:
+    """An exporter module as the SDK's are: it calls the SDK's encoder by this global name."""
+    module = types.ModuleType("some_exporter")
+    module.encode_spans = trace_encoder.encode_spans  # type: ignore[attr-defined]
+    return module
+
+
+def test_an_exporter_module_shaped_as_the_sdks_gets_it() -> None:
+    module = _exporter_module()
+    assert encoding.agrees()
+    assert encoding.use_for(module)
+    assert module.encode_spans is encoding.encode_spans
+
+
+def test_a_module_that_calls_another_encoder_keeps_it(caplog: pytest.LogCaptureFixture) -> None:
+    module = types.ModuleType("other_exporter")
+    module.encode_spans = its_own = lambda spans: None  # type: ignore[attr-defined]
+    with caplog.at_level(logging.WARNING, logger="app.tracing"):
+        assert not encoding.use_for(module)
+    assert module.encode_spans is its_own
+    assert "does not call the SDK's encode_spans" in caplog.text
+
+
+def test_where_its_bytes_would_differ_the_sdks_encoder_is_kept(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As if an SDK version encoded something this module does not know (here: a span's name
+    # differently): the start-up check sees it, and the SDK's encoder stays.
+    put_span = encoding._put_span
+
+    def renamed(out: object, span: ReadableSpan) -> None:
+        put_span(out, span)  # type: ignore[arg-type]
+        out.name += "!"  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(encoding, "_put_span", renamed)
+    module = _exporter_module()
+    with caplog.at_level(logging.WARNING, logger="app.tracing"):
+        assert not encoding.agrees()
+        assert not encoding.use_for(module)
+    assert module.encode_spans is trace_encoder.encode_spans
+    assert "bytes differ" in caplog.text
+
+
+def test_without_the_sdks_helpers_where_they_were_the_sdks_encoder_is_kept(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(encoding, "_encode_resource", None)
+    module = _exporter_module()
+    with caplog.at_level(logging.WARNING, logger="app.tracing"):
+        assert not encoding.use_for(module)
+    assert module.encode_spans is trace_encoder.encode_spans
+    assert "helpers" in caplog.text
