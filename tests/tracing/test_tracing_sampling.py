@@ -6,6 +6,7 @@ what the SDK's non-recording span would have given. tests/tracing/test_tracing.p
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 
@@ -230,3 +231,62 @@ def test_a_request_gets_the_ids_decision_and_headers_the_sdk_would_give_it(
     }
     assert servers == exported
     receiver.clear()
+
+
+def _tracing_with(sampler: sampling.Sampler) -> Tracing:
+    """A Tracing on a provider of the gateway's shape (its ID generator) with `sampler`, and no
+    processor: nothing is exported."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from app.tracing.sampling import TraceIds
+
+    provider = TracerProvider(sampler=sampler, id_generator=TraceIds(), shutdown_on_exit=False)
+    return Tracing(provider)
+
+
+def _decisions(traced: Tracing, count: int) -> set[bool]:
+    seen = set()
+    for _ in range(count):
+        opened = traced.server_start(_scope(), "/v1/embeddings")
+        try:
+            request = CURRENT.get()
+            assert request is not None
+            seen.add(request.sampled)
+        finally:
+            traced.server_end(opened, status=200, route=None, client_address="127.0.0.1")
+    return seen
+
+
+def test_with_a_sampler_it_does_not_know_the_sdk_decides_every_request() -> None:
+    # _Mine is a ratio sampler by its type, at 0.1, but samples everything: the SDK's answer.
+    traced = _tracing_with(_Mine(0.1))
+    assert traced._head is None
+    assert _decisions(traced, 60) == {True}
+
+
+def test_if_the_sdk_does_not_take_the_drawn_trace_id_it_decides_from_then_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    from app.tracing.sampling import TraceIds
+
+    # As an SDK version that drew its trace IDs some other way would behave.
+    monkeypatch.setattr(TraceIds, "generate_trace_id", RandomIdGenerator.generate_trace_id)
+    traced = _tracing_with(sampling.ALWAYS_ON)
+    before = traced._head
+    with caplog.at_level(logging.WARNING, logger="app.tracing"):
+        assert _decisions(traced, 3) == {True}
+    assert before is not None and traced._head is None
+    assert "the SDK decides sampling" in caplog.text
+
+
+def test_without_the_sdks_traceparent_pattern_the_sdk_decides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.tracing import server
+
+    monkeypatch.setattr(server, "READABLE", False)  # as if the SDK's private names were gone
+    traced = _tracing_with(sampling.ParentBased(sampling.TraceIdRatioBased(0.5)))
+    assert traced._head is None
+    assert _decisions(traced, 60) == {True, False}  # still the SDK's ratio: 2^-59 to fail
