@@ -13,9 +13,7 @@ in the exporter's thread (docs/tracing.md, "Cost"):
   find it (the request, a retry, a hedge);
 - a call made for several requests is one CLIENT span linking each request's wait;
 - what the hot checks ask (is this request sampled? its IDs for a log line) is kept in a
-  context variable of ours (requests.py);
-- the exporter builds its OTLP message with encoding.py, where that is checked to give the
-  SDK encoder's bytes.
+  context variable of ours (requests.py).
 
 Nothing here ever puts input text, vectors or a key in a span: callers pass counts and names.
 """

@@ -3,13 +3,10 @@ so nothing is passed but the exporter class the protocol names and a default ser
 
 from __future__ import annotations
 
-import sys
-
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from app.tracing import encoding
 from app.tracing.sampling import TraceIds
 
 
@@ -29,13 +26,10 @@ def build_provider(protocol: str, service_name: str) -> TracerProvider:
                 "(pip install 'embeddings-gateway[otlp-grpc]')"
             ) from None
         exporter = GRPCExporter()
-        module = sys.modules[GRPCExporter.__module__]
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         exporter = OTLPSpanExporter()  # OTEL_EXPORTER_OTLP_[TRACES_]{ENDPOINT,HEADERS,...}
-        module = sys.modules[OTLPSpanExporter.__module__]
-    encoding.use_for(module)  # the SDK's message, built ~2x as fast, if safe (encoding.py)
     resource = Resource.create()  # OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         # Only when the environment named none: create({...}) would override it.
