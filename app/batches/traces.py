@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from app import tracing
 
 if TYPE_CHECKING:
-    from app.tracing.otel import Attributes, Opened
+    from app.tracing.otel import Attributes
+    from app.tracing.requests import Opened
 
 
 def batch_span(batch_id: str) -> list[str] | None:

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.trace import SpanContext
+    from opentelemetry.trace import Span, SpanContext
 
     from app.tracing.otel import Tracing
 
@@ -59,12 +59,24 @@ _PROTOCOLS = {"http/protobuf", "grpc"}
 
 
 @dataclass(slots=True, eq=False)
+class Queued:
+    """A chunk's place in its request's trace while it waits in a batcher's queue
+    (app/core/routing/batching.py)."""
+
+    context: Context | None  # sampled: the context it queued in, where its call may go
+    span: Span | None  # sampled: its wait's span
+    headers: dict[str, str] | None  # unsampled: its request's context, for its call's headers
+
+
+@dataclass(slots=True, eq=False)
 class CallOrigin:
     """Where an upstream call made for several requests belongs (app/core/routing/batching.py):
-    the context its span is a child of, and the spans of the requests it carries, which its
-    span links. Dispatch fills in `client`, the call's own span, for those spans to link back."""
+    the context its span is a child of (None: no request it carries is sampled; `headers` then
+    carries the first one's context upstream), and the spans of the requests it carries, which
+    its span links. Dispatch fills in `client`, the call's own span, for those to link back."""
 
-    parent: Context
+    parent: Context | None
+    headers: dict[str, str] | None = None
     links: list[SpanContext] = field(default_factory=list)
     requests: int = 1  # how many requests' chunks it carries
     client: SpanContext | None = None

@@ -7,6 +7,8 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from app.tracing.sampling import TraceIds
+
 
 def build_provider(protocol: str, service_name: str) -> TracerProvider:
     """A provider exporting OTLP over `protocol` (http/protobuf or grpc) in batches
@@ -35,6 +37,7 @@ def build_provider(protocol: str, service_name: str) -> TracerProvider:
     provider = TracerProvider(
         resource=_Resource(resource.attributes, resource.schema_url),
         shutdown_on_exit=False,  # flushed by the lifespan; atexit never runs in workers
+        id_generator=TraceIds(),  # the SDK's random IDs; see sampling.py
     )  # the sampler, span limits and OTEL_SDK_DISABLED come from the environment
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider

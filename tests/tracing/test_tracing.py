@@ -346,3 +346,51 @@ def test_spans_still_queued_are_exported_when_the_workers_stop(
     receiver.wait_for(
         lambda spans: {s.trace_id for s in spans if s.kind == "SERVER"} >= ours, timeout=5
     )
+
+
+def test_at_a_ratio_each_new_trace_is_sampled_or_not_and_its_ids_agree_everywhere(
+    registry: Path, receiver: OTLPReceiver, upstream: FakeUpstream, redis_server: RedisServer
+) -> None:
+    # The decision is made before the SDK is asked (app/tracing/sampling.py): an unsampled
+    # request makes no span, yet logs its IDs and sends them upstream, as the SDK would have.
+    service = f"{SERVICE}-ratio"
+    env = gateway_env(
+        registry,
+        redis_server.url,
+        OTEL_SERVICE_NAME=service,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="50",
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0.5",
+    )
+    inputs = texts(*(str(i) for i in range(24)))
+    with GatewayProcess(env) as process:
+        ids = [embed(process, CLIENT_KEY, "m", [text]).headers["x-request-id"] for text in inputs]
+    lines = {line.get("request_id"): line for line in log_lines(process)}  # all written now
+    calls = {}
+    for call in upstream.embedding_requests():
+        assert call.json is not None
+        calls[call.json["input"][0]] = call.headers["traceparent"]
+    sampled = {lines[rid]["trace_id"] for rid in ids if lines[rid]["trace_sampled"]}
+    assert 0 < len(sampled) < len(ids)  # 2^-24 to fail by chance, either way
+    spans = receiver.wait_for(
+        lambda spans: (
+            {s.trace_id for s in spans if s.resource["service.name"] == service} >= sampled
+        )
+    )
+    ours = [s for s in spans if s.resource["service.name"] == service]
+    # Nothing of an unsampled request (the start-up's health checks are requests too).
+    embeddings = {s.trace_id for s in ours if s.name == "POST /v1/embeddings"}
+    assert embeddings == sampled
+    for rid, text in zip(ids, inputs, strict=True):
+        line = lines[rid]
+        version, trace_id, parent, flags = calls[text].split("-")
+        assert (version, trace_id) == ("00", line["trace_id"])
+        if line["trace_sampled"]:
+            # A new trace's IDs are random (flag 02), and this one is sampled (01).
+            client = one(ours, kind="CLIENT", trace_id=trace_id)
+            server = one(ours, kind="SERVER", trace_id=trace_id)
+            assert (parent, flags) == (client.span_id, "03")
+            assert server.span_id == line["span_id"] == client.parent_span_id
+        else:  # the SERVER span the SDK did not have to make: its IDs, unsampled
+            assert (parent, flags) == (line["span_id"], "02")

@@ -48,8 +48,7 @@ from app.providers import Failure, UpstreamCall, UpstreamError, UpstreamResult
 from app.tracing import CallOrigin
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
-    from opentelemetry.trace import Span
+    from app.tracing import Queued
 
 Shape = tuple[object, ...]
 _BULK = {"gateway.lane": Lane.BULK.value}  # a wait span's attributes in the bulk lane
@@ -88,10 +87,9 @@ class _Chunk:
     queued_at: float
     future: asyncio.Future[UpstreamResult]
     batch: _Batch | None = None
-    # With tracing on: the caller's trace context, its wait's span (None: not sampled), and
-    # when (time.time_ns()) its batch left the queue.
-    context: Context | None = None
-    span: Span | None = None
+    # With tracing on: its place in its request's trace (with its wait's span if sampled),
+    # and when (time.time_ns()) its batch left the queue.
+    trace: Queued | None = None
     left_ns: int = 0
 
 
@@ -160,7 +158,7 @@ class RouteBatcher:
         chunk = _Chunk(call, lane, tokens, now + call.timeout, now, loop.create_future())
         traced = tracing.active
         if traced is not None:
-            chunk.context, chunk.span = traced.queued(_BULK if lane is Lane.BULK else None)
+            chunk.trace = traced.queued(_BULK if lane is Lane.BULK else None)
         self._queues.setdefault((lane, shape_of(call)), deque()).append(chunk)
         self._dispatch()
         try:
@@ -176,8 +174,8 @@ class RouteBatcher:
             if not chunk.future.done():
                 chunk.future.cancel()
             self._leave(chunk)
-            if traced is not None and chunk.span is not None:
-                traced.end_wait(chunk.span, chunk.left_ns, None)  # unless its call ended it
+            if traced is not None and chunk.trace is not None and chunk.trace.span is not None:
+                traced.end_wait(chunk.trace.span, chunk.left_ns, None)  # unless its call ended it
 
     def _leave(self, chunk: _Chunk) -> None:
         """A caller stopped waiting: drop its chunk from the queue, or cancel its call if no
@@ -284,7 +282,7 @@ class RouteBatcher:
         traced = tracing.active
         origin = None
         if traced is not None:
-            origin = traced.origin((chunk.context, chunk.span) for chunk in waiting)
+            origin = traced.origin(chunk.trace for chunk in waiting)
         try:
             result = await self._sender.send(self._route, self._merged(waiting), lane, origin)
         except UpstreamError as exc:
@@ -305,8 +303,8 @@ class RouteBatcher:
         finally:
             if traced is not None and origin is not None:
                 for chunk in waiting:
-                    if chunk.span is not None:
-                        traced.end_wait(chunk.span, chunk.left_ns, origin.client)
+                    if chunk.trace is not None and chunk.trace.span is not None:
+                        traced.end_wait(chunk.trace.span, chunk.left_ns, origin.client)
         self._hand_out(waiting, result)
 
     def _merged(self, chunks: list[_Chunk]) -> UpstreamCall:

@@ -223,6 +223,5 @@ _BASE64, _FLOAT = ("base64",), ("float",)
 def _waited(name: str, began: int, route: Route, lane: Lane, origin: CallOrigin | None) -> None:
     traced = tracing.active
     if traced is not None:
-        context = None if origin is None else origin.parent
         attributes = {"gateway.provider": route.provider, "gateway.lane": lane.value}
-        traced.waited(name, began, attributes, context)
+        traced.waited(name, began, attributes, origin)

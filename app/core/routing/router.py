@@ -47,7 +47,7 @@ from app.core.upstream_cost import UpstreamCost
 from app.providers import Failure, Provider, UpstreamCall, UpstreamError, UpstreamResult
 
 if TYPE_CHECKING:
-    from app.tracing.otel import Opened
+    from app.tracing.requests import Opened
 
 log = logging.getLogger("app.routing")
 
