@@ -202,6 +202,9 @@ class Embedder:
             for key in keys:
                 fetch.joined[key] = theirs.by_key()[key]
         if orphans:
+            # Gathered future by future, so out of input order; routed in it, as `_route` and
+            # `_Routed` pair each key with the vector at its place in the routed job.
+            orphans.sort(key=first.__getitem__)
             fetch.routed.append(await self._route(job, orphans, first, timeout, upstream))
         return fetch
 
