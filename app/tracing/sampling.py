@@ -2,7 +2,7 @@
 
 Asking the SDK for a request's SERVER span costs ~10-20 µs even when the answer is "not
 sampled" (a trace ID, the sampler's objects, a span context, a non-recording span), and with a
-ratio of 0.1 nine requests in ten get that answer. So `server_start` (otel.py) decides first,
+ratio of 0.1 nine requests in ten get that answer. So `server_start` (server.py) decides first,
 from the caller's `traceparent` and a trace ID it draws itself, and asks the SDK for a span only
 when the request is sampled: an unsampled one makes no SDK object at all.
 

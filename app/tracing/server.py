@@ -224,7 +224,8 @@ class ServerSpans:
     ) -> dict[str, str]:
         """Headers carrying the context of the span `ids` (`span`, in `context`) upstream:
         written here for W3C trace context without baggage, else by the propagators."""
-        if self._w3c and not baggage.get_all(context):
+        # An invalid context (a tracer turned off) goes to the propagators, which send none.
+        if ids.is_valid and self._w3c and not baggage.get_all(context):
             carried = {
                 "traceparent": traceparent(
                     format(ids.trace_id, "032x"), format(ids.span_id, "016x"), ids.trace_flags
