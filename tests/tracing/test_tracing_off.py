@@ -11,7 +11,6 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,37 +24,13 @@ from tests.redis_server import RedisServer
 from tests.tracing_support import (
     SDK_IMPORTS,
     SERVICE,
-    UPSTREAM_KEY,
     embed,
     gateway_env,
     log_lines,
     new_context,
     one,
     texts,
-    write_tracing_registry,
 )
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream("openai", api_key=UPSTREAM_KEY) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _clean(upstream: FakeUpstream) -> None:
-    upstream.clear()
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> Path:
-    return write_tracing_registry(tmp_path_factory.mktemp("tracing") / "models.yaml", upstream)
 
 
 @pytest.mark.parametrize(

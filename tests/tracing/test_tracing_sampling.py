@@ -126,12 +126,6 @@ def test_a_traceparent_is_read_as_the_sdks_propagator_reads_it(header: str) -> N
     assert parse_traceparent(header.encode("latin-1")) == expected
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OTLPReceiver]:
-    with OTLPReceiver() as server:
-        yield server
-
-
 @pytest.fixture
 def traced(monkeypatch: pytest.MonkeyPatch, receiver: OTLPReceiver) -> Iterator[Tracing]:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
