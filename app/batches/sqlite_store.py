@@ -24,8 +24,9 @@ from app.batches.records import (
     FilePurpose,
     FileRecord,
 )
-from app.batches.sqlite_db import SQLiteFile, transaction
+from app.batches.sqlite_db import SQLiteFile
 from app.batches.store import QueueStats, StoredBatch
+from app.state.sqlite_db import transaction
 
 _COUNTERS = ", ".join(COUNTER_FIELDS)
 _BATCH_COLUMNS = f"record, version, enqueued, {_COUNTERS}"

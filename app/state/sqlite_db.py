@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -31,30 +31,44 @@ class SQLiteBusy(Exception):
     """The file did not answer within the bound (locked by another process, or unusable)."""
 
 
+class NoFile(Exception):
+    """`run(..., create=False)` on a file that does not exist yet."""
+
+
 class SQLiteDB:
     def __init__(
-        self, path: str | Path, schema: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+        self,
+        path: str | Path,
+        schema: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
     ) -> None:
         self.path = Path(path)
         self.timeout = timeout
         self._schema = schema
+        # NORMAL: a write that returned survives a crash of the process; FULL: a power cut too.
+        self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
 
-    def _connect(self, budget_ms: int) -> sqlite3.Connection:
+    def _connect(self, budget_ms: int, create: bool) -> sqlite3.Connection:
         if self._db is None:
+            if not create and not self.path.exists():
+                raise NoFile(str(self.path))
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(
                 self.path, timeout=budget_ms / 1000, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # durable across a crash of the process
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.executescript(self._schema)
             self._db = db
         return self._db
 
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work(connection)` on the database thread, within `timeout` from now, queue included."""
+    async def run(self, work: Callable[[sqlite3.Connection], T], *, create: bool = True) -> T:
+        """`work(connection)` on the database thread, within `timeout` from now, queue included;
+        with `create=False`, NoFile if the file does not exist yet (nothing is created)."""
         deadline = time.monotonic() + self.timeout
 
         def call() -> T:
@@ -62,7 +76,7 @@ class SQLiteDB:
             if left_ms <= 0:
                 raise SQLiteBusy("waited its whole bound behind other calls")
             try:
-                db = self._connect(left_ms)
+                db = self._connect(left_ms, create)
                 db.execute(f"PRAGMA busy_timeout = {left_ms}")
                 return work(db)
             except sqlite3.OperationalError as exc:
